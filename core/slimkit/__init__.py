@@ -1,0 +1,67 @@
+"""slimkit: efficient video and NLP models for phones, cameras and laptops.
+
+    import slimkit
+    model = slimkit.apply(model, "tsm", n_segment=8)
+    slimkit.techniques()        # what is installed
+    slimkit.save_pretrained(model, "out/"); slimkit.from_pretrained(base, "out/")
+"""
+from __future__ import annotations
+
+try:
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("slimkit")
+except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    __version__ = "0.0.0+local"
+
+from .api import (
+    apply,
+    build_model,
+    from_pretrained,
+    get_technique,
+    load_config,
+    make_config,
+    models,
+    open_source,
+    save_pretrained,
+    sources,
+    techniques,
+)
+from .bench import Benchmark, BenchContext, benchmarks, goal, run_benchmark
+from .config import TechniqueConfig
+from .errors import (
+    ConfigError,
+    MissingExtraError,
+    ShapeError,
+    SlimkitError,
+    SourceError,
+    UnknownTechniqueError,
+    UnsupportedModelError,
+)
+from .hookspecs import hookimpl
+from .host import HOST
+from .technique import ModelEntry, SourceEntry, Technique
+
+
+def plugins():
+    """Every known plugin with its state: ``PluginInfo(name, version, available, reason, techniques)``."""
+    return HOST.plugin_infos()
+
+
+def register_plugin(plugin, name: str | None = None) -> str:
+    """Register a plugin object or module at run time; returns its name."""
+    return HOST.register_plugin(plugin, name)
+
+
+def unregister_plugin(name: str) -> None:
+    HOST.unregister_plugin(name)
+
+
+__all__ = [
+    "__version__", "apply", "techniques", "get_technique", "make_config", "load_config",
+    "save_pretrained", "from_pretrained", "models", "build_model", "sources", "open_source",
+    "plugins", "register_plugin", "unregister_plugin", "benchmarks", "run_benchmark",
+    "Benchmark", "BenchContext", "goal", "TechniqueConfig", "Technique", "ModelEntry",
+    "SourceEntry", "hookimpl", "SlimkitError", "ConfigError", "MissingExtraError",
+    "ShapeError", "SourceError", "UnknownTechniqueError", "UnsupportedModelError",
+]

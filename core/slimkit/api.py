@@ -1,0 +1,179 @@
+"""The public API: look up techniques, apply them, save and restore transformed models."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import TechniqueConfig, read_config_file
+from .errors import ConfigError, MissingExtraError, SourceError, UnknownTechniqueError, one_of
+from .host import HOST
+from .registry import registry
+from .technique import ModelEntry, SourceEntry, Technique
+
+APPLIED_ATTR = "slimkit_configs"
+STACK_FILE = "slimkit_applied.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _technique_item(*args, **kwargs) -> Technique:
+    if len(args) == 1 and not kwargs and isinstance(args[0], Technique):
+        return args[0]
+    return Technique(*args, **kwargs)
+
+
+def techniques() -> dict[str, Technique]:
+    """Registered techniques by name (from every loaded plugin)."""
+    return HOST.collect("register_techniques", key=lambda t: t.name, make=_technique_item)
+
+
+def _not_available(kind: str, name: str, plugin: str | None) -> Exception | None:
+    """An install hint when ``plugin`` is in the catalogue but not loaded."""
+    if plugin is None:
+        return None
+    reg = registry()
+    info = HOST.infos.get(plugin)
+    entry = reg.plugins.get(plugin)
+    hint = entry.install_hint if entry else f"pip install 'slimkit[{plugin}]'"
+    if info is None or info.reason.startswith(("not installed", "missing dependency")):
+        return MissingExtraError(
+            f"{kind} {name!r} is provided by plugin {plugin!r}, which is not installed: {hint}")
+    if not info.available:
+        return MissingExtraError(
+            f"{kind} {name!r} is provided by plugin {plugin!r}, which is unavailable ({info.reason})")
+    return None
+
+
+def get_technique(name: str) -> Technique:
+    """The technique called ``name``; a clear error with the fix when it is not there."""
+    table = techniques()
+    if not isinstance(name, str):
+        raise ConfigError(f"technique must be a name or a config instance, got {type(name).__name__}")
+    if name in table:
+        return table[name]
+    entry = registry().techniques.get(name)
+    err = _not_available("technique", name, entry.plugin if entry else None)
+    if err is not None:
+        raise err
+    raise UnknownTechniqueError(f"unknown technique {name!r}; known techniques are {one_of(table)}")
+
+
+def make_config(technique: str | TechniqueConfig, **options: Any) -> TechniqueConfig:
+    """A validated config for ``technique`` (a name or a config), ``options`` overriding fields."""
+    if isinstance(technique, TechniqueConfig):
+        get_technique(technique.technique)
+        return technique.replace(**options) if options else technique
+    return get_technique(technique).config_class.from_options(**options)
+
+
+def apply(model: Any, technique: str | TechniqueConfig, **options: Any) -> Any:
+    """Apply a technique to ``model`` and return the transformed model.
+
+    ``technique`` is a registered name (``"tsm"``) or a config instance;
+    ``options`` override config fields. The config is recorded on the model
+    (``model.slimkit_configs``) so that ``slimkit.save_pretrained`` can restore it.
+    """
+    config = make_config(technique, **options)
+    tech = get_technique(config.technique)
+    out = tech.apply(model, config)
+    if out is None:
+        out = model
+    applied = list(getattr(out, APPLIED_ATTR, []) or [])
+    applied.append(config)
+    try:
+        object.__setattr__(out, APPLIED_ATTR, applied)
+    except (AttributeError, TypeError):  # pragma: no cover - exotic objects
+        pass
+    return out
+
+
+def load_config(path: str | os.PathLike | dict) -> TechniqueConfig:
+    """Read a saved config (directory, JSON file or dict) and build the right class from its type."""
+    data = dict(path) if isinstance(path, dict) else read_config_file(path)
+    kind = data.get("type")
+    table = techniques()
+    if kind in table:
+        return table[kind].config_class.from_dict(data)
+    entry = registry().techniques.get(kind)
+    err = _not_available("technique", kind, entry.plugin if entry else None)
+    if err is not None:
+        raise err
+    raise ConfigError(f"unknown config type {kind!r}; known types are {one_of(table)}")
+
+
+def save_pretrained(model: Any, directory: str | os.PathLike) -> Path:
+    """Save a transformed model: the applied configs (in order) and its weights (safetensors)."""
+    from safetensors.torch import save_model
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    configs = list(getattr(model, APPLIED_ATTR, []) or [])
+    from . import __version__
+    (d / STACK_FILE).write_text(json.dumps(
+        {"slimkit_version": __version__, "techniques": [c.to_dict() for c in configs]}, indent=2) + "\n")
+    if len(configs) == 1:
+        configs[0].save_pretrained(d)
+    save_model(model, str(d / WEIGHTS_FILE))
+    return d
+
+
+def from_pretrained(model: Any, directory: str | os.PathLike, strict: bool = True) -> Any:
+    """Rebuild a saved transformed model: apply the saved configs to ``model``, then load the weights."""
+    from safetensors.torch import load_model
+
+    d = Path(directory)
+    stack = d / STACK_FILE
+    if not stack.exists():
+        raise ConfigError(f"{str(d)!r} holds no {STACK_FILE}; save it with slimkit.save_pretrained(model, dir)")
+    data = json.loads(stack.read_text())
+    for cfg in data.get("techniques", []):
+        model = apply(model, load_config(cfg))
+    if (d / WEIGHTS_FILE).exists():
+        load_model(model, str(d / WEIGHTS_FILE), strict=strict)
+    return model
+
+
+# -- models and sources -----------------------------------------------------------------------
+def _model_item(*args, **kwargs) -> ModelEntry:
+    if len(args) == 1 and not kwargs and isinstance(args[0], ModelEntry):
+        return args[0]
+    return ModelEntry(*args, **kwargs)
+
+
+def _source_item(*args, **kwargs) -> SourceEntry:
+    if len(args) == 1 and not kwargs and isinstance(args[0], SourceEntry):
+        return args[0]
+    return SourceEntry(*args, **kwargs)
+
+
+def models() -> dict[str, ModelEntry]:
+    """Registered model builders by name."""
+    return HOST.collect("register_models", key=lambda m: m.name, make=_model_item)
+
+
+def build_model(name: str, **options: Any) -> Any:
+    """Build a registered model by name."""
+    table = models()
+    if name not in table:
+        raise ConfigError(f"unknown model {name!r}; known models are {one_of(table)}")
+    return table[name].builder(**options)
+
+
+def sources() -> dict[str, SourceEntry]:
+    """Registered frame sources by scheme."""
+    return HOST.collect("register_sources", key=lambda s: s.scheme, make=_source_item)
+
+
+def open_source(spec: str, **options: Any):
+    """Open a frame source: ``"webcam:0"``, ``"lavfi:testsrc2"``, ``"synthetic"`` or a file path."""
+    table = sources()
+    scheme, _, _rest = spec.partition(":")
+    if scheme in table:
+        return table[scheme].opener(spec, **options)
+    if "file" in table and (os.path.exists(spec) or "/" in spec or "." in spec):
+        return table["file"].opener(spec, **options)
+    known = sorted(table)
+    if not known:
+        raise SourceError(f"no frame sources are available for {spec!r}; install them with pip install 'slimkit[video]'")
+    raise SourceError(f"unknown source {spec!r}; known sources are {one_of(known)} (or a path to a video file)")

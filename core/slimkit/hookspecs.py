@@ -1,0 +1,85 @@
+"""The hooks a slimkit plugin can implement.
+
+A plugin is a module (or object) with functions marked ``@slimkit.hookimpl``,
+exposed through the ``slimkit.plugins`` entry-point group, exactly as the
+built-in ``video`` and ``nlp`` plugins are. Every ``register_*`` hook receives a
+``register`` callable; call it once per thing you provide. Hooks fire lazily,
+the first time the host needs that kind of thing (and again after a plugin is
+registered or unregistered); they return nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("slimkit")
+hookimpl = pluggy.HookimplMarker("slimkit")
+
+
+@hookspec
+def register_techniques(register: Callable[[Any], None]) -> None:
+    """Register model transformations.
+
+    Fires: the first time ``slimkit.techniques()``, ``slimkit.apply`` or
+    ``slimkit.load_config`` needs the technique table.
+    Call: ``register(slimkit.Technique(name, config_class, apply_fn, summary))``
+    once per technique; ``apply_fn(model, config) -> model``.
+    Returns: nothing.
+    """
+
+
+@hookspec
+def register_models(register: Callable[..., None]) -> None:
+    """Register model builders (networks a user can build by name).
+
+    Fires: the first time ``slimkit.models()`` or ``slimkit.build_model`` runs.
+    Call: ``register(name, builder, summary)`` with ``builder(**options) -> nn.Module``.
+    Returns: nothing.
+    """
+
+
+@hookspec
+def register_sources(register: Callable[..., None]) -> None:
+    """Register frame sources for streaming inference.
+
+    Fires: the first time ``slimkit.sources()`` or ``slimkit.open_source`` runs.
+    Call: ``register(scheme, opener, summary)``; ``opener(spec: str, **options)``
+    returns an iterator of ``(H, W, 3)`` uint8 RGB frames and may carry ``fps``.
+    A spec ``"scheme:rest"`` goes to the opener of ``scheme``; a spec without a
+    known scheme goes to the ``file`` opener.
+    Returns: nothing.
+    """
+
+
+@hookspec
+def register_benchmarks(register: Callable[[Any], None]) -> None:
+    """Register benchmarks for ``slimkit bench``.
+
+    Fires: the first time ``slimkit bench`` or ``slimkit.benchmarks()`` runs.
+    Call: ``register(slimkit.Benchmark(name, run, summary, plot=None))``;
+    ``run(ctx: BenchContext) -> dict`` returns JSON-serialisable results.
+    Returns: nothing.
+    """
+
+
+@hookspec
+def register_macs_counters(register: Callable[..., None]) -> None:
+    """Teach the Mult-Adds counter about a plugin's own module types.
+
+    Fires: the first time ``slimkit.measure.count_macs`` runs.
+    Call: ``register(module_type, fn)`` with ``fn(module, inputs, output) -> int``
+    Mult-Adds of one call; operations inside such a module are not counted again.
+    Returns: nothing.
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add sub-commands to the ``slimkit`` command line.
+
+    Fires: once, when the ``slimkit`` CLI starts.
+    Call: decorate functions with ``@cli.command()`` or add a ``click.Group``
+    with ``cli.add_command(group)``; ``cli`` is the top-level ``click.Group``.
+    Returns: nothing.
+    """

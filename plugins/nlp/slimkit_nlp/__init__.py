@@ -1,0 +1,4 @@
+"""slimkit NLP plugin: SpAtten pruning and progressive quantization, Lite Transformer (LSRA), HAT.
+
+Install with ``pip install 'slimkit[nlp]'``.
+"""

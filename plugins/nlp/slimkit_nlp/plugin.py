@@ -1,0 +1,10 @@
+"""Entry point of the built-in ``nlp`` plugin (loaded like any third-party plugin).
+
+Each technique lives in its own package; list its registration module in ``PARTS``.
+"""
+from slimkit.parts import delegate_hooks
+
+PARTS = (
+)
+
+delegate_hooks(globals(), PARTS)
