@@ -5,6 +5,7 @@ Each technique lives in its own package; list its registration module in ``PARTS
 from slimkit.parts import delegate_hooks
 
 PARTS = (
+    "slimkit_video.cli",
 )
 
 delegate_hooks(globals(), PARTS)
