@@ -6,6 +6,7 @@ from slimkit.parts import delegate_hooks
 
 PARTS = (
     "slimkit_nlp.cli",
+    "slimkit_nlp.lsra.registration",
 )
 
 delegate_hooks(globals(), PARTS)

@@ -1,0 +1,1 @@
+"""Lite Transformer: Long-Short Range Attention (LSRA) blocks and Hugging Face models."""

@@ -1,0 +1,423 @@
+"""Causal language-model training on plain text, shared by every NLP technique.
+
+One code path for a single process and for ``accelerate launch`` (DDP): the
+model and optimizer go through ``accelerate.Accelerator.prepare``; each process
+samples its own random blocks; evaluation blocks are split across processes and
+the token losses are summed over all of them.
+
+Python::
+
+    from slimkit_nlp.train import train_causal_lm
+    from slimkit_nlp.data import load_text
+    metrics = train_causal_lm(model, load_text("train"), load_text("validation"),
+                              block_size=128, batch_size=16, time_budget_s=120, lr=1e-3,
+                              output_dir="runs/lite")
+    metrics["eval_perplexity"]
+
+Command line: ``slimkit nlp train --model lite --time-budget 120 --output-dir runs/lite``
+(``--train-file``/``--eval-file`` for any text files; default: the built-in Shakespeare corpus).
+
+The model is any module called as ``model(input_ids=LongTensor[B, T])`` that returns
+logits ``[B, T, V]`` (a tensor, a tuple whose first item is the logits, or an
+object with ``.logits``), e.g. every Hugging Face ``*ForCausalLM``. The loss is
+next-token cross-entropy computed here (``labels`` is not passed), so it means
+the same for every model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from slimkit.errors import ConfigError, SlimkitError
+
+TextLike = Union[str, Sequence[int], torch.Tensor]
+
+__all__ = ["train_causal_lm", "evaluate_perplexity", "load_text_files", "encode_text", "lr_at"]
+
+
+# -- data ---------------------------------------------------------------------------------
+def load_text_files(paths: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> str:
+    """Read text files with the ``datasets`` text loader (one document per file), joined by blank lines.
+
+    ``paths``: a file, a folder (every ``*.txt`` inside) or a list of files.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        p = Path(paths)
+        files = sorted(str(f) for f in p.glob("*.txt")) if p.is_dir() else [str(p)]
+    else:
+        files = [str(f) for f in paths]
+    if not files:
+        raise SlimkitError(f"no text files found in {str(paths)!r}; pass a .txt file, a folder of .txt files or a list")
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise SlimkitError(f"text file {missing[0]!r} does not exist; pass existing .txt files")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from datasets import load_dataset
+
+    ds = load_dataset("text", data_files={"train": files}, sample_by="document", split="train")
+    return "\n\n".join(ds["text"])
+
+
+def encode_text(text: TextLike, tokenizer: Any = None) -> torch.Tensor:
+    """Token ids as a 1-D LongTensor: text through ``tokenizer.encode`` (default ``ByteTokenizer``), ids as given."""
+    if isinstance(text, torch.Tensor):
+        return text.reshape(-1).long()
+    if isinstance(text, str):
+        if tokenizer is None:
+            from .data import ByteTokenizer
+            tokenizer = ByteTokenizer()
+        return torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    return torch.tensor(list(text), dtype=torch.long)
+
+
+def _logits(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise SlimkitError(f"the model returned {type(out).__name__}; it must return logits, a tuple or an object with .logits")
+
+
+def _lm_loss(model, block: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy of ``block`` [B, T+1] (inputs ``block[:, :-1]``, targets ``block[:, 1:]``)."""
+    logits = _logits(model(input_ids=block[:, :-1]))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), block[:, 1:].reshape(-1), reduction=reduction)
+
+
+def lr_at(step: int, total_steps: Optional[int], elapsed: float, time_budget_s: Optional[float],
+          lr: float, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``.
+
+    Progress is the larger of ``step / total_steps`` and ``elapsed / time_budget_s``,
+    so a time-budgeted run decays over its budget.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    fracs = [0.0]
+    if total_steps:
+        fracs.append(step / total_steps)
+    if time_budget_s:
+        fracs.append(elapsed / time_budget_s)
+    frac = min(1.0, max(fracs))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@torch.no_grad()
+def evaluate_perplexity(model, ids: torch.Tensor, block_size: int, batch_size: int = 16,
+                        max_tokens: Optional[int] = None, accelerator=None) -> dict:
+    """Perplexity over consecutive non-overlapping blocks of ``ids`` (first ``max_tokens`` tokens).
+
+    Returns ``{"eval_loss": mean nats per token, "eval_perplexity": exp(loss), "eval_tokens": n}``.
+    Under accelerate the blocks are split across processes and summed.
+    """
+    if max_tokens is not None:
+        ids = ids[: max_tokens + 1]
+    n_blocks = (len(ids) - 1) // block_size
+    if n_blocks < 1:
+        raise SlimkitError(f"evaluation text has {len(ids)} tokens, fewer than block_size+1={block_size + 1}; "
+                           "pass more text or a smaller block_size")
+    blocks = torch.stack([ids[i * block_size: i * block_size + block_size + 1] for i in range(n_blocks)])
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    mine = blocks[rank::world]
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for i in range(0, len(mine), batch_size):
+        b = mine[i: i + batch_size].to(device)
+        total[0] += _lm_loss(model, b, reduction="sum").double()
+        total[1] += b[:, 1:].numel()
+    if accelerator is not None and world > 1:
+        total = accelerator.reduce(total, reduction="sum")
+    model.train(was_training)
+    loss = (total[0] / total[1]).item()
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": int(total[1].item())}
+
+
+def _save(model, accelerator, directory: Path, state: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    inner = accelerator.unwrap_model(model)
+    if hasattr(inner, "save_pretrained"):
+        inner.save_pretrained(str(directory))
+    else:
+        from safetensors.torch import save_model
+        save_model(inner, str(directory / "model.safetensors"))
+    (directory / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+
+
+# -- training ------------------------------------------------------------------------------
+def train_causal_lm(
+    model: torch.nn.Module,
+    train_text: TextLike,
+    eval_text: Optional[TextLike] = None,
+    *,
+    tokenizer: Any = None,
+    block_size: int = 128,
+    batch_size: int = 16,
+    steps: Optional[int] = None,
+    time_budget_s: Optional[float] = None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    warmup_steps: int = 20,
+    grad_clip: float = 1.0,
+    eval_every: Optional[int] = None,
+    eval_tokens: Optional[int] = 65536,
+    eval_batch_size: Optional[int] = None,
+    output_dir: Optional[Union[str, os.PathLike]] = None,
+    save_every: Optional[int] = None,
+    keep_checkpoints: int = 2,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    show_progress: bool = True,
+    accelerator: Any = None,
+    log_every: int = 10,
+    callback: Optional[Callable[[dict], None]] = None,
+) -> dict:
+    """Train ``model`` as a causal LM on ``train_text``; evaluate perplexity on ``eval_text``.
+
+    Args:
+        model: returns next-token logits ``[B, T, V]`` from ``model(input_ids=[B, T])``.
+        train_text / eval_text: a string (tokenized with ``tokenizer``, default ``ByteTokenizer``),
+            a list of ids or a 1-D LongTensor. Load files with ``load_text_files``.
+        block_size: tokens per training sequence (T). batch_size: sequences per step and process.
+        steps / time_budget_s: stop after this many optimizer steps and/or this many seconds of
+            training (evaluation time excluded); at least one is required. The cosine LR
+            schedule follows whichever ends first.
+        lr, weight_decay, warmup_steps, grad_clip: AdamW settings.
+        eval_every: evaluate every N steps (also always at the end when ``eval_text`` is given).
+        eval_tokens: evaluate on the first N tokens of ``eval_text`` (None: all of it).
+        output_dir: where ``metrics.json``, checkpoints (``checkpoint-STEP/`` every ``save_every``
+            steps, the newest ``keep_checkpoints`` kept) and the final model (``final/``) go.
+        threads: torch threads for this run (restored afterwards); None leaves them alone.
+        accelerator: an ``accelerate.Accelerator``; a default one (CPU or the launched setup) if None.
+        callback: called with each logged row ``{"step", "loss", "lr", "elapsed_s"}``.
+
+    Returns:
+        dict with ``steps``, ``tokens_seen``, ``train_seconds``, ``initial_loss`` (first logged
+        mean loss), ``final_train_loss`` (mean of the last logging window), ``eval_loss``,
+        ``eval_perplexity``, ``eval_tokens``, ``history`` (logged rows), ``evals`` and ``output_dir``.
+    """
+    if steps is None and time_budget_s is None:
+        raise ConfigError("train_causal_lm needs steps or time_budget_s; pass steps=N or time_budget_s=SECONDS")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}; pass a positive number of steps")
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise ConfigError(f"time_budget_s must be positive, got {time_budget_s}; pass a number of seconds")
+    if block_size < 1 or batch_size < 1:
+        raise ConfigError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
+    from accelerate import Accelerator
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        acc = accelerator or Accelerator()
+        train_ids = encode_text(train_text, tokenizer)
+        if len(train_ids) < block_size + 2:
+            raise SlimkitError(f"training text has {len(train_ids)} tokens, fewer than block_size+2={block_size + 2}; "
+                               "pass more text or a smaller block_size")
+        eval_ids = encode_text(eval_text, tokenizer) if eval_text is not None else None
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if vocab is not None and int(train_ids.max()) >= vocab:
+            raise SlimkitError(f"token id {int(train_ids.max())} is outside the model's vocabulary of {vocab}; "
+                               "use a tokenizer that matches the model (ByteTokenizer needs vocab_size >= 256)")
+
+        decay, no_decay = [], []
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.dim() < 2 else decay).append(p)  # biases and norm scales: no decay
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+        model, opt = acc.prepare(model, opt)
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 1000 + acc.process_index)
+        out_dir = Path(output_dir) if output_dir else None
+        history, evals, window = [], [], []
+        initial_loss = None
+        step, tokens, train_s = 0, 0, 0.0
+        bar = None
+        if show_progress and acc.is_local_main_process:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=steps if steps else int(time_budget_s),
+                       desc="train", unit="step" if steps else "s", dynamic_ncols=True, leave=False)
+        ebs = eval_batch_size or batch_size
+
+        while True:
+            t0 = time.perf_counter()
+            cur_lr = lr_at(step, steps, train_s, time_budget_s, lr, warmup_steps)
+            for g in opt.param_groups:
+                g["lr"] = cur_lr
+            starts = torch.randint(0, len(train_ids) - block_size - 1, (batch_size,), generator=gen)
+            block = torch.stack([train_ids[s: s + block_size + 1] for s in starts.tolist()]).to(acc.device)
+            loss = _lm_loss(model, block)
+            acc.backward(loss)
+            if grad_clip:
+                acc.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens += block_size * batch_size * acc.num_processes
+            train_s += time.perf_counter() - t0
+            window.append(loss.item())
+            if not math.isfinite(window[-1]):
+                raise SlimkitError(f"training loss became {window[-1]} at step {step}; lower lr (now {lr})")
+            if initial_loss is None:
+                initial_loss = window[-1]
+            if bar is not None:
+                if steps:
+                    bar.update(1)
+                else:
+                    bar.n = min(int(train_s), int(time_budget_s))
+                    bar.refresh()
+                bar.set_postfix(loss=f"{window[-1]:.3f}", lr=f"{cur_lr:.2e}")
+            done = (steps is not None and step >= steps) or (time_budget_s is not None and train_s >= time_budget_s)
+            if acc.num_processes > 1 and time_budget_s is not None:  # every process stops at the same step
+                flag = acc.reduce(torch.tensor([float(done)], device=acc.device), reduction="sum")
+                done = bool(flag.item() > 0)
+            if step % log_every == 0 or done:
+                row = {"step": step, "loss": sum(window) / len(window), "lr": cur_lr, "elapsed_s": round(train_s, 3)}
+                history.append(row)
+                window = []
+                if callback:
+                    callback(row)
+            if eval_ids is not None and eval_every and step % eval_every == 0 and not done:
+                ev = evaluate_perplexity(model, eval_ids, block_size, ebs, eval_tokens, acc)
+                evals.append({"step": step, **ev})
+            if out_dir is not None and save_every and step % save_every == 0 and not done:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    _save(model, acc, out_dir / f"checkpoint-{step}", {"step": step, "history": history})
+                    old = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+                    for p in old[:-keep_checkpoints] if keep_checkpoints > 0 else old:
+                        shutil.rmtree(p, ignore_errors=True)
+            if done:
+                break
+        if bar is not None:
+            bar.close()
+
+        metrics = {"steps": step, "tokens_seen": tokens, "train_seconds": round(train_s, 3),
+                   "initial_loss": initial_loss, "final_train_loss": history[-1]["loss"] if history else None,
+                   "block_size": block_size, "batch_size": batch_size, "lr": lr,
+                   "num_processes": acc.num_processes}
+        if eval_ids is not None:
+            ev = evaluate_perplexity(model, eval_ids, block_size, ebs, eval_tokens, acc)
+            evals.append({"step": step, **ev})
+            metrics.update(ev)
+        metrics["history"] = history
+        metrics["evals"] = evals
+        metrics["output_dir"] = str(out_dir) if out_dir else None
+        if out_dir is not None:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                _save(model, acc, out_dir / "final", {"step": step, "history": history})
+                (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
+    finally:
+        if threads:
+            torch.set_num_threads(old_threads)
+
+
+# -- models and command line -----------------------------------------------------------------
+def build_causal_lm(kind: str = "gpt2", vocab_size: int = 256, n_layer: int = 4, d_model: int = 128,
+                    n_head: int = 4, max_positions: int = 1024, **options: Any) -> torch.nn.Module:
+    """A fresh small causal LM: ``kind`` is ``"gpt2"`` (GPT-2 architecture), ``"lite"`` (Lite
+    Transformer, LSRA blocks) or a local folder saved with ``save_pretrained`` (loaded with
+    ``AutoModelForCausalLM``). ``options`` go to the config (e.g. ``kernel_sizes`` for lite)."""
+    if kind == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(vocab_size=vocab_size, n_positions=max_positions, n_embd=d_model, n_layer=n_layer,
+                         n_head=n_head, bos_token_id=0, eos_token_id=0, **options)
+        return GPT2LMHeadModel(cfg)
+    if kind == "lite":
+        from .lsra.modeling import LiteTransformerConfig, LiteTransformerForCausalLM
+
+        cfg = LiteTransformerConfig(vocab_size=vocab_size, d_model=d_model, decoder_layers=n_layer,
+                                    n_head=n_head, max_position_embeddings=max_positions, **options)
+        return LiteTransformerForCausalLM(cfg)
+    if Path(kind).is_dir():
+        from transformers import AutoModelForCausalLM
+
+        from . import lsra  # noqa: F401  (registers the Lite Transformer with the Auto classes)
+        return AutoModelForCausalLM.from_pretrained(kind)
+    raise ConfigError(f"unknown model {kind!r}; use 'gpt2', 'lite' or a folder saved with save_pretrained")
+
+
+def _train_command():
+    import click
+
+    @click.command("train")
+    @click.option("--model", "model_kind", default="gpt2", show_default=True,
+                  help="'gpt2', 'lite' (Lite Transformer) or a folder saved with save_pretrained.")
+    @click.option("--train-file", multiple=True, type=click.Path(exists=True),
+                  help="Text file(s) or folder(s) to train on (default: the built-in Shakespeare corpus).")
+    @click.option("--eval-file", multiple=True, type=click.Path(exists=True),
+                  help="Text file(s) for evaluation perplexity (default: held-out Shakespeare plays).")
+    @click.option("--n-layer", default=4, show_default=True)
+    @click.option("--d-model", default=128, show_default=True)
+    @click.option("--n-head", default=4, show_default=True)
+    @click.option("--block-size", default=128, show_default=True)
+    @click.option("--batch-size", default=16, show_default=True)
+    @click.option("--steps", type=int, default=None, help="Optimizer steps.")
+    @click.option("--time-budget", type=float, default=None, help="Seconds of training (default 60 if no --steps).")
+    @click.option("--lr", default=1e-3, show_default=True)
+    @click.option("--eval-every", type=int, default=None)
+    @click.option("--eval-tokens", type=int, default=65536, show_default=True)
+    @click.option("--save-every", type=int, default=None)
+    @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+                  help="Checkpoints, final model and metrics.json go here.")
+    @click.option("--threads", type=int, default=None)
+    @click.option("--seed", default=0, show_default=True)
+    def train(model_kind, train_file, eval_file, n_layer, d_model, n_head, block_size, batch_size, steps,
+              time_budget, lr, eval_every, eval_tokens, save_every, output_dir, threads, seed):
+        """Train a causal language model on plain text (accelerate; also under `accelerate launch`)."""
+        torch.manual_seed(seed)
+        if steps is None and time_budget is None:
+            time_budget = 60.0
+        if train_file:
+            train_text = "\n\n".join(load_text_files(f) for f in train_file)
+        else:
+            from .data import load_text
+            train_text = load_text("train")
+        if eval_file:
+            eval_text = "\n\n".join(load_text_files(f) for f in eval_file)
+        elif train_file:
+            eval_text = None
+        else:
+            from .data import load_text
+            eval_text = load_text("validation")
+        model = build_causal_lm(model_kind, n_layer=n_layer, d_model=d_model, n_head=n_head,
+                                max_positions=max(block_size, 128))
+        n_params = sum(p.numel() for p in model.parameters())
+        click.echo(f"model {model_kind}: {n_params / 1e6:.2f}M parameters")
+        m = train_causal_lm(model, train_text, eval_text, block_size=block_size, batch_size=batch_size,
+                            steps=steps, time_budget_s=time_budget, lr=lr, eval_every=eval_every,
+                            eval_tokens=eval_tokens, output_dir=output_dir, save_every=save_every,
+                            threads=threads, seed=seed,
+                            callback=lambda row: None)
+        line = f"steps {m['steps']}  train loss {m['final_train_loss']:.4f}  ({m['train_seconds']:.1f} s)"
+        if "eval_perplexity" in m:
+            line += f"  eval loss {m['eval_loss']:.4f}  perplexity {m['eval_perplexity']:.3f}"
+        click.echo(line)
+        if output_dir:
+            click.echo(f"saved to {output_dir}/final (metrics in {output_dir}/metrics.json)")
+
+    return train
+
+
+def register_train_command() -> None:
+    """Add ``train`` to the ``slimkit nlp`` group (once)."""
+    from .cli import nlp
+
+    if "train" not in nlp.commands:
+        nlp.add_command(_train_command())

@@ -1,0 +1,85 @@
+"""The shared causal-LM trainer: loss goes down on real text, checkpoints, files, CLI, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from slimkit.errors import ConfigError, SlimkitError
+from slimkit_nlp.data import load_text
+from slimkit_nlp.train import build_causal_lm, evaluate_perplexity, load_text_files, lr_at, train_causal_lm
+
+
+def _tiny_gpt2():
+    return build_causal_lm("gpt2", n_layer=1, d_model=32, n_head=2, max_positions=64)
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    return load_text("train")[:300_000], load_text("validation")[:20_000]
+
+
+def test_short_training_lowers_loss_and_writes_checkpoints(shakespeare, tmp_path):
+    train, val = shakespeare
+    model = _tiny_gpt2()
+    before = evaluate_perplexity(model, torch.tensor(list(val.encode()))[:4097], block_size=32)
+    m = train_causal_lm(model, train, val, block_size=32, batch_size=8, steps=40, lr=3e-3,
+                        eval_tokens=4096, output_dir=tmp_path, save_every=10, keep_checkpoints=2,
+                        show_progress=False)
+    assert m["steps"] == 40
+    assert m["final_train_loss"] < m["initial_loss"] - 0.5
+    assert m["eval_perplexity"] < before["eval_perplexity"] * 0.5
+    assert m["eval_tokens"] == 4096
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["eval_perplexity"] == pytest.approx(m["eval_perplexity"])
+    from transformers import AutoModelForCausalLM
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    again = evaluate_perplexity(back, torch.tensor(list(val.encode()))[:4097], block_size=32)
+    assert again["eval_loss"] == pytest.approx(m["eval_loss"], abs=1e-5)
+
+
+def test_time_budget_stops_and_lr_schedule():
+    model = _tiny_gpt2()
+    m = train_causal_lm(model, "to be or not to be, that is the question. " * 50, steps=None,
+                        time_budget_s=0.3, block_size=16, batch_size=2, show_progress=False)
+    assert 1 <= m["steps"] and 0.3 <= m["train_seconds"] < 3
+    assert "eval_perplexity" not in m
+    assert lr_at(0, 100, 0, None, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(100, 100, 0, None, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(10, None, 5.0, 10.0, 1.0, 10) == pytest.approx(0.55)
+
+
+def test_text_files_through_datasets_loader(tmp_path):
+    (tmp_path / "a.txt").write_text("first file\nline two\n")
+    (tmp_path / "b.txt").write_text("second file\n")
+    text = load_text_files(tmp_path)
+    assert "first file\nline two" in text and "second file" in text
+    with pytest.raises(SlimkitError, match="does not exist"):
+        load_text_files([tmp_path / "missing.txt"])
+
+
+def test_bad_arguments_are_one_sentence():
+    with pytest.raises(ConfigError, match="steps or time_budget_s"):
+        train_causal_lm(_tiny_gpt2(), "abc" * 100)
+    with pytest.raises(SlimkitError, match="fewer than block_size"):
+        train_causal_lm(_tiny_gpt2(), "abc", steps=1, block_size=32)
+    with pytest.raises(ConfigError, match="unknown model"):
+        build_causal_lm("bert")
+
+
+def test_cli_train_on_files(tmp_path):
+    from slimkit.cli import _load_plugin_commands, cli
+
+    _load_plugin_commands()
+
+    (tmp_path / "t.txt").write_text("Now is the winter of our discontent. " * 40)
+    res = CliRunner().invoke(cli, ["nlp", "train", "--model", "gpt2", "--train-file", str(tmp_path / "t.txt"),
+                                   "--eval-file", str(tmp_path / "t.txt"), "--n-layer", "1", "--d-model", "32",
+                                   "--n-head", "2", "--block-size", "16", "--batch-size", "4", "--steps", "5",
+                                   "--output-dir", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "perplexity" in res.output
+    assert (tmp_path / "run" / "final" / "config.json").exists()
