@@ -111,6 +111,34 @@ def bench(names, list_, json_path, quick, threads, seed) -> None:
         click.echo(f"  wrote {path} and {result['plot']}")
 
 
+DEMOS = (
+    (("stream",), ["--seconds", "8"], "online TSM on the built-in synthetic stream"),
+    (("nlp", "demo"), [], "SpAtten token pruning on all-MiniLM-L6-v2 over Shakespeare"),
+)
+
+
+@cli.command()
+@click.pass_context
+def demo(ctx) -> None:
+    """Run the built-in demos (the README's quick start)."""
+    ran = 0
+    for path, args, what in DEMOS:
+        cmd = cli
+        for part in path:
+            cmd = getattr(cmd, "commands", {}).get(part)
+            if cmd is None:
+                break
+        name = " ".join(path)
+        if cmd is None:
+            click.echo(f"== slimkit {name}: not available (its plugin is not installed; see slimkit plugins)")
+            continue
+        click.echo(f"== slimkit {name} {' '.join(args)}: {what}")
+        cmd.main(args=list(args), prog_name=f"slimkit {name}", standalone_mode=False)
+        ran += 1
+    if not ran:
+        raise click.ClickException("no demo is available: pip install 'slimkit[all]'")
+
+
 def _table(rows) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for j, r in enumerate(rows):

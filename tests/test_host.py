@@ -1,0 +1,235 @@
+"""The pluggy host: built-ins load, third-party plugins plug in, broken ones don't break anything."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import slimkit
+from slimkit import hookspecs
+from slimkit.host import HOST
+from slimkit.registry import registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_host(monkeypatch):
+    """Reload plugins for the test and again afterwards, so state never leaks."""
+    yield monkeypatch
+    monkeypatch.undo()
+    HOST.load()
+
+
+def test_builtin_plugins_load_through_entry_points():
+    infos = {i.name: i for i in slimkit.plugins()}
+    assert infos["video"].available, infos["video"].reason
+    assert infos["nlp"].available, infos["nlp"].reason
+    assert infos["video"].module == "slimkit_video.plugin"
+    assert infos["nlp"].version == slimkit.__version__
+
+
+def test_each_plugin_registers_exactly_its_registry_techniques():
+    reg = registry()
+    table = slimkit.techniques()
+    for name, info in ((i.name, i) for i in slimkit.plugins()):
+        if name not in reg.plugins or not info.available:
+            continue
+        registered = {t.name for t in table.values() if t.plugin == name}
+        assert registered == reg.techniques_of(name), f"plugin {name!r} vs registry.toml"
+
+
+def test_registry_entries_are_complete():
+    reg = registry()
+    for t in reg.techniques.values():
+        assert t.plugin in reg.plugins, t
+        assert t.summary and t.paper_title and t.arxiv, t
+    for p in reg.plugins.values():
+        assert p.extra and p.module and p.requires
+
+
+def test_technique_objects_carry_the_public_fields():
+    for name, t in slimkit.techniques().items():
+        assert t.name == name and t.plugin in {"video", "nlp"}
+        assert issubclass(t.config_class, slimkit.TechniqueConfig)
+        assert t.config_class.technique == name
+        assert t.summary
+
+
+def test_every_hook_is_documented():
+    hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
+    assert {"register_techniques", "register_models", "register_sources",
+            "register_benchmarks", "register_commands"} <= set(hooks)
+    readme = (REPO / "README.md").read_text()
+    for name in hooks:
+        fn = getattr(hookspecs, name)
+        doc = fn.__doc__ or ""
+        assert "Fires:" in doc and "Returns:" in doc, f"{name} must say when it fires and what it returns"
+        assert fn.__annotations__, f"{name} must be typed"
+        assert f"`{name}" in readme, f"README's plugin-author section must document {name}"
+
+
+def test_load_plugins_env_var_limits_loading(fresh_host):
+    fresh_host.setenv("SLIMKIT_LOAD_PLUGINS", "")
+    HOST.load()
+    assert slimkit.techniques() == {}
+    infos = {i.name: i for i in slimkit.plugins()}
+    assert not infos["video"].available and "SLIMKIT_LOAD_PLUGINS" in infos["video"].reason
+    fresh_host.setenv("SLIMKIT_LOAD_PLUGINS", "nlp")
+    HOST.load()
+    assert {t.plugin for t in slimkit.techniques().values()} <= {"nlp"}
+    assert {i.name: i for i in slimkit.plugins()}["nlp"].available
+
+
+def test_missing_extra_gives_the_exact_install_hint(fresh_host):
+    # decord is a video-only dependency: make it unimportable and reload the plugins.
+    fresh_host.setitem(sys.modules, "decord", None)
+    HOST.load()
+    info = {i.name: i for i in slimkit.plugins()}["video"]
+    assert not info.available
+    assert info.reason == "missing dependency decord: pip install 'slimkit[video]'"
+    video_techniques = sorted(registry().techniques_of("video"))
+    assert video_techniques, "registry.toml lists no video technique"
+    name = video_techniques[0]
+    with pytest.raises(slimkit.MissingExtraError) as e:
+        slimkit.apply(object(), name)
+    assert str(e.value) == (f"technique {name!r} is provided by plugin 'video', "
+                            f"which is not installed: pip install 'slimkit[video]'")
+    # the other plugin is untouched
+    assert {i.name: i for i in slimkit.plugins()}["nlp"].available
+
+
+THIRD_PARTY = textwrap.dedent('''
+    """A complete third-party slimkit plugin (the README shows the same)."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    import slimkit
+    import torch
+
+
+    @dataclass
+    class ScaleConfig(slimkit.TechniqueConfig):
+        technique: ClassVar[str] = "scale-weights"
+        version: ClassVar[int] = 1
+        factor: float = 0.5
+
+        def validate(self):
+            if self.factor <= 0:
+                raise slimkit.ConfigError("factor must be > 0; pass e.g. factor=0.5")
+
+
+    def apply_scale(model, config):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(config.factor)
+        return model
+
+
+    @slimkit.hookimpl
+    def register_techniques(register):
+        register(slimkit.Technique("scale-weights", ScaleConfig, apply_scale,
+                                   "Multiply every weight by a factor."))
+
+
+    @slimkit.hookimpl
+    def register_commands(cli):
+        @cli.command()
+        def hello():
+            """Say hello."""
+            print("hello from a plugin")
+''')
+
+
+def _install_throwaway_dist(root: Path, dist: str, module: str, source: str) -> None:
+    """A real installed distribution: module + dist-info with an entry point, on sys.path."""
+    (root / f"{module}.py").write_text(source)
+    info = root / f"{dist}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[slimkit.plugins]\n{dist} = {module}\n")
+    (info / "RECORD").write_text("")
+
+
+def test_third_party_plugin_via_entry_point(tmp_path, fresh_host):
+    import torch
+
+    _install_throwaway_dist(tmp_path, "slimkit-scale", "slimkit_scale_plugin", THIRD_PARTY)
+    fresh_host.syspath_prepend(str(tmp_path))
+    HOST.load()
+    info = {i.name: i for i in slimkit.plugins()}["slimkit-scale"]
+    assert info.available and info.version == "1.2.3"
+    assert info.techniques == ["scale-weights"]
+    model = torch.nn.Linear(3, 2)
+    before = model.weight.detach().clone()
+    out = slimkit.apply(model, "scale-weights", factor=0.25)
+    assert torch.allclose(out.weight, before * 0.25)
+    assert out.slimkit_configs[-1].factor == 0.25
+    with pytest.raises(slimkit.ConfigError, match="factor must be > 0"):
+        slimkit.apply(model, "scale-weights", factor=-1.0)
+    # the CLI sees it too (plugins table and its command)
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "slimkit.cli", "plugins", "--json"], env=env,
+                         capture_output=True, text=True, check=True)
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["slimkit-scale"]["techniques"] == ["scale-weights"]
+    res = subprocess.run([sys.executable, "-m", "slimkit.cli", "hello"], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "hello from a plugin" in res.stdout
+
+
+def test_plugin_that_fails_to_import_is_listed_not_fatal(tmp_path, fresh_host):
+    _install_throwaway_dist(tmp_path, "broken", "slimkit_broken_plugin",
+                            "raise RuntimeError('boom: this plugin is broken')\n")
+    fresh_host.syspath_prepend(str(tmp_path))
+    HOST.load()
+    info = {i.name: i for i in slimkit.plugins()}["broken"]
+    assert not info.available
+    assert info.reason.startswith("failed to import slimkit_broken_plugin: RuntimeError: boom")
+    assert {i.name: i for i in slimkit.plugins()}["video"].available
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "slimkit.cli", "plugins"], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "failed to import" in res.stdout
+
+
+def test_plugin_registered_in_a_fixture_then_unregistered():
+    import torch
+
+    class Plugin:
+        @slimkit.hookimpl
+        def register_techniques(self, register):
+            @dataclass
+            class NoopConfig(slimkit.TechniqueConfig):
+                technique = "noop-test"
+            register(slimkit.Technique("noop-test", NoopConfig, lambda m, c: m, "Does nothing."))
+
+    name = slimkit.register_plugin(Plugin(), "noop")
+    try:
+        assert slimkit.techniques()["noop-test"].plugin == "noop"
+        m = torch.nn.Linear(2, 2)
+        assert slimkit.apply(m, "noop-test") is m
+    finally:
+        slimkit.unregister_plugin(name)
+    assert "noop-test" not in slimkit.techniques()
+
+
+def test_hook_that_raises_disables_only_that_plugin():
+    class Bad:
+        @slimkit.hookimpl
+        def register_techniques(self, register):
+            raise ValueError("cannot register")
+
+    slimkit.register_plugin(Bad(), "bad")
+    try:
+        table = slimkit.techniques()
+        assert set(registry().techniques) <= set(table) | set()  # built-ins still there
+        info = {i.name: i for i in slimkit.plugins()}["bad"]
+        assert not info.available and "register_techniques failed: ValueError" in info.reason
+    finally:
+        slimkit.unregister_plugin("bad")
