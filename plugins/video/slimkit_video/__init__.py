@@ -1,4 +1,31 @@
 """slimkit video plugin: temporal shift (TSM), (2+1)D convolutions, online streaming inference.
 
-Install with ``pip install 'slimkit[video]'``.
+Install with ``pip install 'slimkit[video]'``. Names below are imported lazily (importing
+``slimkit_video`` does not import transformers, decord or accelerate).
 """
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "temporal_shift": "slimkit_video.tsm.shift",
+    "TemporalShift": "slimkit_video.tsm.modules",
+    "TSMConfig": "slimkit_video.tsm.config",
+    "VideoClassifier": "slimkit_video.classifier",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slimkit_video' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = list(_LAZY)

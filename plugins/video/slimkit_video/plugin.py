@@ -6,6 +6,7 @@ from slimkit.parts import delegate_hooks
 
 PARTS = (
     "slimkit_video.cli",
+    "slimkit_video.tsm.registration",
 )
 
 delegate_hooks(globals(), PARTS)

@@ -1,0 +1,63 @@
+"""TSM modules: ``TemporalShift`` (wraps a module, shifts its input) and ``TemporalPool``.
+
+Both see frames flattened as ``(N*T, C, H, W)`` with ``T = n_segment`` frames per clip.
+The shift is the only temporal operation of ``TemporalShift``; ``TemporalPool`` is separate
+(online/streaming inference cannot use it, since it mixes future frames).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.errors import ShapeError
+
+from .shift import temporal_shift
+
+
+class TemporalShift(nn.Module):
+    """``forward(x) = net(temporal_shift(x, n_segment, shift_div, direction))``.
+
+    ``net`` is the wrapped module: the residual branch's first conv (``place="blockres"``),
+    the whole block (``place="block"``) or a targeted module (``target_modules``).
+    Extra positional/keyword arguments go to ``net`` unchanged. Zero parameters, zero Mult-Adds.
+    """
+
+    def __init__(self, net: nn.Module, n_segment: int = 8, shift_div: int = 8, direction: str = "both"):
+        super().__init__()
+        self.net = net
+        self.n_segment = int(n_segment)
+        self.shift_div = int(shift_div)
+        self.direction = direction
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        return self.net(temporal_shift(x, self.n_segment, self.shift_div, self.direction), *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"n_segment={self.n_segment}, shift_div={self.shift_div}, direction={self.direction!r}"
+
+
+def temporal_pool(x: torch.Tensor, n_segment: int) -> torch.Tensor:
+    """Max-pool ``(N*T, C, H, W)`` over time (kernel 3, stride 2, padding 1): ``(N*ceil(T/2), C, H, W)``."""
+    nt = x.shape[0]
+    if nt % n_segment != 0:
+        raise ShapeError(
+            f"batch {nt} is not divisible by n_segment={n_segment}; feed whole clips of {n_segment} frames")
+    v = x.reshape(nt // n_segment, n_segment, *x.shape[1:]).transpose(1, 2)  # N, C, T, H, W
+    v = F.max_pool3d(v, kernel_size=(3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0))
+    return v.transpose(1, 2).reshape(-1, *x.shape[1:])
+
+
+class TemporalPool(nn.Module):
+    """``forward(x) = net(temporal_pool(x, n_segment))``: halves ``T`` before ``net`` (a stage)."""
+
+    def __init__(self, net: nn.Module, n_segment: int = 8):
+        super().__init__()
+        self.net = net
+        self.n_segment = int(n_segment)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        return self.net(temporal_pool(x, self.n_segment), *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"n_segment={self.n_segment}"

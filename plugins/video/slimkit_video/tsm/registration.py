@@ -1,0 +1,12 @@
+"""Registers the ``tsm`` technique, its benchmarks and ``slimkit video train``."""
+from __future__ import annotations
+
+
+def register_techniques(register) -> None:
+    from slimkit import Technique
+
+    from .config import TSMConfig
+    from .transform import apply_tsm
+
+    register(Technique("tsm", TSMConfig, apply_tsm,
+                       "Temporal Shift Module: temporal modelling for any 2D CNN at zero extra FLOPs"))

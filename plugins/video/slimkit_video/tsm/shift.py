@@ -1,0 +1,80 @@
+"""The temporal shift: move a fraction of the channels one frame along time.
+
+``x`` holds ``N`` clips of ``T = n_segment`` frames each, flattened to ``(N*T, C, H, W)``
+(frame-major inside each clip, as ``clips.flatten(0, 1)`` gives for ``(N, T, C, H, W)``).
+With ``fold = C // shift_div``:
+
+- ``direction="both"`` (offline, the paper's shift): channels ``[0, fold)`` take frame ``t+1``,
+  channels ``[fold, 2*fold)`` take frame ``t-1``; the rest are unchanged; the ends are zero.
+- ``direction="past"`` (causal, for online use): channels ``[0, fold)`` take frame ``t-1``
+  (zeros at ``t=0``); the rest are unchanged; no future frame is ever read.
+
+The output is a new tensor (the input is never modified), built with one allocation
+and slice copies (no full zero fill, no ``zeros_like`` + copy of the whole tensor), so the
+shift costs one read and one write of the activation. Gradients flow through autograd's
+slice-copy rules, i.e. the backward is exactly the opposite shift.
+"""
+from __future__ import annotations
+
+import torch
+
+from slimkit.errors import ConfigError, ShapeError
+
+DIRECTIONS = ("both", "past")
+
+
+def _check(x: torch.Tensor, n_segment: int, shift_div: int, direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction must be 'both' or 'past', got {direction!r}")
+    if not isinstance(n_segment, int) or n_segment < 1:
+        raise ConfigError(f"n_segment must be a positive int, got {n_segment!r}")
+    if not isinstance(shift_div, int) or shift_div < 2:
+        raise ConfigError(f"shift_div must be an int >= 2, got {shift_div!r}")
+    if x.dim() < 2:
+        raise ShapeError(f"temporal_shift expects (N*T, C, ...) input, got shape {tuple(x.shape)}")
+    if x.shape[0] % n_segment != 0:
+        raise ShapeError(
+            f"batch {x.shape[0]} is not divisible by n_segment={n_segment}; feed whole clips "
+            f"as (N*{n_segment}, C, H, W) or set n_segment to the clip length")
+
+
+def temporal_shift(x: torch.Tensor, n_segment: int, shift_div: int = 8,
+                   direction: str = "both") -> torch.Tensor:
+    """Shift ``C // shift_div`` channels of ``x`` (``(N*T, C, ...)``, ``T = n_segment``) along time.
+
+    See the module docstring for the exact semantics. Returns a new tensor of ``x``'s shape.
+    """
+    _check(x, n_segment, shift_div, direction)
+    nt, c = x.shape[0], x.shape[1]
+    fold = c // shift_div
+    t = n_segment
+    v = x.reshape(nt // t, t, *x.shape[1:])
+    out = torch.empty_like(v, memory_format=torch.contiguous_format)
+    if direction == "both":
+        out[:, :-1, :fold] = v[:, 1:, :fold]                      # take the next frame
+        out[:, -1:, :fold] = 0
+        out[:, 1:, fold:2 * fold] = v[:, :-1, fold:2 * fold]      # take the previous frame
+        out[:, :1, fold:2 * fold] = 0
+        out[:, :, 2 * fold:] = v[:, :, 2 * fold:]
+    else:
+        out[:, 1:, :fold] = v[:, :-1, :fold]                      # take the previous frame
+        out[:, :1, :fold] = 0
+        out[:, :, fold:] = v[:, :, fold:]
+    return out.view(x.shape)
+
+
+def reference_shift(x: torch.Tensor, n_segment: int, shift_div: int = 8,
+                    direction: str = "both") -> torch.Tensor:
+    """The plain zeros-and-slice shift of the TSM reference code (for tests and benchmarks)."""
+    nt, c = x.shape[0], x.shape[1]
+    v = x.reshape(nt // n_segment, n_segment, *x.shape[1:])
+    fold = c // shift_div
+    out = torch.zeros_like(v)
+    if direction == "both":
+        out[:, :-1, :fold] = v[:, 1:, :fold]
+        out[:, 1:, fold:2 * fold] = v[:, :-1, fold:2 * fold]
+        out[:, :, 2 * fold:] = v[:, :, 2 * fold:]
+    else:
+        out[:, 1:, :fold] = v[:, :-1, :fold]
+        out[:, :, fold:] = v[:, :, fold:]
+    return out.view(x.shape)
