@@ -7,6 +7,7 @@ from slimkit.parts import delegate_hooks
 PARTS = (
     "slimkit_video.cli",
     "slimkit_video.tsm.registration",
+    "slimkit_video.r2plus1d.registration",
 )
 
 delegate_hooks(globals(), PARTS)

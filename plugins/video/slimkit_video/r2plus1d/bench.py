@@ -1,0 +1,103 @@
+"""Benchmarks ``r2plus1d-cost`` and ``r2plus1d-fidelity`` (see the issue and README)."""
+import copy
+import warnings
+
+import torch
+
+import slimkit
+from slimkit.measure import count_macs, count_params
+
+from .models import conv_weight_count, r2plus1d_18, r3d_18
+
+
+def _block_conv_weights(model) -> int:
+    """Weights of the 3x3x3 (or (2+1)D) block convs only: what the R(2+1)D paper matches (no stem, no 1x1x1)."""
+    from torch import nn
+    total = 0
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv3d) and name.startswith("layer") and ".downsample." not in name:
+            total += m.weight.numel()
+    return total
+
+
+# -- r2plus1d-cost ------------------------------------------------------------------------------
+def run_cost(ctx) -> dict:
+    """Params, Mult-Adds and median latency (batch 1, clips 8x112x112; quick: width 16, 8x56x56)."""
+    torch.manual_seed(ctx.seed)
+    width, size, frames = (16, 56, 8) if ctx.quick else (64, 112, 8)
+    clip = torch.randn(1, 3, frames, size, size)
+    r3d = r3d_18(width=width).eval()
+    models = {
+        "R3D-18": r3d,
+        "R(2+1)D-18 (per-conv M)": r2plus1d_18(width=width).eval(),
+        "R3D-18 converted (svd, rank=match)": slimkit.apply(copy.deepcopy(r3d), "r2plus1d").eval(),
+        "R3D-18 converted (svd, rank=match, mid BN+ReLU)":
+            slimkit.apply(copy.deepcopy(r3d), "r2plus1d", mid_activation=True).eval(),
+        "R(2+1)D-18 torchvision-style (per-block M, stem 45)": r2plus1d_18(width=width, mid_width="per-block").eval(),
+    }
+    rows = []
+    for name, model in ctx.progress(list(models.items()), desc="r2plus1d-cost"):
+        macs = count_macs(model, clip)
+        with torch.inference_mode():
+            lat = ctx.latency(lambda m=model: m(clip))
+        rows.append({"model": name, "params": count_params(model), "conv_weights": conv_weight_count(model),
+                     "block_conv_weights": _block_conv_weights(model), "macs": macs.total,
+                     "gmacs": round(macs.total / 1e9, 3), "median_ms": lat.median_ms, "p95_ms": lat.p95_ms})
+    base = rows[0]
+    for r in rows:
+        r["params_vs_r3d"] = r["params"] / base["params"]
+        r["block_conv_weights_vs_r3d"] = r["block_conv_weights"] / base["block_conv_weights"]
+        r["macs_vs_r3d"] = r["macs"] / base["macs"]
+        r["latency_vs_r3d"] = r["median_ms"] / base["median_ms"]
+    by = {r["model"]: r for r in rows}
+    conv_gap = abs(by["R3D-18 converted (svd, rank=match)"]["params_vs_r3d"] - 1) * 100
+    r21_gap = abs(by["R(2+1)D-18 (per-conv M)"]["block_conv_weights_vs_r3d"] - 1) * 100
+    tv_gap = abs(by["R(2+1)D-18 torchvision-style (per-block M, stem 45)"]["block_conv_weights_vs_r3d"] - 1) * 100
+    report = models["R3D-18 converted (svd, rank=match)"].r2plus1d_report
+    return {
+        "clip": [1, 3, frames, size, size], "width": width, "rows": rows,
+        "conversion": {"layers": len(report.layers), "left_alone": [n for n, _, _ in report.skipped],
+                       "mean_rel_error": sum(r.rel_error for r in report.layers) / len(report.layers)},
+        "goals": [
+            slimkit.goal("converted params gap to R3D-18 (%)", conv_gap, 1.0, higher_is_better=False, unit="%"),
+            slimkit.goal("R(2+1)D-18 per-conv block-conv weight gap (%)", r21_gap, 1.0, higher_is_better=False, unit="%"),
+            slimkit.goal("side row: torchvision per-block gap (%) (expected > 1)", tv_gap, 1.0, higher_is_better=True,
+                         unit="%"),
+        ],
+    }
+
+
+def plot_cost(result: dict, png) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    names = [r["model"].replace(" (", "\n(") for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    for ax, key, label in zip(axes, ("params", "gmacs", "median_ms"),
+                              ("parameters (M)", "Mult-Adds (G)", "median latency (ms, batch 1)")):
+        vals = [r[key] / (1e6 if key == "params" else 1) for r in rows]
+        ax.barh(range(len(rows)), vals, color=["C0", "C1", "C2", "C3", "C7"][: len(rows)])
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(names if ax is axes[0] else [], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        for i, v in enumerate(vals):
+            ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
+    c = result["clip"]
+    fig.suptitle(f"r2plus1d-cost: clip {c[2]}x{c[3]}x{c[4]}, batch 1, width {result['width']}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+# -- r2plus1d-fidelity --------------------------------------------------------------------------
+def run_fidelity(ctx) -> dict:
+    from .fidelity import run
+    return run(ctx)
+
+
+def plot_fidelity(result: dict, png) -> None:
+    from .fidelity import plot
+    plot(result, png)

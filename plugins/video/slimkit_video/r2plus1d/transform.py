@@ -1,0 +1,190 @@
+"""``slimkit.apply(model, "r2plus1d", ...)``: replace 3D convolutions by (2+1)D blocks, data-free.
+
+Every ``nn.Conv3d`` with a temporal kernel t > 1 and a spatial kernel kh*kw > 1 becomes a block of
+``modules`` (see the variant); every other Conv3d is left alone and listed in the report. With
+``init="svd"`` the block's kernels come from the truncated SVD of the trained kernel (``svd``), so
+that, without a mid activation, the block computes the best rank-M approximation of the 3D
+convolution (exact at full rank). The report is at ``model.r2plus1d_report``.
+"""
+import fnmatch
+import warnings
+
+import torch
+from torch import nn
+
+from slimkit.errors import UnsupportedModelError
+from slimkit.measure import count_params
+
+from .config import R2Plus1DConfig
+from .modules import BLOCKS, Conv2Plus1D, P3DParallel, P3DResidual, normalise_padding
+from .report import ConversionReport, LayerReport
+from .svd import full_rank, matched_rank, spectrum, split_kernel
+
+REPORT_ATTR = "r2plus1d_report"
+
+P3D_B_NO_SVD = (
+    "variant 'p3d-b' (S(x) + T(x)) cannot be SVD-initialised: its kernel is a spatial kernel on the "
+    "centre frame plus a temporal kernel on the centre pixel, a sum of two restricted-support kernels, "
+    "not a product of a spatial and a temporal factor, so no truncated SVD maps onto it; falling back "
+    "to random initialisation for {n} convolution(s) (fine-tune the model, or use variant 'r2plus1d', "
+    "'p3d-a' or 'p3d-c' for a data-free conversion)")
+
+
+def eligible(conv: nn.Conv3d) -> str | None:
+    """None when ``conv`` is replaced; otherwise why it is left alone."""
+    t, kh, kw = conv.kernel_size
+    if t == 1:
+        return "temporal kernel 1: already spatial-only"
+    if kh * kw == 1:
+        return "spatial kernel 1x1: temporal-only or pointwise"
+    return None
+
+
+def _requested_rank(cfg: R2Plus1DConfig, conv: nn.Conv3d, spec) -> tuple[int, str]:
+    """Total requested M and a label for the report."""
+    t, kh, kw = conv.kernel_size
+    if cfg.rank == "match":
+        return matched_rank(conv.in_channels, conv.out_channels, t, kh, kw), "match"
+    if cfg.rank == "full":
+        return full_rank(conv), "full"
+    if isinstance(cfg.rank, float):
+        return conv.groups * spec.energy_rank(cfg.rank), f"energy {cfg.rank:g}"
+    return int(cfg.rank), str(cfg.rank)
+
+
+def _check_supported(name: str, conv: nn.Conv3d) -> None:
+    if isinstance(conv.weight, nn.parameter.UninitializedParameter):
+        raise UnsupportedModelError(
+            f"{name or 'the model'} is a lazy Conv3d whose weight is not materialised yet; run one forward "
+            f"pass with a real clip before applying 'r2plus1d'")
+    if conv.weight.dim() != 5:
+        raise UnsupportedModelError(
+            f"{name or 'the model'} ({type(conv).__name__}) has a weight of shape {tuple(conv.weight.shape)}, "
+            f"not (out, in/groups, t, kh, kw); 'r2plus1d' converts plain nn.Conv3d layers only")
+
+
+def convert_conv(name: str, conv: nn.Conv3d, cfg: R2Plus1DConfig) -> tuple[nn.Module, LayerReport]:
+    """The replacement block for one Conv3d and its report row."""
+    _check_supported(name, conv)
+    t, kh, kw = conv.kernel_size
+    g, o, i = conv.groups, conv.out_channels, conv.in_channels
+    og = o // g
+    full = full_rank(conv)
+    full_g = full // g
+    pad = normalise_padding(conv.padding, conv.kernel_size, conv.dilation)
+    common = dict(kernel_size=conv.kernel_size, stride=conv.stride, padding=pad, dilation=conv.dilation,
+                  groups=g, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    need_spec = cfg.variant != "p3d-b" and (cfg.init == "svd" or isinstance(cfg.rank, float))
+    spec = spectrum(conv.weight, g) if need_spec else None
+    notes, clamped, rel_error, energy, init = [], False, None, None, cfg.init
+
+    if cfg.variant in ("r2plus1d", "p3d-a"):
+        m, label = _requested_rank(cfg, conv, spec)
+        mg = max(1, m // g)
+        if mg * g != m:
+            notes.append(f"M={m} rounded to {mg * g}, a multiple of groups={g}")
+        if mg > full_g:
+            clamped, mg = True, full_g
+            notes.append(f"requested M={m} exceeds full rank {full}: clamped")
+        block = Conv2Plus1D(i, o, mg * g, mid_activation=cfg.mid_activation, **common)
+        if spec is not None and cfg.init == "svd":
+            sp, tm = split_kernel(conv.weight, g, mg, spec)
+            block.spatial.weight.data.copy_(sp)
+            block.temporal.weight.data.copy_(tm)
+        rank = mg * g
+    elif cfg.variant == "p3d-b":
+        label, rank = "n/a", 0
+        block = P3DParallel(i, o, **common)
+        init = "random"
+        notes.append("parallel branches in->out: no intermediate width, rank option not used")
+    else:  # p3d-c
+        label, rank = "out_channels", o
+        block = P3DResidual(i, o, mid_activation=cfg.mid_activation, **common)
+        notes.append("intermediate width fixed at out_channels (skip path adds S(x)); rank option not used")
+        mg = min(og, full_g)
+        if spec is not None and cfg.init == "svd":
+            sp, tm = split_kernel(conv.weight, g, mg, spec, pad_to=og)
+            idx = torch.arange(o)
+            tm[idx, idx % og, block.centre_tap, 0, 0] -= 1.0   # T = T' - identity at the centre tap
+            block.spatial.weight.data.copy_(sp)
+            block.temporal.weight.data.copy_(tm)
+    if init == "svd":
+        used = rank // g if cfg.variant != "p3d-c" else min(og, full_g)
+        rel_error = spec.relative_error(used)
+        energy = 1.0 - rel_error ** 2
+        if conv.bias is not None:
+            block.temporal.bias.data.copy_(conv.bias.detach())
+        if cfg.mid_activation:
+            notes.append("BatchNorm+ReLU between the convs: SVD is only an initialisation")
+    block.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    block.train(conv.training)
+    row = LayerReport(name=name, kernel=tuple(conv.kernel_size), in_channels=i, out_channels=o, groups=g,
+                      stride=tuple(conv.stride), requested=label, rank=rank, full_rank=full, clamped=clamped,
+                      params_before=count_params(conv), params_after=count_params(block), init=init,
+                      rel_error=rel_error, energy_kept=energy, note="; ".join(notes))
+    return block, row
+
+
+def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+def apply_r2plus1d(model: nn.Module, config: R2Plus1DConfig) -> nn.Module:
+    """Replace eligible Conv3d layers in place (a bare Conv3d is returned as its block)."""
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"'r2plus1d' converts torch nn.Module 3D CNNs, got {type(model).__name__}")
+    report = ConversionReport(variant=config.variant, init=config.init, rank=str(config.rank),
+                              mid_activation=config.mid_activation)
+    inside_blocks = {f"{n}." for n, m in model.named_modules() if isinstance(m, BLOCKS)}
+    targets = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Conv3d) or any(name.startswith(p) for p in inside_blocks):
+            continue
+        why = eligible(m)
+        pattern = next((p for p in config.exclude if fnmatch.fnmatchcase(name, p)), None)
+        if why is None and pattern is not None:
+            why = f"excluded by pattern {pattern!r}"
+        if why is None:
+            _check_supported(name, m)
+            targets.append((name, m))
+        else:
+            report.skipped.append((name, tuple(m.kernel_size), why))
+    if not targets:
+        found = "; ".join(f"{n or type(model).__name__}: {w}" for n, _, w in report.skipped) or "no nn.Conv3d at all"
+        raise UnsupportedModelError(
+            f"found no nn.Conv3d with temporal kernel > 1 and spatial kernel > 1 in {type(model).__name__} "
+            f"({found}); 'r2plus1d' converts 3D CNNs such as slimkit's 'r3d-18'")
+    report.model_params_before = count_params(model)
+    if config.variant == "p3d-b" and config.init == "svd":
+        warnings.warn(P3D_B_NO_SVD.format(n=len(targets)), UserWarning, stacklevel=3)
+    for name, conv in targets:
+        block, row = convert_conv(name, conv, config)
+        report.layers.append(row)
+        if name == "":
+            model = block
+        else:
+            _set_child(model, name, block)
+    report.model_params_after = count_params(model)
+    if config.variant == "p3d-a":
+        report.notes.append("p3d-a is the serial composition T(S(x)), the same operator as r2plus1d")
+    if config.variant == "p3d-b":
+        report.notes.append("p3d-b cannot be SVD-initialised (sum of restricted-support kernels): random init")
+    if config.variant == "p3d-c" and config.init == "svd":
+        report.notes.append("p3d-c = T'(S(x)) with T' = T + identity at the centre tap: SVD-initialised at "
+                            "width out_channels (exact when out_channels >= full rank)")
+    if config.mid_activation and config.init == "svd" and config.variant != "p3d-b":
+        report.notes.append("mid_activation=True: BatchNorm+ReLU between the convs make each block nonlinear, "
+                            "so the SVD kernels are only an initialisation (fine-tune)")
+    setattr(model, REPORT_ATTR, report)
+    return model
+
+
+def conversion_report(model: nn.Module) -> ConversionReport:
+    """The report of the last ``r2plus1d`` conversion of ``model``."""
+    report = getattr(model, REPORT_ATTR, None)
+    if report is None:
+        raise UnsupportedModelError("this model carries no r2plus1d report; convert it with "
+                                    "slimkit.apply(model, 'r2plus1d') first")
+    return report
