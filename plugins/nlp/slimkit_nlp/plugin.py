@@ -7,6 +7,7 @@ from slimkit.parts import delegate_hooks
 PARTS = (
     "slimkit_nlp.cli",
     "slimkit_nlp.lsra.registration",
+    "slimkit_nlp.pq.registration",
 )
 
 delegate_hooks(globals(), PARTS)

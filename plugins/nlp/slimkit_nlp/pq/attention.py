@@ -1,0 +1,125 @@
+"""The ``slimkit_pq`` attention function (registered in ``transformers.AttentionInterface``).
+
+Same call and return convention as the eager attention of transformers 5:
+``fn(module, query [B, H, Lq, D], key [B, Hkv, Lk, D], value, attention_mask, scaling, dropout)``
+-> ``(output [B, Lq, H, D], probabilities [B, H, Lq, Lk])``; the probabilities are returned
+(like eager) so that other techniques (``spatten``) can read them.
+
+Keys (and queries when ``Lq > 1``, i.e. encoders and the prefill) are quantized per head and
+token at ``msb+lsb`` bits; probabilities come from the MSB planes; rows whose largest
+probability is under the threshold are recomputed from MSB+LSB; values use ``value_bits``.
+Modules without progressive-quant state (e.g. cross-attention) run plain eager attention.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .quant import dequantize, dequantize_msb, join_planes, quantize, split_planes
+
+NAME = "slimkit_pq"
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[B, Hkv, T, D]`` -> ``[B, Hkv * groups, T, D]`` (grouped-query attention)."""
+    return x if groups == 1 else torch.repeat_interleave(x, groups, dim=1)
+
+
+def _softmax(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Tensor | None) -> torch.Tensor:
+    s = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    if mask is not None:
+        s = s + mask[..., : k.shape[-2]].to(s.dtype)
+    return torch.softmax(s, dim=-1)
+
+
+def eager_reference(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Plain eager attention (for modules progressive quantization does not cover)."""
+    from .cache import PackedKV
+
+    if isinstance(key, PackedKV):
+        key, value = key.layer.dequantized_keys(), key.layer.dequantized_values()
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    groups = query.shape[1] // key.shape[1]
+    p = _softmax(query.float(), _repeat_kv(key, groups).float(), scaling, attention_mask)
+    p = nn.functional.dropout(p, p=dropout, training=module.training)
+    out = torch.matmul(p, _repeat_kv(value, groups).float())
+    return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
+
+
+def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, scaling: float | None = None,
+                         dropout: float = 0.0, **kwargs):
+    """Progressive-quantization attention (see the module docstring)."""
+    from .cache import PackedKV
+
+    rt = getattr(module, "slimkit_pq", None)
+    if rt is None:
+        return eager_reference(module, query, key, value, attention_mask, scaling, dropout)
+    cfg = rt.config
+    msb_bits, lsb_bits = cfg.msb_bits, cfg.lsb_bits
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    b, h, lq, d = query.shape
+    hkv = key.shape[1]
+    groups = h // hkv
+
+    layer = key.layer if isinstance(key, PackedKV) else None
+    if layer is not None:  # packed cache: read the MSB plane (and later some LSB rows)
+        k_msb_codes, ks, kz = layer.msb_codes(), layer.k_scale, layer.k_zero
+        v = layer.dequantized_values(torch.float32)
+        k_codes = None
+    else:
+        k_codes, ks, kz = quantize(key, msb_bits + lsb_bits)
+        k_msb_codes, _ = split_planes(k_codes, lsb_bits)
+        vc, vs, vz = quantize(value, cfg.value_bits)
+        v = dequantize(vc, vs, vz)
+    k_msb = dequantize_msb(k_msb_codes, lsb_bits, ks, kz)
+
+    if cfg.quantize_queries and lq > 1:
+        q_codes, qs, qz = quantize(query, msb_bits + lsb_bits)
+        q_msb = dequantize_msb(split_planes(q_codes, lsb_bits)[0], lsb_bits, qs, qz)
+        q_full = dequantize(q_codes, qs, qz) if lsb_bits else q_msb
+    else:
+        q_msb = q_full = query.float()
+
+    p = _softmax(q_msb, _repeat_kv(k_msb, groups), scaling, attention_mask)
+    recomputed = 0
+    if lsb_bits > 0 and cfg.threshold > 0.0:
+        if cfg.threshold >= 1.0:
+            need = torch.ones(p.shape[:-1], dtype=torch.bool, device=p.device)
+        else:
+            need = p.amax(-1) < cfg.threshold  # [B, H, Lq]
+        recomputed = int(need.sum())
+        if recomputed:
+            if layer is None:
+                k_full = dequantize(k_codes, ks, kz)
+            else:  # fetch the LSB plane only for the (batch, kv head) pairs with a flat row
+                pairs = need.view(b, hkv, groups * lq).any(-1)
+                b_idx, h_idx = pairs.nonzero(as_tuple=True)
+                lsb, nbytes = layer.lsb_codes(b_idx, h_idx)
+                rt.stats.lsb_bytes_read += nbytes
+                rt.stats.lsb_bytes_stored += layer.k_lsb.numel()
+                k_full = k_msb.clone()
+                k_full[b_idx, h_idx] = dequantize(join_planes(k_msb_codes[b_idx, h_idx], lsb, lsb_bits),
+                                                  ks[b_idx, h_idx], kz[b_idx, h_idx])
+            p_full = _softmax(q_full, _repeat_kv(k_full, groups), scaling, attention_mask)
+            p = torch.where(need[..., None], p_full, p)
+        elif layer is not None:
+            rt.stats.lsb_bytes_stored += layer.k_lsb.numel()
+    rt.stats.add(rt.layer_of.get(id(module), -1), b * h * lq, recomputed)
+
+    p = nn.functional.dropout(p, p=dropout, training=module.training)
+    out = torch.matmul(p, _repeat_kv(v, groups))
+    return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
+
+
+def register() -> None:
+    """Register ``slimkit_pq`` with transformers' attention and mask interfaces (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+
+    if NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(NAME, pq_attention_forward)
+    if NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionMaskInterface.register(NAME, eager_mask)

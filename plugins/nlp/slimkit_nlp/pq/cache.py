@@ -1,0 +1,251 @@
+"""A low-bit KV cache for ``model.generate()``: keys as packed MSB and LSB planes, values packed.
+
+Per layer, for ``[batch, kv_heads, time, head_dim]`` states:
+
+- ``k_msb``: ``uint8 [B, H, T, ceil(D/8) * msb_bits]`` (packed MSB plane),
+- ``k_lsb``: ``uint8 [B, H, T, ceil(D/8) * lsb_bits]`` (packed LSB plane, read only for the
+  (batch, head) pairs whose rows need recomputation),
+- ``v_codes``: ``uint8 [B, H, T, ceil(D/8) * value_bits]``,
+- ``k_scale, k_zero, v_scale, v_zero``: ``float16 [B, H, T, 1]``.
+
+When the model runs the ``slimkit_pq`` attention, ``update`` returns ``PackedKV`` handles
+(no full-precision copy is made); the attention function reads the planes itself. With any
+other attention implementation it returns dequantized tensors, like a plain quantized cache.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from slimkit.errors import SlimkitError
+
+from .quant import dequantize, join_planes, pack, quantize, split_planes, unpack
+
+_ALLOWED = {torch.Tensor.size, torch.Tensor.dim, torch.Tensor.__repr__, torch.Tensor.__format__,
+            torch.Tensor.shape.__get__, torch.Tensor.dtype.__get__, torch.Tensor.device.__get__,
+            torch.Tensor.ndim.__get__, torch.Tensor.is_floating_point, torch.Tensor.requires_grad.__get__}
+
+
+class PackedKV(torch.Tensor):
+    """Stand-in for the keys or values of one cache layer, ``[B, H, T, D]`` in shape only.
+
+    It holds no data (one shared element, expanded): the ``slimkit_pq`` attention reads
+    the packed planes from ``.layer``. Any other use raises an error instead of computing
+    silently with wrong numbers.
+    """
+
+    @staticmethod
+    def __new__(cls, layer: "PQLayer", kind: str, shape, dtype, device):
+        base = torch.zeros((), dtype=dtype, device=device).expand(*shape)
+        t = torch.Tensor._make_subclass(cls, base)
+        t.layer, t.kind = layer, kind
+        return t
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in _ALLOWED:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        raise SlimkitError(
+            f"the {args[0].kind if args and isinstance(args[0], PackedKV) else 'key/value'} states of a "
+            f"slimkit PQCache are packed low-bit planes that only the 'slimkit_pq' attention reads "
+            f"(got {getattr(func, '__name__', func)}); apply 'progressive-quant' to the model or pass "
+            f"a DynamicCache instead")
+
+
+class PQLayer(CacheLayerMixin):
+    """One layer of ``PQCache`` (see the module docstring for the stored tensors)."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = True
+
+    def __init__(self, msb_bits: int, lsb_bits: int, value_bits: int, return_handles: bool = True):
+        self.is_initialized = False
+        self.msb_bits, self.lsb_bits, self.value_bits = msb_bits, lsb_bits, value_bits
+        self.return_handles = return_handles
+        self.length = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self.k_msb = self.k_lsb = self.k_scale = self.k_zero = None
+        self.v_codes = self.v_scale = self.v_zero = None
+        self.length = 0
+
+    _FIELDS = ("k_msb", "k_lsb", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero")
+
+    def _apply(self, fn) -> None:
+        if self.k_msb is None:
+            return
+        for name in self._FIELDS:
+            setattr(self, name, fn(getattr(self, name)))
+
+    # -- CacheLayerMixin ---------------------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.head_dim = key_states.shape[-1]
+        self.value_dim = value_states.shape[-1]
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Quantize and append ``[B, H, T_new, D]`` states; return handles (or dequantized states)."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        kb = self.msb_bits + self.lsb_bits
+        codes, ks, kz = quantize(key_states, kb)
+        msb, lsb = split_planes(codes, self.lsb_bits)
+        vcodes, vs, vz = quantize(value_states, self.value_bits)
+        new = dict(k_msb=pack(msb, self.msb_bits), k_lsb=pack(lsb, self.lsb_bits), k_scale=ks, k_zero=kz,
+                   v_codes=pack(vcodes, self.value_bits), v_scale=vs, v_zero=vz)
+        for name, t in new.items():
+            old = getattr(self, name)
+            setattr(self, name, t if old is None else torch.cat([old, t], dim=-2))
+        self.length += key_states.shape[-2]
+        if self.return_handles:
+            b, h = key_states.shape[:2]
+            return (PackedKV(self, "keys", (b, h, self.length, self.head_dim), key_states.dtype, key_states.device),
+                    PackedKV(self, "values", (b, h, self.length, self.value_dim), value_states.dtype,
+                             value_states.device))
+        return self.dequantized_keys(), self.dequantized_values()
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self._clear()
+        self.is_initialized = False
+
+    def offload(self):
+        self._apply(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self):
+        if self.is_initialized:
+            self._apply(lambda t: t.to(self.device, non_blocking=True))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._apply(lambda t: t[indices, ...])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("PQLayer.crop takes a negative number of tokens to remove")
+        if tokens_to_remove == 0 or self.k_msb is None:
+            return
+        self._apply(lambda t: t[..., :tokens_to_remove, :])
+        self.length += tokens_to_remove
+
+    def select_tokens(self, index: torch.Tensor) -> None:
+        """Keep only the tokens ``index`` (``[T_keep]`` or ``[B, H or 1, T_keep]``, positions in the cache)."""
+        if self.k_msb is None:
+            return
+        if index.dim() == 1:
+            self._apply(lambda t: t.index_select(-2, index.to(t.device)))
+            self.length = int(index.numel())
+        else:
+            b, h = self.k_msb.shape[:2]
+            idx = index.to(self.k_msb.device)
+            if idx.dim() == 2:
+                idx = idx[:, None]
+            idx = idx.expand(b, h, idx.shape[-1])
+            self._apply(lambda t: torch.gather(t, 2, idx[..., None].expand(b, h, idx.shape[-1], t.shape[-1])))
+            self.length = int(idx.shape[-1])
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def keys(self) -> torch.Tensor | None:
+        """Dequantized keys ``[B, H, T, D]`` (MSB+LSB; for inspection, the attention reads planes)."""
+        return None if self.k_msb is None else self.dequantized_keys()
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self.k_msb is None else self.dequantized_values()
+
+    def msb_codes(self) -> torch.Tensor:
+        """MSB plane as ``int32 [B, H, T, D]`` (reads only the MSB bytes)."""
+        return unpack(self.k_msb, self.msb_bits, self.head_dim)
+
+    def key_codes(self) -> torch.Tensor:
+        """Full ``msb+lsb``-bit key codes ``int32 [B, H, T, D]`` (reads both planes)."""
+        return join_planes(self.msb_codes(), unpack(self.k_lsb, self.lsb_bits, self.head_dim), self.lsb_bits)
+
+    def lsb_codes(self, b_idx: torch.Tensor, h_idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """LSB plane of the (batch, head) pairs ``(b_idx[i], h_idx[i])`` only: ``(int32 [n, T, D], bytes read)``."""
+        packed = self.k_lsb[b_idx, h_idx]
+        return unpack(packed, self.lsb_bits, self.head_dim), packed.numel()
+
+    def dequantized_keys(self) -> torch.Tensor:
+        return dequantize(self.key_codes(), self.k_scale, self.k_zero, self.dtype)
+
+    def dequantized_values(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        codes = unpack(self.v_codes, self.value_bits, self.value_dim)
+        return dequantize(codes, self.v_scale, self.v_zero, dtype or self.dtype)
+
+    def nbytes(self) -> int:
+        if self.k_msb is None:
+            return 0
+        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in self._FIELDS)
+
+    def plain_bytes(self, dtype: torch.dtype) -> int:
+        """Bytes a plain cache of ``dtype`` would hold for the same tokens (keys and values)."""
+        if self.k_msb is None:
+            return 0
+        b, h, t = self.k_msb.shape[:3]
+        return b * h * t * (self.head_dim + self.value_dim) * torch.empty((), dtype=dtype).element_size()
+
+
+class PQCache(Cache):
+    """Packed low-bit KV cache (see the module docstring).
+
+    ``PQCache(model)`` takes the bits from the ``progressive-quant`` config applied to
+    ``model``; or give ``msb_bits``, ``lsb_bits``, ``value_bits`` (and ``num_layers``)
+    directly. ``model.generate(ids, past_key_values=PQCache(model))``; after
+    ``progressive-quant`` with ``cache=True`` (default) generate uses one by itself.
+    """
+
+    def __init__(self, model=None, *, msb_bits: int | None = None, lsb_bits: int | None = None,
+                 value_bits: int | None = None, num_layers: int | None = None,
+                 return_handles: bool | None = None):
+        cfg = None
+        if model is not None:
+            from .transform import runtime_of
+            rt = runtime_of(model)
+            cfg = rt.config if rt is not None else None
+            if num_layers is None:
+                text_cfg = model.config.get_text_config(decoder=True)
+                num_layers = getattr(text_cfg, "num_hidden_layers", None)
+            if return_handles is None:
+                return_handles = rt is not None and model.config._attn_implementation == "slimkit_pq"
+        msb = msb_bits if msb_bits is not None else (cfg.msb_bits if cfg else 6)
+        lsb = lsb_bits if lsb_bits is not None else (cfg.lsb_bits if cfg else 4)
+        vb = value_bits if value_bits is not None else (cfg.value_bits if cfg else 8)
+        from .config import ProgressiveQuantConfig
+        ProgressiveQuantConfig(msb_bits=msb, lsb_bits=lsb, value_bits=vb)  # validates the bits
+        self.msb_bits, self.lsb_bits, self.value_bits = msb, lsb, vb
+        handles = bool(return_handles)
+
+        def make():
+            return PQLayer(msb, lsb, vb, return_handles=handles)
+
+        if num_layers:
+            super().__init__(layers=[make() for _ in range(num_layers)])
+        else:
+            super().__init__(layer_class_to_replicate=make)
+
+    def nbytes(self) -> int:
+        """Bytes held by all layers (packed planes, scales and zero points)."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def plain_bytes(self, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes a plain (DynamicCache) cache of ``dtype`` would hold for the same tokens."""
+        return sum(layer.plain_bytes(dtype) for layer in self.layers)

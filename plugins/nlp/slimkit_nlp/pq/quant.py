@@ -1,0 +1,113 @@
+"""Integer quantization, MSB/LSB bit-plane split and bit packing.
+
+Every tensor is quantized per row over its last dimension (for attention inputs
+``[batch, heads, time, head_dim]``: one scale and zero point per head and token) with
+``x ~ code * scale + zero``, ``code`` in ``[0, 2**bits - 1]``. Scale and zero (the row minimum)
+are stored as float16, rounded outwards (zero down, scale up) and used as rounded by the
+quantizer, so the codes always cover the row and dequantization agrees bit for bit
+wherever it is computed.
+"""
+from __future__ import annotations
+
+import torch
+
+SCALE_DTYPE = torch.float16
+
+
+def _round(x: torch.Tensor, up: bool) -> torch.Tensor:
+    """``x`` (float32) to ``SCALE_DTYPE``, rounded up or down instead of to nearest."""
+    r = x.clamp(-60000.0, 60000.0).to(SCALE_DTYPE)
+    bad = r.float() < x if up else r.float() > x
+    toward = torch.full_like(r, float("inf") if up else float("-inf"))
+    return torch.where(bad, torch.nextafter(r, toward), r)
+
+
+def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x [..., D]`` -> ``(codes int32 [..., D], scale fp16 [..., 1], zero fp16 [..., 1])``."""
+    xf = x.float()
+    lo = xf.amin(-1, keepdim=True)
+    hi = xf.amax(-1, keepdim=True)
+    levels = (1 << bits) - 1
+    zero = _round(lo, up=False)
+    scale = _round(((hi - zero.float()) / levels).clamp_min(1e-6), up=True)
+    codes = torch.round((xf - zero.float()) / scale.float()).clamp_(0, levels).to(torch.int32)
+    return codes, scale, zero
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Full-precision reconstruction ``codes * scale + zero``."""
+    return (codes.float() * scale.float() + zero.float()).to(dtype)
+
+
+def split_planes(codes: torch.Tensor, lsb_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``codes`` at ``msb+lsb`` bits -> ``(msb = codes >> lsb, lsb = codes & (2**lsb - 1))``."""
+    return codes >> lsb_bits, codes & ((1 << lsb_bits) - 1)
+
+
+def join_planes(msb: torch.Tensor, lsb: torch.Tensor, lsb_bits: int) -> torch.Tensor:
+    """Inverse of ``split_planes``: ``(msb << lsb_bits) | lsb``."""
+    return (msb.to(torch.int32) << lsb_bits) | lsb.to(torch.int32)
+
+
+def dequantize_msb(msb: torch.Tensor, lsb_bits: int, scale: torch.Tensor, zero: torch.Tensor,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Reconstruction from the MSB plane alone: the unknown LSBs are taken at the middle of
+    their range, ``(msb << lsb) + (2**lsb - 1) / 2`` (error at most half an MSB step).
+    With ``lsb_bits=0`` this equals ``dequantize``."""
+    code = (msb.to(torch.int32) << lsb_bits).float() + ((1 << lsb_bits) - 1) / 2.0
+    return (code * scale.float() + zero.float()).to(dtype)
+
+
+# -- packing ----------------------------------------------------------------------------------
+def packed_width(dim: int, bits: int) -> int:
+    """Bytes per row of ``dim`` codes at ``bits`` bits (sub-byte widths pad rows to 8 codes)."""
+    if bits == 0:
+        return 0
+    if bits > 8:
+        return packed_width(dim, 8) + packed_width(dim, bits - 8)
+    if bits == 8:
+        return dim
+    return (dim + 7) // 8 * bits
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack ``codes [..., D]`` (values < 2**bits) into ``uint8 [..., ceil(D/8) * bits]``.
+
+    Every group of 8 codes becomes ``bits`` bytes (little-endian bit stream), e.g. two
+    4-bit codes per byte, four 6-bit codes in three bytes. Widths above 8 store the low
+    byte and then the high ``bits - 8`` bits packed the same way.
+    """
+    if bits == 0:
+        return torch.empty(*codes.shape[:-1], 0, dtype=torch.uint8, device=codes.device)
+    if bits > 8:
+        return torch.cat([pack(codes & 0xFF, 8), pack(codes >> 8, bits - 8)], dim=-1)
+    if bits == 8:
+        return codes.to(torch.uint8)
+    *lead, d = codes.shape
+    g = (d + 7) // 8
+    if g * 8 != d:
+        codes = torch.nn.functional.pad(codes, (0, g * 8 - d))
+    shifts = torch.arange(8, device=codes.device, dtype=torch.int64) * bits
+    words = (codes.reshape(*lead, g, 8).to(torch.int64) << shifts).sum(-1, keepdim=True)  # disjoint bits
+    return words.view(torch.uint8).reshape(*lead, g, 8)[..., :bits].reshape(*lead, g * bits)
+
+
+def unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Inverse of ``pack``: ``uint8 [..., ceil(dim/8) * bits]`` -> ``int32 [..., dim]``."""
+    if bits == 0:
+        return torch.zeros(*packed.shape[:-1], dim, dtype=torch.int32, device=packed.device)
+    if bits > 8:
+        low = unpack(packed[..., :packed_width(dim, 8)], 8, dim)
+        high = unpack(packed[..., packed_width(dim, 8):], bits - 8, dim)
+        return low | (high << 8)
+    if bits == 8:
+        return packed[..., :dim].to(torch.int32)
+    *lead, _ = packed.shape
+    g = (dim + 7) // 8
+    b = packed.reshape(*lead, g, bits)
+    b = torch.nn.functional.pad(b, (0, 8 - bits)).contiguous()
+    words = b.view(torch.int64)  # [..., g, 1]
+    shifts = torch.arange(8, device=packed.device, dtype=torch.int64) * bits
+    codes = (words >> shifts) & ((1 << bits) - 1)
+    return codes.reshape(*lead, g * 8)[..., :dim].to(torch.int32)

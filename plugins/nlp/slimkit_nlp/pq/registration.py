@@ -1,0 +1,26 @@
+"""Registers the ``progressive-quant`` technique and its benchmarks with slimkit."""
+from __future__ import annotations
+
+
+def register_techniques(register) -> None:
+    from slimkit import Technique
+
+    from .config import ProgressiveQuantConfig
+    from .transform import apply_progressive_quant
+
+    register(Technique("progressive-quant", ProgressiveQuantConfig, apply_progressive_quant,
+                       "SpAtten progressive quantization: MSB-first attention, LSB recompute for flat rows, "
+                       "packed low-bit KV cache"))
+
+
+def register_benchmarks(register) -> None:
+    from slimkit import Benchmark
+
+    from . import bench
+
+    register(Benchmark("pq-fidelity", bench.run_fidelity,
+                       "progressive quantization vs static quantization: bits read vs perplexity/cosine",
+                       plot=bench.plot_fidelity))
+    register(Benchmark("pq-cache", bench.run_cache,
+                       "packed low-bit KV cache: bytes and tokens/s over 1,024 generated tokens vs fp32",
+                       plot=bench.plot_cache))

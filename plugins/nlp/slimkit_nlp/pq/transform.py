@@ -1,0 +1,140 @@
+"""``apply_progressive_quant(model, config)``: switch a Hugging Face model to ``slimkit_pq`` attention."""
+from __future__ import annotations
+
+import logging
+import types
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from slimkit.errors import UnsupportedModelError
+from slimkit_nlp.families import resolve_family
+
+from .attention import NAME, register
+from .config import ProgressiveQuantConfig
+from .stats import PQStats
+
+log = logging.getLogger("slimkit.nlp.pq")
+RUNTIME_ATTR = "slimkit_pq"
+
+@dataclass
+class PQRuntime:
+    """State shared by the attention modules of one model: config, stats, module -> layer index."""
+
+    config: ProgressiveQuantConfig
+    stats: PQStats
+    layer_of: dict = field(default_factory=dict)
+    in_generate: bool = False
+    last_cache: object = None
+
+
+def runtime_of(model) -> PQRuntime | None:
+    """The progressive-quant state of ``model`` (``None`` if not applied)."""
+    return model.__dict__.get("_slimkit_pq_runtime")
+
+
+def pq_stats(model) -> PQStats:
+    """Stats of the last forward (or the last ``generate`` call as a whole)."""
+    rt = runtime_of(model)
+    if rt is None:
+        raise UnsupportedModelError("this model has no progressive-quant state; "
+                                    "apply it first: slimkit.apply(model, 'progressive-quant')")
+    return rt.stats
+
+
+def _attention_modules(model: nn.Module) -> list[nn.Module]:
+    """Self-attention modules (what HF passes to attention functions), in layer order."""
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"progressive-quant needs a Hugging Face transformer (torch.nn.Module), "
+                                    f"got {type(model).__name__}")
+    return list(resolve_family(model).attention_modules(model))  # UnsupportedModelError lists the families
+
+
+def _reset_hook(module, args, kwargs):
+    rt = runtime_of(module)
+    if rt is not None and not rt.in_generate:
+        rt.stats.reset()
+
+
+def _record_cache(rt: PQRuntime, cache) -> None:
+    from .cache import PQCache
+
+    caches = [cache, getattr(cache, "self_attention_cache", None)]
+    cache = next((c for c in caches if isinstance(c, PQCache)), None)
+    if cache is not None:
+        rt.last_cache = cache
+        rt.stats.cache_bytes = cache.nbytes()
+        import torch
+        rt.stats.cache_fp32_bytes = cache.plain_bytes(torch.float32)
+        rt.stats.cache_bf16_bytes = cache.plain_bytes(torch.bfloat16)
+
+
+def _output_hook(module, args, kwargs, output):
+    rt = runtime_of(module)
+    if rt is not None and not rt.in_generate:
+        cache = kwargs.get("past_key_values", None)
+        if cache is None:
+            cache = getattr(output, "past_key_values", None)
+        _record_cache(rt, cache)
+
+
+def _wrap_generate(model) -> None:
+    if "_slimkit_pq_generate" in model.__dict__ or not hasattr(model, "generate"):
+        return
+    orig_generate = model.generate
+    orig_prepare = getattr(model, "_prepare_cache_for_generation", None)
+
+    def generate(*args, **kwargs):
+        rt = runtime_of(model)
+        if rt is None:
+            return orig_generate(*args, **kwargs)
+        rt.stats.reset()
+        rt.last_cache = None
+        rt.in_generate = True
+        try:
+            out = orig_generate(*args, **kwargs)
+        finally:
+            rt.in_generate = False
+        _record_cache(rt, kwargs.get("past_key_values") or rt.last_cache)
+        return out
+
+    def prepare_cache(self, generation_config, model_kwargs, *args, **kwargs):
+        rt = runtime_of(self)
+        if (rt is not None and rt.config.cache and model_kwargs.get("past_key_values") is None
+                and generation_config.use_cache is not False and generation_config.cache_implementation is None):
+            from .cache import PQCache
+            model_kwargs["past_key_values"] = PQCache(self)
+            rt.last_cache = model_kwargs["past_key_values"]
+        return orig_prepare(generation_config, model_kwargs, *args, **kwargs)
+
+    model.generate = generate
+    if orig_prepare is not None:
+        model._prepare_cache_for_generation = types.MethodType(prepare_cache, model)
+    model.__dict__["_slimkit_pq_generate"] = True
+
+
+def apply_progressive_quant(model, config: ProgressiveQuantConfig):
+    """Quantize attention inputs progressively (in place); returns ``model``."""
+    modules = _attention_modules(model)
+    register()
+    stats = PQStats(msb_bits=config.msb_bits, lsb_bits=config.lsb_bits, value_bits=config.value_bits)
+    rt = PQRuntime(config=config, stats=stats, layer_of={id(m): i for i, m in enumerate(modules)})
+    first = runtime_of(model) is None
+    model.__dict__["_slimkit_pq_runtime"] = rt
+    for m in modules:
+        m.__dict__[RUNTIME_ATTR] = rt
+    current = model.config._attn_implementation
+    if current != NAME:
+        if current not in (None, "eager"):
+            log.warning("progressive-quant: switching attention from %r to %r (it quantizes the attention "
+                        "inputs and returns the probabilities like eager)", current, NAME)
+        model.set_attn_implementation(NAME)
+        if model.config._attn_implementation != NAME:  # models that refuse dynamic switching
+            for sub in model.modules():
+                if hasattr(sub, "config") and hasattr(sub.config, "_attn_implementation_internal"):
+                    sub.config._attn_implementation_internal = NAME
+    if first:
+        model.register_forward_pre_hook(_reset_hook, with_kwargs=True)
+        model.register_forward_hook(_output_hook, with_kwargs=True)
+        _wrap_generate(model)
+    return model

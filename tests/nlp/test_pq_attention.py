@@ -1,0 +1,103 @@
+"""progressive-quant attention: threshold semantics, equality with static quantization, encoders."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import slimkit
+from slimkit_nlp.pq import pq_stats
+
+
+def tiny(kind):
+    import transformers as tf
+    torch.manual_seed(0)
+    if kind == "bert":
+        return tf.BertModel(tf.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64, max_position_embeddings=64)).eval()
+    if kind == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=60, n_embd=32, n_layer=2, n_head=4,
+                                                n_positions=64)).eval()
+    return tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                              max_position_embeddings=64)).eval()
+
+
+def run(model, ids, mask=None):
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    return out
+
+
+def main_tensor(out):
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
+def test_threshold_one_recomputes_every_row_and_equals_static(kind):
+    base = tiny(kind)
+    ids = torch.randint(3, 60, (2, 14))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0 if kind != "bert" else 1
+    if kind == "bert":
+        mask[1, -4:] = 0
+    pq = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=1.0)
+    static = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=10, lsb_bits=0, threshold=0.0)
+    a, s = run(pq, ids, mask), run(static, ids, mask)
+    st = pq_stats(pq)
+    assert st.rows == 2 * 2 * 4 * 14 and st.recomputed_rows == st.rows and st.recompute_rate == 1.0
+    assert st.key_bits_per_element == 10
+    assert torch.equal(main_tensor(a), main_tensor(s))
+    for pa, ps in zip(a.attentions, s.attentions):
+        assert pa is not None and torch.equal(pa, ps)
+    assert pq_stats(static).recomputed_rows == 0 and pq_stats(static).key_bits_per_element == 10
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert"])
+def test_threshold_zero_recomputes_nothing(kind):
+    base = tiny(kind)
+    ids = torch.randint(3, 60, (2, 12))
+    m = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=4, lsb_bits=4, threshold=0.0)
+    hi = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=4, lsb_bits=4, threshold=1.0)
+    a, b = run(m, ids), run(hi, ids)
+    st = pq_stats(m)
+    assert st.rows > 0 and st.recomputed_rows == 0 and st.key_bits_per_element == 4
+    assert not torch.equal(main_tensor(a), main_tensor(b))  # MSB-only really differs from MSB+LSB
+
+
+def test_intermediate_threshold_recomputes_flat_rows_only():
+    m = slimkit.apply(tiny("gpt2"), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=0.3)
+    ids = torch.randint(3, 60, (1, 20))
+    out = run(m, ids)
+    st = pq_stats(m)
+    assert 0 < st.recompute_rate < 1
+    # rows recomputed are exactly those whose largest probability is small (first rows see few keys)
+    assert st.key_bits_per_element == pytest.approx(6 + 4 * st.recompute_rate)
+    assert set(st.recompute_rate_by_layer) == {0, 1}
+    assert out.attentions[0].shape == (1, 4, 20, 20)
+    # stats are per forward: a second call starts from zero
+    run(m, ids[:, :5])
+    assert pq_stats(m).rows == 2 * 4 * 5
+
+
+def test_minilm_real_text_stays_close(minilm_path):
+    from transformers import AutoModel, BertTokenizerFast
+
+    from slimkit_nlp.data import load_plays
+
+    tok = BertTokenizerFast.from_pretrained(minilm_path)
+    text = next(iter(load_plays("validation").values()))[5000:6500]
+    enc = tok([text[:700], text[700:]], return_tensors="pt", padding=True, truncation=True, max_length=96)
+    ref_model = AutoModel.from_pretrained(minilm_path).eval()
+    with torch.no_grad():
+        ref = ref_model(**enc).last_hidden_state
+    m = slimkit.apply(AutoModel.from_pretrained(minilm_path).eval(), "progressive-quant",
+                      msb_bits=6, lsb_bits=4, threshold=0.1)
+    with torch.no_grad():
+        out = m(**enc, output_attentions=True)
+    valid = enc["attention_mask"].bool()
+    cos = F.cosine_similarity(out.last_hidden_state[valid], ref[valid], dim=-1)
+    assert cos.min() > 0.98
+    st = pq_stats(m)
+    assert st.rows == 6 * 12 * enc["input_ids"].numel() and 0 <= st.recompute_rate < 0.5
+    assert len(out.attentions) == 6 and out.attentions[0].shape[1] == 12
