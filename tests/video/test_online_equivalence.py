@@ -94,6 +94,28 @@ def test_stepping_equals_offline_clip(kind, T, place):
     assert (online64 - offline64).abs().max().item() <= 1e-10
 
 
+@pytest.mark.parametrize("backbone", ["mobilenet", "resnet-model"])
+def test_video_classifier_per_frame_logits(backbone):
+    from slimkit_video.classifier import VideoClassifier
+
+    T = 6
+    if backbone == "mobilenet":
+        clf = VideoClassifier(tiny_mobilenet(), n_segment=T)               # backbone logits
+    else:
+        import transformers
+        cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
+        clf = VideoClassifier(transformers.ResNetModel(cfg), n_segment=T, num_classes=3)  # features + head
+    clf = randomize(slimkit.apply(clf, "tsm", n_segment=T, direction="past")).eval()
+    clips = torch.randn(2, T, 3, 32, 32)
+    with torch.no_grad():
+        logits, per_frame = clf(clips, return_per_frame=True)
+    stream = to_online(clf)
+    assert stream.layout == "video"
+    online = torch.stack([stream.step(clips[:, t]) for t in range(T)], 1)
+    assert (online - per_frame).abs().max().item() <= TOL
+    assert (online.mean(1) - logits).abs().max().item() <= TOL
+
+
 def test_online_is_not_per_frame_2d():
     """Sanity: the shift matters, so equality above is not trivial."""
     model = _build("mobilenet", 4)

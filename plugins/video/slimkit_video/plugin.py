@@ -8,6 +8,7 @@ PARTS = (
     "slimkit_video.cli",
     "slimkit_video.tsm.registration",
     "slimkit_video.r2plus1d.registration",
+    "slimkit_video.online.registration",
 )
 
 delegate_hooks(globals(), PARTS)

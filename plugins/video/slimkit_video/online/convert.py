@@ -144,8 +144,15 @@ class OnlineStream(nn.Module):
         elif self.layout == "clip":
             out = self.output_fn(self.model(frames.unsqueeze(2)))
             out = out.squeeze(self.out_time_dim)
-        else:  # video: (B, 1, C, H, W) through a clip classifier, T = 1
-            out = self.output_fn(self.model(frames.unsqueeze(1)))
+        else:  # a VideoClassifier: its backbone on the frame, then its head (per-frame logits)
+            m = self.model
+            if m.clip_input:
+                out = m._features(m.backbone(frames.unsqueeze(2)), frames.shape[0])
+                if out.dim() == 3:
+                    out = out.squeeze(1)
+            else:
+                out = m._features(m.backbone(frames), frames.shape[0])
+            out = m.head(m.dropout(out))
         return out
 
     def _check_frame(self, frame: torch.Tensor) -> torch.Tensor:
@@ -250,7 +257,9 @@ def to_online(model: nn.Module, *, layout: str = "auto",
     - ``"frames"``: ``(N*T, C, H, W)`` (a TSM image backbone); each step feeds ``(B, C, H, W)``.
     - ``"clip"``: ``(N, C, T, H, W)`` (a 3D network); each step feeds ``(B, C, 1, H, W)`` and
       squeezes ``out_time_dim`` of the output (per-frame outputs ``(N, T, K)`` -> ``(B, K)``).
-    - ``"video"``: ``(N, T, C, H, W)`` (a ``VideoClassifier``); each step feeds ``(B, 1, C, H, W)``.
+    - ``"video"``: a ``slimkit_video.VideoClassifier`` (clips ``(N, T, C, H, W)``); each step runs
+      its backbone on ``(B, C, H, W)`` and its head, giving the per-frame logits that the
+      classifier averages over ``T`` offline (``return_per_frame=True``).
     - ``"auto"``: ``"video"`` for a ``VideoClassifier``, ``"clip"`` when it has ``Conv3d`` layers,
       else ``"frames"``.
 
