@@ -72,3 +72,15 @@ def test_p3d_c_is_exact_when_out_channels_reach_full_rank():
     a = apply_r2plus1d(conv, R2Plus1DConfig(rank=5))
     x = torch.randn(1, 6, 5, 8, 8)
     assert (c(x) - a(x)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("stride,pad,dil,groups", [(1, 1, 1, 1), (2, 0, 1, 2), (3, 2, 2, 1)])
+def test_temporal_conv_fast_path_matches_conv3d(stride, pad, dil, groups):
+    from slimkit_video.r2plus1d.modules import TemporalConv3d
+    fast = TemporalConv3d(4, 6, (3, 1, 1), (stride, 1, 1), (pad, 0, 0), (dil, 1, 1), groups)
+    x = torch.randn(2, 4, 9, 5, 7, requires_grad=True)
+    ref = nn.functional.conv3d(x, fast.weight, fast.bias, fast.stride, fast.padding, fast.dilation, groups)
+    out = fast(x)
+    assert out.shape == ref.shape and (out - ref).abs().max().item() <= 1e-5
+    out.sum().backward()
+    assert fast.weight.grad is not None and x.grad is not None
