@@ -33,15 +33,42 @@ def main_tensor(out):
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
+def _static_reference(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Static fake quantization written out by hand: Q and K at 10 bits on the MSB-aligned
+    6+4 grid, V at 8 bits, then eager attention."""
+    from slimkit_nlp.pq import dequantize, quantize
+
+    def fq(x, bits, align=0):
+        return dequantize(*quantize(x, bits, align))
+
+    q = fq(query, 10, 4) if query.shape[2] > 1 else query.float()
+    k, v = fq(key, 10, 4), fq(value, 8)
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    s = q @ k.transpose(-1, -2) * (scaling or q.shape[-1] ** -0.5)
+    if attention_mask is not None:
+        s = s + attention_mask
+    p = s.softmax(-1)
+    return (p @ v).transpose(1, 2).contiguous(), p
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
 def test_threshold_one_recomputes_every_row_and_equals_static(kind):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register("pq_test_static", _static_reference)
+    AttentionMaskInterface.register("pq_test_static", eager_mask)
     base = tiny(kind)
     ids = torch.randint(3, 60, (2, 14))
     mask = torch.ones_like(ids)
-    mask[1, :3] = 0 if kind != "bert" else 1
     if kind == "bert":
         mask[1, -4:] = 0
-    pq = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=1.0)
+    else:
+        mask[1, :3] = 0
+    # min..max grid: MSB+LSB everywhere is exactly one-shot static 10-bit quantization
+    pq = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=1.0,
+                       grid="minmax")
     static = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=10, lsb_bits=0, threshold=0.0)
     a, s = run(pq, ids, mask), run(static, ids, mask)
     st = pq_stats(pq)
@@ -51,6 +78,14 @@ def test_threshold_one_recomputes_every_row_and_equals_static(kind):
     for pa, ps in zip(a.attentions, s.attentions):
         assert pa is not None and torch.equal(pa, ps)
     assert pq_stats(static).recomputed_rows == 0 and pq_stats(static).key_bits_per_element == 10
+    # MSB-aligned grid (default): equals static 10-bit quantization on that grid, written out by hand
+    pq = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=1.0)
+    ref = copy.deepcopy(base)
+    ref.set_attn_implementation("pq_test_static")
+    a, r = run(pq, ids, mask), run(ref, ids, mask)
+    assert pq_stats(pq).recompute_rate == 1.0
+    valid = mask.bool()
+    assert torch.allclose(main_tensor(a)[valid], main_tensor(r)[valid], atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bert"])

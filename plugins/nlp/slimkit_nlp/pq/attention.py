@@ -70,14 +70,14 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
         v = layer.dequantized_values(torch.float32)
         k_codes = None
     else:
-        k_codes, ks, kz = quantize(key, msb_bits + lsb_bits)
+        k_codes, ks, kz = quantize(key, msb_bits + lsb_bits, cfg.align_bits)
         k_msb_codes, _ = split_planes(k_codes, lsb_bits)
         vc, vs, vz = quantize(value, cfg.value_bits)
         v = dequantize(vc, vs, vz)
     k_msb = dequantize_msb(k_msb_codes, lsb_bits, ks, kz)
 
     if cfg.quantize_queries and lq > 1:
-        q_codes, qs, qz = quantize(query, msb_bits + lsb_bits)
+        q_codes, qs, qz = quantize(query, msb_bits + lsb_bits, cfg.align_bits)
         q_msb = dequantize_msb(split_planes(q_codes, lsb_bits)[0], lsb_bits, qs, qz)
         q_full = dequantize(q_codes, qs, qz) if lsb_bits else q_msb
     else:

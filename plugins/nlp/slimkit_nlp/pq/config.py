@@ -1,6 +1,6 @@
 """Config of SpAtten progressive quantization (``progressive-quant``)."""
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from slimkit import ConfigError, TechniqueConfig
 
@@ -14,8 +14,12 @@ class ProgressiveQuantConfig(TechniqueConfig):
     an LSB plane. Probabilities come from the MSB plane; rows (head, query) whose largest
     probability is below ``threshold`` are recomputed with MSB+LSB (``threshold=1.0``: all
     rows, ``0.0``: none). Values are quantized to ``value_bits``. ``lsb_bits=0`` is plain
-    static quantization at ``msb_bits``. ``cache``: ``model.generate()`` uses the packed
-    low-bit KV cache (``PQCache``) unless another cache is passed.
+    static quantization at ``msb_bits``. ``grid``: ``"msb"`` aligns the ``msb+lsb``-bit grid
+    so that the MSB plane alone equals static ``msb``-bit quantization (see
+    ``quant.quantize``); ``"minmax"`` is the plain fixed-point grid from row minimum to
+    maximum. ``quantize_queries``: quantize queries when a call has several (encoders,
+    prefill). ``cache``: ``model.generate()`` uses the packed low-bit KV cache
+    (``PQCache``) unless another cache is passed.
     """
 
     technique: ClassVar[str] = "progressive-quant"
@@ -25,6 +29,7 @@ class ProgressiveQuantConfig(TechniqueConfig):
     lsb_bits: int = 4
     threshold: float = 0.1
     value_bits: int = 8
+    grid: Literal["msb", "minmax"] = "msb"
     quantize_queries: bool = True
     cache: bool = True
 
@@ -42,6 +47,11 @@ class ProgressiveQuantConfig(TechniqueConfig):
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}; use e.g. threshold=0.1 "
                               f"(1.0 always recomputes with the LSBs, 0.0 never)")
+
+    @property
+    def align_bits(self) -> int:
+        """``lsb_bits`` passed to ``quantize`` for keys and queries (0 on the min..max grid)."""
+        return self.lsb_bits if self.grid == "msb" else 0
 
     @property
     def key_bits(self) -> int:

@@ -22,14 +22,27 @@ def _round(x: torch.Tensor, up: bool) -> torch.Tensor:
     return torch.where(bad, torch.nextafter(r, toward), r)
 
 
-def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x [..., D]`` -> ``(codes int32 [..., D], scale fp16 [..., 1], zero fp16 [..., 1])``."""
+def quantize(x: torch.Tensor, bits: int, lsb_bits: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x [..., D]`` -> ``(codes int32 [..., D], scale fp16 [..., 1], zero fp16 [..., 1])``.
+
+    One-shot ``bits``-bit quantization. With ``lsb_bits = 0`` the grid runs from the row
+    minimum to its maximum (``scale = range / (2**bits - 1)``). With ``lsb_bits > 0`` the grid
+    is *MSB-aligned*: ``scale = range / ((2**msb - 1) * 2**lsb)`` (``msb = bits - lsb``) and
+    ``zero`` sits half an LSB range below the minimum, so that the centres of the MSB buckets
+    (``dequantize_msb``) fall exactly on the static ``msb``-bit grid from minimum to maximum:
+    the MSB plane alone is as good as static ``msb``-bit quantization, and MSB+LSB refines it
+    to a step only ``1 + 2**-msb`` times the plain ``bits``-bit step.
+    """
     xf = x.float()
     lo = xf.amin(-1, keepdim=True)
     hi = xf.amax(-1, keepdim=True)
     levels = (1 << bits) - 1
-    zero = _round(lo, up=False)
-    scale = _round(((hi - zero.float()) / levels).clamp_min(1e-6), up=True)
+    msb_levels = (1 << (bits - lsb_bits)) - 1
+    half = ((1 << lsb_bits) - 1) / 2.0  # the row min sits at code `half`, the max at `top`
+    top = (msb_levels << lsb_bits) + half
+    step = ((hi - lo) / (msb_levels << lsb_bits)).clamp_min(1e-6)
+    zero = _round(lo - half * step, up=False)
+    scale = _round(((hi - zero.float()) / top).clamp_min(1e-6), up=True)  # after rounding zero
     codes = torch.round((xf - zero.float()) / scale.float()).clamp_(0, levels).to(torch.int32)
     return codes, scale, zero
 

@@ -1,0 +1,68 @@
+"""progressive-quant combined with spatten token pruning, in both orders."""
+import copy
+
+import pytest
+import torch
+
+import slimkit
+from slimkit_nlp.pq import PQCache, pq_stats
+
+from .test_pq_attention import tiny
+
+pytestmark = pytest.mark.skipif("spatten" not in slimkit.techniques(), reason="spatten is not registered")
+
+PQ = dict(msb_bits=6, lsb_bits=4, threshold=0.2)
+
+
+def both(base, order, token_keep=0.5):
+    m = copy.deepcopy(base)
+    for name in order:
+        m = (slimkit.apply(m, "progressive-quant", **PQ) if name == "pq"
+             else slimkit.apply(m, "spatten", token_keep=token_keep))
+    return m
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
+def test_combination_in_both_orders(kind):
+    base = tiny(kind)
+    ids = torch.randint(3, 60, (2, 24))
+    outs = []
+    for order in (("spatten", "pq"), ("pq", "spatten")):
+        m = both(base, order)
+        assert m.config._attn_implementation == "slimkit_pq"
+        with torch.no_grad():
+            out = m(input_ids=ids)
+        st = pq_stats(m)
+        layers = m.spatten_stats.layers
+        assert st.rows > 0 and 0 < st.recompute_rate <= 1
+        # spatten really pruned (it read the probabilities the quantized attention returned)
+        assert layers[-1].tokens_in < layers[0].tokens_in
+        # and the quantized attention saw the pruned lengths: fewer rows than without pruning
+        assert st.rows < 2 * 4 * 24 * 2
+        outs.append(out.logits if hasattr(out, "logits") else out.last_hidden_state)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_spatten_keep_all_with_pq_equals_pq_alone():
+    base = tiny("gpt2")
+    ids = torch.randint(3, 60, (2, 16))
+    alone = slimkit.apply(copy.deepcopy(base), "progressive-quant", **PQ)
+    comb = both(base, ("spatten", "pq"), token_keep=1.0)
+    with torch.no_grad():
+        a, c = alone(ids).logits, comb(ids).logits
+    assert torch.allclose(a, c, atol=1e-5)
+    assert pq_stats(comb).rows == pq_stats(alone).rows
+
+
+@pytest.mark.parametrize("order", [("spatten", "pq"), ("pq", "spatten")])
+def test_generation_evicts_from_the_low_bit_cache(order):
+    m = both(tiny("gpt2"), order, token_keep=0.5)
+    ids = torch.randint(3, 60, (1, 20))
+    cache = PQCache(m)
+    with torch.no_grad():
+        out = m.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0, past_key_values=cache)
+    assert out.shape == (1, 28)
+    lens = [layer.length for layer in cache.layers]
+    assert lens[-1] < 27 and all(layer.k_msb.dtype == torch.uint8 for layer in cache.layers)
+    st = pq_stats(m)
+    assert st.cache_bytes == cache.nbytes() and st.rows > 0
