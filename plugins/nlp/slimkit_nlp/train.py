@@ -182,6 +182,7 @@ def train_causal_lm(
     accelerator: Any = None,
     log_every: int = 10,
     callback: Optional[Callable[[dict], None]] = None,
+    clock: str = "wall",
 ) -> dict:
     """Train ``model`` as a causal LM on ``train_text``; evaluate perplexity on ``eval_text``.
 
@@ -201,6 +202,9 @@ def train_causal_lm(
         threads: torch threads for this run (restored afterwards); None leaves them alone.
         accelerator: an ``accelerate.Accelerator``; a default one (CPU or the launched setup) if None.
         callback: called with each logged row ``{"step", "loss", "lr", "elapsed_s"}``.
+        clock: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.process_time``: CPU seconds of
+            this process, fair when other programs share the machine) for ``time_budget_s`` and
+            ``train_seconds``.
 
     Returns:
         dict with ``steps``, ``tokens_seen``, ``train_seconds``, ``initial_loss`` (first logged
@@ -213,6 +217,9 @@ def train_causal_lm(
         raise ConfigError(f"steps must be at least 1, got {steps}; pass a positive number of steps")
     if time_budget_s is not None and time_budget_s <= 0:
         raise ConfigError(f"time_budget_s must be positive, got {time_budget_s}; pass a number of seconds")
+    if clock not in ("wall", "cpu"):
+        raise ConfigError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.process_time
     if block_size < 1 or batch_size < 1:
         raise ConfigError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
     from accelerate import Accelerator
@@ -253,7 +260,7 @@ def train_causal_lm(
         ebs = eval_batch_size or batch_size
 
         while True:
-            t0 = time.perf_counter()
+            t0 = now()
             cur_lr = lr_at(step, steps, train_s, time_budget_s, lr, warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = cur_lr
@@ -267,7 +274,7 @@ def train_causal_lm(
             opt.zero_grad(set_to_none=True)
             step += 1
             tokens += block_size * batch_size * acc.num_processes
-            train_s += time.perf_counter() - t0
+            train_s += now() - t0
             window.append(loss.item())
             if not math.isfinite(window[-1]):
                 raise SlimkitError(f"training loss became {window[-1]} at step {step}; lower lr (now {lr})")
@@ -308,7 +315,7 @@ def train_causal_lm(
         metrics = {"steps": step, "tokens_seen": tokens, "train_seconds": round(train_s, 3),
                    "initial_loss": initial_loss, "final_train_loss": history[-1]["loss"] if history else None,
                    "block_size": block_size, "batch_size": batch_size, "lr": lr,
-                   "num_processes": acc.num_processes}
+                   "num_processes": acc.num_processes, "clock": clock}
         if eval_ids is not None:
             ev = evaluate_perplexity(model, eval_ids, block_size, ebs, eval_tokens, acc)
             evals.append({"step": step, **ev})
@@ -378,8 +385,10 @@ def _train_command():
                   help="Checkpoints, final model and metrics.json go here.")
     @click.option("--threads", type=int, default=None)
     @click.option("--seed", default=0, show_default=True)
+    @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+                  help="What --time-budget counts: wall-clock or CPU seconds of this process.")
     def train(model_kind, train_file, eval_file, n_layer, d_model, n_head, block_size, batch_size, steps,
-              time_budget, lr, eval_every, eval_tokens, save_every, output_dir, threads, seed):
+              time_budget, lr, eval_every, eval_tokens, save_every, output_dir, threads, seed, clock):
         """Train a causal language model on plain text (accelerate; also under `accelerate launch`)."""
         torch.manual_seed(seed)
         if steps is None and time_budget is None:
@@ -403,8 +412,7 @@ def _train_command():
         m = train_causal_lm(model, train_text, eval_text, block_size=block_size, batch_size=batch_size,
                             steps=steps, time_budget_s=time_budget, lr=lr, eval_every=eval_every,
                             eval_tokens=eval_tokens, output_dir=output_dir, save_every=save_every,
-                            threads=threads, seed=seed,
-                            callback=lambda row: None)
+                            threads=threads, seed=seed, clock=clock)
         line = f"steps {m['steps']}  train loss {m['final_train_loss']:.4f}  ({m['train_seconds']:.1f} s)"
         if "eval_perplexity" in m:
             line += f"  eval loss {m['eval_loss']:.4f}  perplexity {m['eval_perplexity']:.3f}"

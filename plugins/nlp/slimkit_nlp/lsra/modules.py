@@ -230,7 +230,12 @@ class LSRA(nn.Module):
         self.conv = ConvBranch(d_model - attn_dim, kernel_size, conv_type, conv_heads, glu, causal,
                                weight_softmax, weight_dropout, dropout)
 
-    def forward(self, x, attn_mask=None, is_causal: bool = False, padding_mask=None, cache=None, layer_idx: int = 0):
+    def forward(self, x, attn_mask=None, is_causal: Optional[bool] = None, padding_mask=None, cache=None,
+                layer_idx: int = 0):
+        """``x`` ``[B, T, d]``; ``attn_mask`` bool ``[B or 1, 1, T, P+T]`` or None; ``is_causal`` (default:
+        the block's ``causal`` when no mask is given); ``padding_mask`` ``[B, T]``; ``cache`` a HF cache."""
+        if is_causal is None:
+            is_causal = self.causal and attn_mask is None
         if x.shape[-1] != self.d_model:
             raise ShapeError(f"LSRA expects {self.d_model} channels in the last dimension, got shape {tuple(x.shape)}")
         a, c = x.split([self.attn_dim, self.conv_dim], dim=-1)
