@@ -8,6 +8,7 @@ PARTS = (
     "slimkit_nlp.cli",
     "slimkit_nlp.lsra.registration",
     "slimkit_nlp.pq.registration",
+    "slimkit_nlp.spatten.registration",
 )
 
 delegate_hooks(globals(), PARTS)

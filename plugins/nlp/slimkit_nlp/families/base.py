@@ -112,6 +112,10 @@ class FamilyAdapter:
         bb = self.backbone(model)
         return [self.attention(layer) for layer in self.layers(bb)]
 
+    def attn_weight_numel(self, layer: nn.Module) -> int:
+        """Weights of the q/k/v/output projections of ``layer`` (Mult-Adds per token they cost)."""
+        return sum(p.numel() for p in self.attention(layer).parameters() if p.dim() == 2)
+
     def num_heads(self, backbone: nn.Module) -> int:
         return backbone.config.num_attention_heads
 

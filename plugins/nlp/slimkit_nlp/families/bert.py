@@ -33,6 +33,9 @@ class BertFamily(FamilyAdapter):
     def attention(self, layer):
         return layer.attention.self
 
+    def attn_weight_numel(self, layer):
+        return super().attn_weight_numel(layer) + layer.attention.output.dense.weight.numel()
+
     def eager_attention(self):
         from transformers.models.bert.modeling_bert import eager_attention_forward
         return eager_attention_forward

@@ -1,0 +1,66 @@
+"""``SpattenConfig``: cascade token and head pruning options (SpAtten, HPCA 2021)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Optional
+
+from slimkit import ConfigError, TechniqueConfig
+
+POLICIES = ("spatten", "per_layer", "random", "streaming", "h2o")
+
+
+@dataclass
+class SpattenConfig(TechniqueConfig):
+    """Options of ``slimkit.apply(model, "spatten", ...)``.
+
+    token_keep: average share of each input's real tokens kept over the token-pruned layers
+        (1.0 = no token pruning). For decoders it is also the KV-cache budget during generation.
+    head_keep: average share of head units kept over the head-pruned layers (1.0 = none pruned).
+    value_keep: local value pruning: per query, keep this share of the values with the largest
+        probabilities (1.0 = off; it changes results but saves no CPU time, see the README).
+    protect_tokens: token ids never pruned, on top of the first and last real token and the
+        family's special tokens (CLS, SEP, BOS found in the model config).
+    token_start / head_start: share of the first layers without token / head pruning
+        (at least one layer for tokens).
+    token_slope: how steeply the keep ratio falls over the pruned layers: they keep from
+        ``token_keep + g`` down to ``token_keep - g`` with ``g = token_slope * min(token_keep,
+        1 - token_keep)`` (0 = flat; the same slope is used for heads).
+    policy: the importance score. ``spatten`` (cumulative attention, normalised by the number of
+        queries that could see a token in causal models) is the technique; ``per_layer``
+        (this layer's attention only), ``random``, ``streaming`` (sink tokens + recent window)
+        and ``h2o`` (accumulated attention + recent window) are baselines for the benchmarks.
+    sink_tokens: first real tokens always kept by ``streaming``.
+    recent_share: share of the budget given to the most recent tokens by ``h2o``.
+    generation_pruning: evict cached keys/values during ``generate()`` to stay within budget.
+    seed: seed of the ``random`` policy.
+    """
+
+    technique: ClassVar[str] = "spatten"
+    version: ClassVar[int] = 1
+
+    token_keep: float = 0.5
+    head_keep: float = 1.0
+    value_keep: float = 1.0
+    protect_tokens: Optional[list[int]] = None
+    token_start: float = 0.15
+    token_slope: float = 0.5
+    head_start: float = 0.3
+    policy: Literal["spatten", "per_layer", "random", "streaming", "h2o"] = "spatten"
+    sink_tokens: int = 4
+    recent_share: float = 0.5
+    generation_pruning: bool = True
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("token_keep", "head_keep", "value_keep"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ConfigError(f"{name} must be in (0, 1] (the share kept), got {v}; use e.g. {name}=0.5")
+        for name in ("token_start", "head_start", "recent_share", "token_slope"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {v}")
+        if self.sink_tokens < 0:
+            raise ConfigError(f"sink_tokens must be >= 0, got {self.sink_tokens}")
+        if self.protect_tokens is not None and any(t < 0 for t in self.protect_tokens):
+            raise ConfigError("protect_tokens must hold token ids >= 0")

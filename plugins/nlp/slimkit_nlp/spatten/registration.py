@@ -1,0 +1,28 @@
+"""Registers the ``spatten`` technique, its benchmarks and the ``slimkit nlp demo`` command."""
+from __future__ import annotations
+
+
+def register_techniques(register) -> None:
+    from slimkit import Technique
+
+    from .config import SpattenConfig
+    from .transform import apply_spatten
+
+    register(Technique("spatten", SpattenConfig, apply_spatten,
+                       "SpAtten cascade token and head pruning for HF encoders and decoders (real removal)"))
+
+
+def register_benchmarks(register) -> None:
+    from .bench import benchmarks
+
+    for b in benchmarks():
+        register(b)
+
+
+def register_commands(cli) -> None:
+    from slimkit_nlp.cli import nlp
+
+    from .demo import demo_command
+
+    if "demo" not in nlp.commands:
+        nlp.add_command(demo_command, "demo")

@@ -1,0 +1,428 @@
+"""The pruned layer loop: SpAtten's cascade token and head pruning with physical removal.
+
+``spatten_forward`` replaces the backbone's ``forward`` (see ``transform.py``). It runs the
+embeddings, then every layer through the family adapter, and between layers gathers the kept
+tokens (hidden states, validity mask, original columns and positions), so QKV, attention and
+FFN of later layers really shrink. Decoders keep one ``PruneState`` on the cache object across
+``generate()`` steps: accumulated scores, the per-layer slot -> column maps, kept heads and
+which layer evicted each token, so cached keys/values can be evicted in later steps and new
+tokens keep their original absolute positions (learned or rotary) whatever the cache length.
+
+Vocabulary: a *column* is a token's index in the full input (left padding included); a *slot*
+is a position in a (pruned) tensor; ``valid`` marks slots holding real tokens.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from transformers.utils import ModelOutput
+
+from slimkit.errors import ShapeError, SlimkitError
+
+from .schedule import count_for, keep_schedule, select_slots
+from .stats import LayerStats, SpattenStats
+
+STATE_ATTR = "_spatten_state"
+
+
+@dataclass
+class SpattenModelOutput(ModelOutput):
+    """The backbone output with pruning information.
+
+    last_hidden_state ``(B, L_kept, H)``; kept_indices ``(B, L_kept)``: positions in this forward's
+    input (-1 = padding slot); kept_attention_mask ``(B, L_kept)``: 1 for real tokens.
+    full_hidden_state ``(B, L, H)`` (encoders): every input token's last computed state, i.e. the
+    final state of kept tokens and, for pruned tokens, their state when they were removed
+    (useful for mean pooling over the whole input).
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    past_key_values: Any = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    cross_attentions: tuple | None = None
+    kept_indices: torch.Tensor | None = None
+    kept_attention_mask: torch.Tensor | None = None
+    full_hidden_state: torch.Tensor | None = None
+
+
+class PruneState:
+    """What pruning remembers about one batch (kept on the cache object between generate steps)."""
+
+    def __init__(self, batch: int, n_layers: int, n_units: int, device, seed: int):
+        z = lambda dt: torch.zeros(batch, 0, dtype=dt, device=device)  # noqa: E731
+        self.n_cols = 0
+        self.score, self.count = z(torch.float32), z(torch.float32)      # cumulative attention received
+        self.last, self.last_count = z(torch.float32), z(torch.float32)  # latest layer only
+        self.col_valid, self.protected = z(torch.bool), z(torch.bool)
+        self.rand = z(torch.float32)
+        self.evicted_at = z(torch.long)              # first layer without the token (n_layers = none)
+        self.slots: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
+        self.heads: list[Optional[torch.Tensor]] = [None] * n_layers
+        self.head_score = torch.zeros(batch, n_units, device=device)
+        self.n_layers = n_layers
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def extend(self, valid: torch.Tensor, protected: torch.Tensor) -> None:
+        b, n = valid.shape
+        dev = valid.device
+        self.n_cols += n
+        f = torch.zeros(b, n, device=dev)
+        self.score = torch.cat([self.score, f], 1)
+        self.count = torch.cat([self.count, f], 1)
+        self.last = torch.cat([self.last, f], 1)
+        self.last_count = torch.cat([self.last_count, f], 1)
+        self.col_valid = torch.cat([self.col_valid, valid], 1)
+        self.protected = torch.cat([self.protected, protected], 1)
+        self.rand = torch.cat([self.rand, torch.rand(b, n, generator=self.gen).to(dev)], 1)
+        self.evicted_at = torch.cat([self.evicted_at, torch.full((b, n), self.n_layers, device=dev)], 1)
+
+
+class SpattenRuntime:
+    """Per-model settings: the family adapter, the config and the derived schedules."""
+
+    def __init__(self, family, backbone, config):
+        self.family = family
+        self.config = config
+        layers = list(family.layers(backbone))
+        self.n_layers = len(layers)
+        self.token_ratios = keep_schedule(self.n_layers, config.token_keep, config.token_start, 1, config.token_slope)
+        self.n_units = family.num_units(backbone)
+        head_ratios = keep_schedule(self.n_layers, config.head_keep, config.head_start, 0, config.token_slope)
+        counts, prev = [], self.n_units
+        for r in head_ratios:
+            prev = min(prev, max(1, round(r * self.n_units)))
+            counts.append(prev)
+        self.unit_counts = counts
+        ids = set(family.special_token_ids(backbone.config)) | set(config.protect_tokens or [])
+        self.protect_ids = torch.tensor(sorted(ids), dtype=torch.long)
+        self.group = family.num_heads(backbone) // self.n_units
+        self.head_dim = family.head_dim(backbone)
+        self.eager = family.eager_attention()
+        # Mult-Adds bookkeeping: per-token weight work of each layer, and its attention projections
+        self.layer_weights = [sum(p.numel() for p in layer.parameters() if p.dim() == 2) for layer in layers]
+        self.attn_weights = [family.attn_weight_numel(layer) for layer in layers]
+        self.stats = SpattenStats()
+        self.owners: list = []
+
+    def publish(self, stats: SpattenStats) -> None:
+        self.stats = stats
+        for ref in self.owners:
+            obj = ref()
+            if obj is not None:
+                object.__setattr__(obj, "spatten_stats", stats)
+
+    def layer_macs(self, layer: int, n_q: int, n_k: int, units: int, batch: int) -> int:
+        frac = units / self.n_units
+        lin = self.layer_weights[layer] - self.attn_weights[layer] * (1.0 - frac)
+        heads = units * self.group
+        return int(batch * (n_q * lin + 2 * n_q * n_k * heads * self.head_dim))
+
+
+def _attention_fn(backbone, rt: SpattenRuntime):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    impl = backbone.config._attn_implementation or "eager"
+    return impl, ALL_ATTENTION_FUNCTIONS.get_interface(impl, rt.eager)
+
+
+def _mask(q_cols, k_cols, k_valid, causal: bool, dtype) -> torch.Tensor:
+    """Additive mask ``(B, 1, Lq, Lk)``: 0 where a query may attend, the dtype's minimum elsewhere."""
+    ok = k_valid[:, None, :].expand(-1, q_cols.shape[1], -1)
+    if causal:
+        ok = ok & (k_cols[:, None, :] <= q_cols[:, :, None])
+    m = torch.zeros(ok.shape, dtype=dtype, device=q_cols.device)
+    return m.masked_fill(~ok, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Gather ``x`` along ``dim`` with a ``(B, n)`` index (broadcast over the trailing dims)."""
+    shape = list(x.shape)
+    idx = index
+    for _ in range(x.dim() - dim - 1):
+        idx = idx.unsqueeze(-1)
+    shape[dim] = index.shape[1]
+    return x.gather(dim, idx.expand(*shape))
+
+
+def _cache_select(cache, layer: int, index: torch.Tensor) -> None:
+    """Keep only the slots ``index (B, n)`` of ``layer`` in ``cache``.
+
+    Cache classes may implement ``select_tokens(layer_idx, index)`` themselves (e.g. quantized
+    caches); otherwise ``cache.layers[layer].keys/.values`` ``(B, heads, T, d)`` are gathered.
+    """
+    if hasattr(cache, "select_tokens"):
+        cache.select_tokens(layer, index)
+        return
+    lay = cache.layers[layer]
+    lay.keys = lay.keys.gather(2, index[:, None, :, None].expand(-1, lay.keys.shape[1], -1, lay.keys.shape[-1]))
+    lay.values = lay.values.gather(
+        2, index[:, None, :, None].expand(-1, lay.values.shape[1], -1, lay.values.shape[-1]))
+
+
+def _rank(state: PruneState, cfg, cols: torch.Tensor, causal: bool) -> torch.Tensor:
+    p = cfg.policy
+    if p == "spatten":
+        s = state.score.gather(1, cols)
+        return s / state.count.gather(1, cols).clamp(min=1.0) if causal else s
+    if p == "per_layer":
+        s = state.last.gather(1, cols)
+        return s / state.last_count.gather(1, cols).clamp(min=1.0) if causal else s
+    if p == "random":
+        return state.rand.gather(1, cols)
+    if p == "streaming":
+        return cols.to(torch.float32)
+    if p == "h2o":
+        return state.score.gather(1, cols)
+    raise SlimkitError(f"unknown policy {p!r}")  # pragma: no cover - validated by the config
+
+
+def _protected(state: PruneState, cfg, cols, k, causal: bool) -> torch.Tensor:
+    prot = state.protected.gather(1, cols)
+    if causal:
+        prot = prot | (cols == state.n_cols - 1)          # the newest token (it predicts the next one)
+    if cfg.policy == "h2o":
+        recent = torch.floor(k.to(torch.float32) * cfg.recent_share).to(torch.long)
+        prot = prot | (cols >= (state.n_cols - recent).unsqueeze(1))
+    return prot
+
+
+def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                    inputs_embeds=None, past_key_values=None, use_cache=None, encoder_hidden_states=None,
+                    **kwargs):
+    """The backbone's forward with cascade pruning (bound to the backbone by ``apply``)."""
+    rt: SpattenRuntime = self._spatten_runtime
+    fam, cfg = rt.family, rt.config
+    causal = fam.causal
+    if encoder_hidden_states is not None:
+        raise SlimkitError("spatten does not support cross-attention (encoder_hidden_states); "
+                           "apply it to encoder-only or decoder-only models")
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ShapeError("pass exactly one of input_ids (B, L) or inputs_embeds (B, L, H)")
+    if input_ids is not None and input_ids.dim() != 2:
+        raise ShapeError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    ref = input_ids if input_ids is not None else inputs_embeds
+    B, n_new = ref.shape[0], ref.shape[1]
+    dev = ref.device
+
+    # -- cache and state ---------------------------------------------------------------------------
+    cache = None
+    if causal:
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache:
+            if past_key_values is None:
+                from transformers import DynamicCache
+                past_key_values = DynamicCache(config=self.config)
+            cache = past_key_values
+    state: PruneState | None = getattr(cache, STATE_ATTR, None) if cache is not None else None
+    if cache is not None and state is None and cache.get_seq_length() > 0:
+        raise SlimkitError("this cache was filled without spatten; start generation with an empty cache "
+                           "on the spatten model")
+    if state is None:
+        state = PruneState(B, rt.n_layers, rt.n_units, dev, cfg.seed)
+        if cache is not None:
+            setattr(cache, STATE_ATTR, state)
+    first = state.n_cols == 0
+    t_prev = state.n_cols
+
+    # -- masks and positions --------------------------------------------------------------------------
+    if attention_mask is None:
+        attention_mask = torch.ones(B, t_prev + n_new, dtype=torch.long, device=dev)
+    if attention_mask.dim() != 2:
+        raise ShapeError(f"spatten needs a 2-D attention_mask (batch, length), got {attention_mask.dim()}-D")
+    if attention_mask.shape[1] != t_prev + n_new:
+        raise ShapeError(f"attention_mask has {attention_mask.shape[1]} columns but the cache holds {t_prev} "
+                         f"tokens plus {n_new} new ones; pass the mask of the whole sequence")
+    am = attention_mask.to(torch.bool)
+    valid = am[:, t_prev:]
+    if position_ids is None:
+        if causal:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, t_prev:]
+        else:
+            position_ids = torch.arange(n_new, device=dev).expand(B, n_new)
+    position_ids = position_ids.expand(B, -1) if position_ids.shape[0] == 1 else position_ids
+
+    prot = torch.zeros(B, n_new, dtype=torch.bool, device=dev)
+    if input_ids is not None and len(rt.protect_ids):
+        prot |= torch.isin(input_ids, rt.protect_ids.to(dev))
+    real_rank = (am.long().cumsum(-1))[:, t_prev:]           # 1-based rank of each real token
+    prot |= valid & (real_rank == 1)                          # first real token: CLS / BOS / sink
+    if not causal:                                             # last real token: SEP
+        n_real = valid.sum(1, keepdim=True)
+        prot |= valid & (real_rank == n_real)
+    if cfg.policy == "streaming":
+        prot |= valid & (real_rank <= cfg.sink_tokens)
+    state.extend(valid, prot)
+    total_real = am.sum(1)                                     # real tokens so far, per sample
+
+    n_real_new = valid.sum(1)                                  # k is taken from each sample's real length
+    h = fam.embed(self, input_ids, inputs_embeds, position_ids, token_type_ids)
+    cols = (t_prev + torch.arange(n_new, device=dev)).expand(B, n_new)
+    pos = position_ids
+    impl, attn_fn = _attention_fn(self, rt)
+    stats = SpattenStats(input_tokens=float(valid.sum()) / B)
+    heads_cur: Optional[torch.Tensor] = None                   # None = all units
+    full = torch.zeros_like(h) if not causal else None
+    rotary, rotary_pos = None, None
+
+    for li, layer in enumerate(fam.layers(self)):
+        # 1. token pruning of the hidden set (a fresh input: prefill or encoder)
+        if first and rt.token_ratios[li] < 1.0:
+            k = count_for(rt.token_ratios[li], n_real_new)
+            rank = _rank(state, cfg, cols, causal)
+            sel = select_slots(rank, valid, _protected(state, cfg, cols, k, causal), k, cols, pad_first=causal)
+            if sel is not None:
+                index, new_valid = sel
+                gone = valid & ~torch.zeros_like(valid).scatter(1, index, new_valid)
+                if gone.any():
+                    rows = torch.arange(B, device=dev).unsqueeze(1).expand_as(cols)[gone]
+                    gc = cols[gone]
+                    state.evicted_at[rows, gc] = torch.minimum(state.evicted_at[rows, gc],
+                                                               torch.full_like(gc, li))
+                if full is not None and gone.any():
+                    full[gone.nonzero(as_tuple=True)[0], (cols - t_prev)[gone]] = h[gone]
+                h = _gather(h, index)
+                cols, pos, valid = cols.gather(1, index), pos.gather(1, index), new_valid
+        # 2. head units of this layer
+        if first:
+            u = rt.unit_counts[li]
+            cur = rt.n_units if heads_cur is None else heads_cur.shape[1]
+            if u < cur:
+                base = torch.arange(rt.n_units, device=dev).expand(B, -1) if heads_cur is None else heads_cur
+                hs = state.head_score.gather(1, base)
+                top = hs.topk(u, dim=1).indices
+                heads_cur = base.gather(1, top).sort(dim=1).values
+            state.heads[li] = heads_cur
+        else:
+            heads_cur = state.heads[li]
+        units = rt.n_units if heads_cur is None else heads_cur.shape[1]
+        att = fam.attention(layer)
+        # 3. projections (rotary with each token's original position)
+        if fam.positions == "rotary" and (rotary is None or rotary_pos is not pos):
+            rotary, rotary_pos = fam.rotary(self, h, pos), pos
+        q, k_, v = fam.project_qkv(layer, fam.attn_input(layer, h), heads_cur, rotary)
+        # 4. the cache: append, then evict to the budget (generation stage)
+        if cache is not None:
+            keys, values = cache.update(k_, v, li)
+            prev = state.slots[li]
+            if prev is None:
+                k_cols, k_valid = cols, valid
+            else:
+                k_cols, k_valid = torch.cat([prev[0], cols], 1), torch.cat([prev[1], valid], 1)
+            if not first and cfg.generation_pruning and rt.token_ratios[li] < 1.0:
+                alive = k_valid & (state.evicted_at.gather(1, k_cols) > li)
+                budget = count_for(rt.token_ratios[li], total_real)
+                rank = _rank(state, cfg, k_cols, causal)
+                prot_k = _protected(state, cfg, k_cols, budget, causal)
+                force = bool((k_valid & ~alive).any())
+                sel = select_slots(rank, alive, prot_k, budget, k_cols, pad_first=True)
+                if sel is None and force:
+                    sel = _compact(alive, k_cols)
+                if sel is not None:
+                    index, new_valid = sel
+                    kept = torch.zeros_like(k_valid).scatter(1, index, new_valid)
+                    gone = alive & ~kept
+                    if gone.any():
+                        rows = torch.arange(B, device=dev).unsqueeze(1).expand_as(k_cols)[gone]
+                        gc = k_cols[gone]
+                        state.evicted_at[rows, gc] = torch.minimum(state.evicted_at[rows, gc],
+                                                                   torch.full_like(gc, li))
+                    _cache_select(cache, li, index)
+                    keys = keys.gather(2, index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1]))
+                    values = values.gather(2, index[:, None, :, None].expand(-1, values.shape[1], -1,
+                                                                               values.shape[-1]))
+                    k_cols, k_valid = k_cols.gather(1, index), new_valid
+            state.slots[li] = (k_cols, k_valid)
+        else:
+            keys, values, k_cols, k_valid = k_, v, cols, valid
+        # 5. attention through the active implementation (it must return probabilities)
+        mask = _mask(cols, k_cols, k_valid, causal, q.dtype)
+        ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling)
+        if probs is None:
+            raise SlimkitError(f"the attention implementation {impl!r} returns no attention probabilities; "
+                               f"spatten needs them: use attn_implementation='eager' or a custom function "
+                               f"that returns (output, probabilities)")
+        fetched = 1.0
+        if cfg.value_keep < 1.0:
+            ctx, fetched = _value_prune(probs, values, mask, cfg.value_keep)
+        # 6. importance scores
+        pq = probs.float() * valid[:, None, :, None]
+        contrib = pq.sum((1, 2))                                            # (B, Lk)
+        if causal:
+            seen = (k_valid[:, None, :] & valid[:, :, None] & (k_cols[:, None, :] <= cols[:, :, None]))
+            cnt = seen.sum(1).float() * probs.shape[1]
+        else:
+            cnt = (valid.sum(1, keepdim=True).float() * probs.shape[1]).expand_as(contrib)
+        cnt = cnt * k_valid
+        state.score.scatter_add_(1, k_cols, contrib)
+        state.count.scatter_add_(1, k_cols, cnt)
+        state.last = torch.zeros_like(state.last).scatter_add_(1, k_cols, contrib)
+        state.last_count = torch.zeros_like(state.last_count).scatter_add_(1, k_cols, cnt)
+        if first and rt.config.head_keep < 1.0:
+            mag = (ctx.float().abs() * valid[:, :, None, None]).sum((1, 3))        # (B, heads)
+            mag = mag.view(B, units, rt.group).sum(-1)
+            ids = torch.arange(rt.n_units, device=dev).expand(B, -1) if heads_cur is None else heads_cur
+            state.head_score.scatter_add_(1, ids, mag)
+        # 7. output projection, residual, feed-forward
+        ctx = ctx.reshape(B, ctx.shape[1], -1)
+        h = fam.after_attention(layer, h, fam.project_out(layer, ctx, heads_cur))
+        h = fam.feed_forward(layer, h)
+        stats.layers.append(LayerStats(
+            layer=li, tokens_in=float(valid.sum()) / B, keys=float(k_valid.sum()) / B,
+            heads_kept=units * rt.group, heads_total=rt.n_units * rt.group,
+            macs=rt.layer_macs(li, h.shape[1], keys.shape[2], units, B),
+            dense_macs=rt.layer_macs(li, n_new, state.n_cols if cache is not None else n_new, rt.n_units, B),
+            values_fetched=fetched))
+        stats.head_ids.append(heads_cur)
+
+    h = fam.final_norm(self, h)
+    kept = torch.where(valid, cols - t_prev, torch.full_like(cols, -1))
+    if full is not None:
+        full[valid.nonzero(as_tuple=True)[0], kept[valid]] = h[valid]
+    stats.kept_indices = kept
+    if cache is not None:
+        stats.kv_tokens = [float(s[1].sum()) / B if s is not None else 0.0 for s in state.slots]
+    rt.publish(stats)
+    pooler = fam.pooler(self)
+    pooled = pooler(h) if pooler is not None else None
+    return SpattenModelOutput(last_hidden_state=h, pooler_output=pooled,
+                              past_key_values=cache if cache is not None else None,
+                              kept_indices=kept, kept_attention_mask=valid.long(), full_hidden_state=full)
+
+
+def _compact(alive: torch.Tensor, cols: torch.Tensor):
+    """Drop slots that are not alive (no ranking needed)."""
+    n = alive.sum(1)
+    kmax = max(int(n.max()), 1)
+    key = torch.where(alive, cols.to(torch.float64), torch.full_like(cols, -1, dtype=torch.float64))
+    order = key.argsort(dim=1, stable=True)[:, -kmax:]
+    return order, alive.gather(1, order)
+
+
+def _value_prune(probs, values, mask, keep: float):
+    """Local value pruning: per query keep the ``keep`` share of visible values with the largest
+    probabilities (the rest are skipped, not renormalised). Returns ``(context (B, Lq, H, d), share used)``."""
+    B, H, Lq, Lk = probs.shape
+    v = values
+    if v.shape[1] != H:
+        v = v.repeat_interleave(H // v.shape[1], dim=1)
+    visible = (mask == 0).expand(B, H, Lq, Lk)
+    n_vis = visible.sum(-1, keepdim=True)
+    kk = torch.ceil(n_vis.float() * keep).clamp(min=1).long()
+    srt = probs.sort(dim=-1, descending=True).values
+    thr = srt.gather(-1, (kk - 1).clamp(max=Lk - 1))
+    pruned = torch.where(probs >= thr, probs, torch.zeros_like(probs))
+    used = float(((pruned > 0) & visible).sum()) / max(float(visible.sum()), 1.0)
+    ctx = torch.matmul(pruned, v).transpose(1, 2).contiguous()
+    return ctx, used
+
+
+def warn_switch(model_name: str, old: str, new: str) -> None:
+    warnings.warn(f"spatten: switched {model_name} from attn_implementation={old!r} to {new!r} because "
+                  f"pruning needs the attention probabilities, which {old!r} does not return", stacklevel=3)

@@ -1,0 +1,58 @@
+"""Train the small byte-level GPT-2 shipped in ``slimkit_nlp/assets/gpt2-shakespeare``.
+
+4 layers, d=256, 4 heads, context 1024, vocabulary 256 (``ByteTokenizer``), trained a few CPU
+minutes on ``slimkit_nlp.data.load_text("train")`` with the shared causal-LM trainer; saved
+with ``save_pretrained`` in float16 (about 7 MB; ``load_shakespeare_gpt2()`` loads it as float32).
+
+    .venv/bin/python scripts/train_gpt2_shakespeare.py --minutes 6 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+OUT = Path(__file__).resolve().parents[1] / "plugins/nlp/slimkit_nlp/assets/gpt2-shakespeare"
+
+
+def build():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=256, n_positions=1024, n_embd=256, n_layer=4, n_head=4,
+                     bos_token_id=10, eos_token_id=10, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=6.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+
+    from slimkit_nlp.data import load_text
+    from slimkit_nlp.train import train_causal_lm
+
+    torch.manual_seed(0)
+    model = build()
+    t0 = time.time()
+    metrics = train_causal_lm(model, load_text("train"), load_text("validation"), block_size=args.block_size,
+                              batch_size=args.batch_size, time_budget_s=args.minutes * 60, lr=args.lr,
+                              warmup_steps=30, threads=args.threads, eval_tokens=32768, log_every=25)
+    model = model.to(torch.float16)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    info = {"train_seconds": round(time.time() - t0, 1), "params": sum(p.numel() for p in model.parameters()),
+            **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+    (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()

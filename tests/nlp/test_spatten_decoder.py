@@ -1,0 +1,119 @@
+"""SpAtten on decoders: generate() with cache eviction, original positions, left padding, keep 1.0 exactness."""
+import pytest
+import torch
+
+import slimkit
+
+
+def tiny(kind, seed=0):
+    import transformers as tf
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=64, n_embd=32, n_layer=4, n_head=4, n_positions=128,
+                            bos_token_id=1, eos_token_id=1, attn_implementation="eager")
+        return tf.GPT2LMHeadModel(cfg).eval()
+    cfg = tf.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                         bos_token_id=1, eos_token_id=1, pad_token_id=0, attn_implementation="eager")
+    return tf.LlamaForCausalLM(cfg).eval()
+
+
+def prompts():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(2, 64, (2, 30), generator=g)
+    am = torch.ones_like(ids)
+    ids[1, :9] = 0
+    am[1, :9] = 0                                        # left padding
+    return ids, am
+
+
+GEN = dict(max_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=None)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_keep_one_generation_equals_unpruned(kind):
+    ids, am = prompts()
+    with torch.no_grad():
+        ref = tiny(kind).generate(input_ids=ids, attention_mask=am, output_scores=True,
+                                  return_dict_in_generate=True, **GEN)
+        m = slimkit.apply(tiny(kind), "spatten", token_keep=1.0)
+        out = m.generate(input_ids=ids, attention_mask=am, output_scores=True, return_dict_in_generate=True, **GEN)
+    assert torch.equal(out.sequences, ref.sequences)
+    for a, b in zip(out.scores, ref.scores):
+        assert torch.equal(a, b)
+
+
+def _record_positions(model, kind):
+    """Positions that reach the learned position table (GPT-2) or the rotary embedding (Llama)."""
+    seen = []
+    bb = model.transformer if kind == "gpt2" else model.model
+    mod = bb.wpe if kind == "gpt2" else bb.rotary_emb
+    if kind == "gpt2":
+        mod.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    else:
+        mod.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"].clone()), with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_generation_with_pruning_positions_and_batches(kind):
+    ids, am = prompts()
+    m = slimkit.apply(tiny(kind), "spatten", token_keep=0.5)
+    seen = _record_positions(m, kind)
+    with torch.no_grad():
+        out = m.generate(input_ids=ids, attention_mask=am, return_dict_in_generate=True, **GEN)
+    cache = out.past_key_values
+    real = am.sum(1)                                                # 30 and 21 real prompt tokens
+    # decode steps: every new token gets its original absolute position (real tokens before it),
+    # although the cache of the pruned layers holds far fewer tokens
+    steps = [p for p in seen if p.shape[-1] == 1]
+    firsts = []
+    for p in steps:
+        if not firsts or not torch.equal(p, firsts[-1]):
+            firsts.append(p)
+    for t, p in enumerate(firsts):
+        assert p[:, 0].tolist() == (real + t).tolist()
+    assert len(firsts) == GEN["max_new_tokens"] - 1
+    total = ids.shape[1] + GEN["max_new_tokens"] - 1                 # tokens that went through the model
+    assert cache.layers[3].keys.shape[2] < total / 2                # cache really evicted (last layer)
+    assert cache.layers[0].keys.shape[2] == total                   # first layer never pruned
+    st = m.spatten_stats
+    assert st.kv_tokens[3] < st.kv_tokens[1] < st.kv_tokens[0]
+    # batch of 2 with left padding == each prompt alone
+    with torch.no_grad():
+        for b in range(2):
+            one = m.generate(input_ids=ids[b:b + 1, ids.shape[1] - int(real[b]):], **GEN)
+            assert torch.equal(one[0, -GEN["max_new_tokens"]:], out.sequences[b, -GEN["max_new_tokens"]:])
+
+
+def test_prefill_protects_last_and_first_token():
+    ids, am = prompts()
+    m = slimkit.apply(tiny("gpt2"), "spatten", token_keep=0.3)
+    with torch.no_grad():
+        o = m.transformer(input_ids=ids, attention_mask=am, use_cache=False)
+    kept = o.kept_indices
+    assert kept.shape[1] < ids.shape[1]
+    assert (kept[:, -1] == ids.shape[1] - 1).all()                  # newest token kept, in the last slot
+    assert kept[1][kept[1] >= 0].min() == 9 and kept[0][0] == 0     # first real token (sink) kept
+
+
+def test_cache_filled_without_spatten_is_refused():
+    from transformers import DynamicCache
+    m = tiny("gpt2")
+    ids, _ = prompts()
+    cache = DynamicCache(config=m.config)
+    with torch.no_grad():
+        m(input_ids=ids[:, :5], past_key_values=cache)
+    slimkit.apply(m, "spatten", token_keep=0.5)
+    with pytest.raises(slimkit.SlimkitError, match="empty cache"):
+        m(input_ids=ids[:, 5:6], past_key_values=cache, attention_mask=torch.ones(2, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("policy", ["h2o", "streaming", "random", "per_layer"])
+def test_baseline_policies_generate(policy):
+    ids, am = prompts()
+    m = slimkit.apply(tiny("llama"), "spatten", token_keep=0.5, policy=policy)
+    with torch.no_grad():
+        out = m.generate(input_ids=ids, attention_mask=am, **GEN)
+    assert out.shape == (2, 30 + GEN["max_new_tokens"])
+    assert m.spatten_stats.kv_tokens[-1] < m.spatten_stats.kv_tokens[0]

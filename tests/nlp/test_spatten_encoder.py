@@ -1,0 +1,205 @@
+"""SpAtten on encoders: physical removal, schedule, protection, padded batches, heads, config round trip."""
+import math
+import warnings
+
+import pytest
+import torch
+
+import slimkit
+from slimkit_nlp.spatten import SpattenConfig, keep_schedule
+
+
+def tiny_bert(layers=6, cls=None):
+    import transformers as tf
+    cfg = tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, attn_implementation="eager")
+    torch.manual_seed(0)
+    return (cls or tf.BertModel)(cfg).eval()
+
+
+def ids_batch(B=3, L=24):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 64, (B, L), generator=g)
+    ids[:, 0] = 1                      # "CLS"
+    am = torch.ones_like(ids)
+    lens = [L, L - 7, L - 12][:B]
+    for b, n in enumerate(lens):
+        ids[b, n - 1] = 2              # "SEP"
+        ids[b, n:] = 0
+        am[b, n:] = 0
+    return ids, am, lens
+
+
+def test_schedule_shape_and_mean():
+    s = keep_schedule(6, 0.5, 0.15)
+    assert s[0] == 1.0 and all(r < 1.0 for r in s[1:])          # first 15% (>= 1 layer) unpruned
+    assert all(a >= b for a, b in zip(s, s[1:]))                  # non-increasing (cascade)
+    assert math.isclose(sum(s[1:]) / 5, 0.5)                      # average over pruned layers = target
+    s12 = keep_schedule(12, 0.3, 0.15, slope=1.0)
+    assert s12[:2] == [1.0, 1.0] and math.isclose(sum(s12[2:]) / 10, 0.3) and min(s12) >= 0.0
+    assert keep_schedule(4, 1.0, 0.15) == [1.0] * 4
+    assert keep_schedule(10, 0.5, 0.3, 0) [:3] == [1.0] * 3 and keep_schedule(10, 0.5, 0.3, 0)[3] < 1
+
+
+def test_physical_removal_and_per_sample_k():
+    m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5)
+    ids, am, lens = ids_batch()
+    with torch.no_grad():
+        out = m(input_ids=ids, attention_mask=am)
+    sched = keep_schedule(6, 0.5, 0.15, slope=0.5)
+    st = m.spatten_stats
+    expect = [sum(math.ceil(r * n - 1e-9) for n in lens) / 3 for r in sched]
+    assert [round(s.tokens_in, 4) for s in st.layers] == [round(e, 4) for e in expect]
+    kmax = max(math.ceil(sched[-1] * n - 1e-9) for n in lens)
+    assert out.last_hidden_state.shape == (3, kmax, 32)           # physically shrunk
+    assert out.kept_indices.shape == (3, kmax) and out.kept_attention_mask.shape == (3, kmax)
+    for b, n in enumerate(lens):
+        k = math.ceil(sched[-1] * n - 1e-9)
+        idx = out.kept_indices[b, :k]
+        assert int(out.kept_attention_mask[b].sum()) == k
+        assert torch.all(idx[1:] > idx[:-1])                       # original order
+        assert idx[0] == 0 and idx[-1] == n - 1                     # CLS and SEP protected
+        assert torch.all(out.kept_indices[b, k:] == -1)
+    assert st.macs < st.dense_macs and st.macs_saved > 0
+
+
+def test_protect_tokens_never_pruned():
+    ids, am, lens = ids_batch()
+    ids[0, 5] = ids[0, 9] = ids[1, 3] = 7
+    m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.3, protect_tokens=[7])
+    with torch.no_grad():
+        out = m(input_ids=ids, attention_mask=am)
+    for b in range(2):
+        want = set((ids[b, :lens[b]] == 7).nonzero().flatten().tolist())
+        assert want <= set(out.kept_indices[b].tolist())
+
+
+def test_padded_batch_equals_single_runs():
+    m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, head_keep=0.5)
+    ids, am, lens = ids_batch()
+    with torch.no_grad():
+        out = m(input_ids=ids, attention_mask=am)
+        for b, n in enumerate(lens):
+            one = m(input_ids=ids[b:b + 1, :n])
+            k = one.last_hidden_state.shape[1]
+            assert torch.equal(one.kept_indices[0], out.kept_indices[b, :k])
+            torch.testing.assert_close(one.last_hidden_state[0], out.last_hidden_state[b, :k], atol=2e-5, rtol=1e-4)
+
+
+def test_keep_one_equals_unpruned_and_task_head():
+    import transformers as tf
+    ref = tiny_bert(cls=tf.BertForSequenceClassification)
+    ids, am, _ = ids_batch()
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=am).logits
+        m = slimkit.apply(tiny_bert(cls=tf.BertForSequenceClassification), "spatten", token_keep=1.0)
+        torch.testing.assert_close(m(input_ids=ids, attention_mask=am).logits, want, atol=1e-6, rtol=1e-5)
+        m = slimkit.apply(tiny_bert(cls=tf.BertForSequenceClassification), "spatten", token_keep=0.4)
+        logits = m(input_ids=ids, attention_mask=am).logits           # the head reads CLS (kept, slot 0)
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+
+
+def _mask_heads_reference(model, fam, head_ids, ids, am):
+    """The unpruned model with the pruned heads' outputs zeroed before the output projection."""
+    bb = fam.backbone(model)
+    hooks = []
+    d = fam.head_dim(bb)
+    g = fam.num_heads(bb) // fam.num_units(bb)
+    for layer, kept in zip(fam.layers(bb), head_ids):
+        if kept is None:
+            continue
+        proj = {"bert": lambda l: l.attention.output.dense, "llama": lambda l: l.self_attn.o_proj,
+                "gpt2": lambda l: l.attn.c_proj}[fam.name](layer)
+        keep = torch.zeros(kept.shape[0], fam.num_units(bb) * g * d)
+        for b in range(kept.shape[0]):
+            for u in kept[b].tolist():
+                keep[b, u * g * d:(u + 1) * g * d] = 1
+
+        def pre(mod, args, keep=keep):
+            return (args[0] * keep[:, None, :],)
+        hooks.append(proj.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            return bb(input_ids=ids, attention_mask=am, use_cache=False).last_hidden_state
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_head_pruning_equals_masking(kind):
+    import transformers as tf
+    from slimkit_nlp.families import resolve_family
+    if kind == "bert":
+        make = lambda: tiny_bert()   # noqa: E731
+    else:
+        def make():
+            torch.manual_seed(0)
+            return tf.LlamaModel(tf.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=5,
+                                                num_attention_heads=8, num_key_value_heads=4, intermediate_size=64,
+                                                attn_implementation="eager")).eval()
+    ids, am, _ = ids_batch()
+    if kind == "llama":
+        am = am.flip(1); ids = ids.flip(1)  # left padding for the decoder
+    m = slimkit.apply(make(), "spatten", token_keep=1.0, head_keep=0.5)
+    with torch.no_grad():
+        out = m(input_ids=ids, attention_mask=am, **({"use_cache": False} if kind == "llama" else {}))
+    st = m.spatten_stats
+    assert st.layers[-1].heads_kept < st.layers[0].heads_kept              # heads really skipped
+    assert st.macs < st.dense_macs
+    ref = _mask_heads_reference(make(), resolve_family(m), st.head_ids, ids, am)
+    valid = am.bool()
+    torch.testing.assert_close(out.last_hidden_state[valid], ref[valid], atol=2e-5, rtol=1e-4)
+
+
+def test_sdpa_switched_with_warning_and_bad_options():
+    import transformers as tf
+    cfg = tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, attn_implementation="sdpa")
+    model = tf.BertModel(cfg)
+    with pytest.warns(UserWarning, match="eager"):
+        slimkit.apply(model, "spatten")
+    assert model.config._attn_implementation == "eager"
+    with pytest.raises(slimkit.ConfigError, match="token_keep"):
+        slimkit.apply(tiny_bert(), "spatten", token_keep=1.5)
+    with pytest.raises(slimkit.UnsupportedModelError, match="bert"):
+        slimkit.apply(torch.nn.Linear(2, 2), "spatten")
+
+
+def test_config_round_trip(tmp_path):
+    import transformers as tf
+    from slimkit_nlp.spatten import load_pretrained, spatten_config
+    m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.4, head_keep=0.75, protect_tokens=[3])
+    cfg = SpattenConfig(token_keep=0.4, head_keep=0.75, protect_tokens=[3])
+    assert SpattenConfig.from_dict(cfg.to_dict()) == cfg
+    m.save_pretrained(tmp_path / "hf")                                # HF-native: config.json carries it
+    back = load_pretrained(tmp_path / "hf", tf.BertModel)
+    assert spatten_config(back) == cfg
+    ids, am, _ = ids_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids, attention_mask=am).last_hidden_state,
+                                   m(input_ids=ids, attention_mask=am).last_hidden_state)
+    slimkit.save_pretrained(m, tmp_path / "sk")                       # slimkit path
+    again = slimkit.from_pretrained(tiny_bert(), tmp_path / "sk")
+    assert again.slimkit_configs[-1] == cfg
+    with torch.no_grad():
+        assert again(input_ids=ids, attention_mask=am).last_hidden_state.shape[1] < ids.shape[1]
+
+
+def test_real_minilm(minilm_path):
+    from transformers import AutoModel, AutoTokenizer
+    from slimkit_nlp.spatten.textdata import mean_pool, wordpiece_passages
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    ids = wordpiece_passages(tok, 128, 2)
+    dense = AutoModel.from_pretrained(minilm_path, attn_implementation="eager").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = slimkit.apply(AutoModel.from_pretrained(minilm_path).eval(), "spatten", token_keep=0.7)
+    with torch.no_grad():
+        ref = mean_pool(dense(input_ids=ids).last_hidden_state, torch.ones_like(ids))
+        out = m(input_ids=ids)
+    emb = mean_pool(out.last_hidden_state, out.kept_attention_mask)
+    cos = torch.cosine_similarity(emb, ref)
+    assert out.last_hidden_state.shape[1] < 128
+    assert (cos > 0.85).all(), cos
+    assert m.spatten_stats.macs_ratio > 1.3
