@@ -9,6 +9,7 @@ PARTS = (
     "slimkit_nlp.lsra.registration",
     "slimkit_nlp.pq.registration",
     "slimkit_nlp.spatten.registration",
+    "slimkit_nlp.hat.registration",
 )
 
 delegate_hooks(globals(), PARTS)
