@@ -107,25 +107,31 @@ class SyntheticTemporalDataset(Dataset):
     """``n_per_class`` clips per class, rendered on the fly (deterministic per ``seed`` and index).
 
     Item ``i``: ``(clip, label)`` with ``clip`` float32 ``(T, 3, H, W)`` normalised with
-    ``mean``/``std`` (on 0..1 pixels) and ``label = i % 2``. Pass ``raw=True`` for uint8 ``(T, H, W, 3)``.
+    ``mean``/``std`` (on 0..1 pixels) and ``label = i % 2``. Pass ``raw=True`` for uint8 ``(T, H, W, 3)``;
+    ``cache=True`` keeps rendered clips (uint8) in memory for later epochs.
     """
 
     classes = CLASSES
 
     def __init__(self, n_per_class: int = 100, num_frames: int = 8, size=64, seed: int = 0,
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-                 raw: bool = False):
+                 raw: bool = False, cache: bool = False):
         self.n = int(n_per_class) * len(CLASSES)
         self.num_frames, self.size, self.seed = int(num_frames), size, int(seed)
         self.mean, self.std, self.raw = tuple(mean), tuple(std), raw
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.n
 
     def clip(self, index: int) -> tuple[np.ndarray, int]:
         label = index % len(CLASSES)
-        rng = np.random.default_rng([self.seed, index])
-        return render_clip(label, self.num_frames, self.size, rng), label
+        if self._cache is not None and index in self._cache:
+            return self._cache[index], label
+        clip = render_clip(label, self.num_frames, self.size, np.random.default_rng([self.seed, index]))
+        if self._cache is not None:
+            self._cache[index] = clip
+        return clip, label
 
     def __getitem__(self, index: int):
         if not 0 <= index < self.n:

@@ -10,3 +10,9 @@ def register_techniques(register) -> None:
 
     register(Technique("tsm", TSMConfig, apply_tsm,
                        "Temporal Shift Module: temporal modelling for any 2D CNN at zero extra FLOPs"))
+
+
+def register_commands(cli) -> None:
+    from slimkit_video.train import register_cli
+
+    register_cli()
