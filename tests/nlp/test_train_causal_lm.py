@@ -83,3 +83,32 @@ def test_cli_train_on_files(tmp_path):
     assert res.exit_code == 0, res.output
     assert "perplexity" in res.output
     assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_same_trainer_runs_in_two_processes(tmp_path):
+    """torchrun starts 2 CPU processes (gloo): gradients are averaged and eval tokens split across them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from slimkit_nlp.train import build_causal_lm, train_causal_lm\n"
+        "torch.manual_seed(0)\n"
+        "m = build_causal_lm('gpt2', n_layer=1, d_model=16, n_head=2, max_positions=32)\n"
+        "text = 'So foul and fair a day I have not seen. ' * 60\n"
+        "r = train_causal_lm(m, text, text, block_size=16, batch_size=2, steps=3, eval_tokens=512,\n"
+        "                    show_progress=False, output_dir=sys.argv[1])\n"
+        "w = next(m.parameters()).detach().flatten()[:4].tolist()\n"
+        "print('RESULT', json.dumps({'n': r['num_processes'], 'loss': r['eval_loss'], 'w': w}))\n")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line.split("RESULT ", 1)[1]) for line in res.stdout.splitlines() if "RESULT " in line]
+    assert len(rows) == 2 and all(r["n"] == 2 for r in rows)
+    assert rows[0] == rows[1]  # same weights and same (all-reduced) eval loss in both processes
+    assert (tmp_path / "out" / "metrics.json").exists()

@@ -1,6 +1,7 @@
 """Causal language-model training on plain text, shared by every NLP technique.
 
-One code path for a single process and for ``accelerate launch`` (DDP): the
+One code path for a single process and for several (``torchrun --nproc_per_node 2 script.py`` or
+``accelerate launch --multi_gpu --num_processes 2 script.py``, CPU processes use gloo): the
 model and optimizer go through ``accelerate.Accelerator.prepare``; each process
 samples its own random blocks; evaluation blocks are split across processes and
 the token losses are summed over all of them.
@@ -200,7 +201,8 @@ def train_causal_lm(
         output_dir: where ``metrics.json``, checkpoints (``checkpoint-STEP/`` every ``save_every``
             steps, the newest ``keep_checkpoints`` kept) and the final model (``final/``) go.
         threads: torch threads for this run (restored afterwards); None leaves them alone.
-        accelerator: an ``accelerate.Accelerator``; a default one (CPU or the launched setup) if None.
+        accelerator: an ``accelerate.Accelerator``; None: a default one (GPU when available, otherwise
+            CPU; several processes under ``torchrun`` / ``accelerate launch --multi_gpu --num_processes N``).
         callback: called with each logged row ``{"step", "loss", "lr", "elapsed_s"}``.
         clock: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.process_time``: CPU seconds of
             this process, fair when other programs share the machine) for ``time_budget_s`` and
@@ -228,7 +230,9 @@ def train_causal_lm(
     if threads:
         torch.set_num_threads(threads)
     try:
-        acc = accelerator or Accelerator()
+        # cpu=True on machines without CUDA so that torchrun / `accelerate launch --multi_gpu` start
+        # a gloo process group (MULTI_CPU); a GPU machine gets its default device
+        acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         train_ids = encode_text(train_text, tokenizer)
         if len(train_ids) < block_size + 2:
             raise SlimkitError(f"training text has {len(train_ids)} tokens, fewer than block_size+2={block_size + 2}; "

@@ -108,7 +108,9 @@ def run_cost(ctx) -> dict:
     from transformers import GPT2Config
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-    block = GPT2Block(GPT2Config(n_embd=d, n_head=H, n_positions=positions, attn_pdrop=0, resid_pdrop=0)).eval()
+    gcfg = GPT2Config(n_embd=d, n_head=H, n_positions=positions, attn_pdrop=0, resid_pdrop=0)
+    gcfg._attn_implementation = "sdpa"
+    block = GPT2Block(gcfg).eval()
     lcfg = LiteTransformerConfig(d_model=d, n_head=H // 2, decoder_layers=L, dropout=0.0)
     layer = LiteTransformerLayer(lcfg, L - 1, causal=True).eval()  # a K=31 layer (the largest kernel)
     blocks = {}
