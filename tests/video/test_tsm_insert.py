@@ -185,3 +185,19 @@ def test_save_from_pretrained_round_trip(tmp_path):
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(restored(x).logits, model(x).logits)
+
+
+def test_inplace_inference_matches_copying_path_on_hf_models():
+    for base in (_resnet("bottleneck"), _mobilenet()):
+        model = slimkit.apply(base, "tsm", n_segment=4).eval()
+        assert all(m.inplace for m in _shifts(model).values())  # HF families: inference shifts in place
+        x = torch.randn(8, 3, 32, 32)
+        x0 = x.clone()
+        with torch.inference_mode():
+            fast = model(x)
+        slow = model(x)  # grad enabled: copying path
+        fast = fast.logits if hasattr(fast, "logits") else fast.last_hidden_state
+        slow = slow.logits if hasattr(slow, "logits") else slow.last_hidden_state
+        assert torch.equal(fast, slow.detach()) and torch.equal(x, x0)
+    custom = slimkit.apply(Tiny(), "tsm", n_segment=2, target_modules=["body.0"])
+    assert not custom.body[0].inplace  # unknown modules might modify their input: always copy

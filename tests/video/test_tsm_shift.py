@@ -82,3 +82,38 @@ def test_shift_errors():
         temporal_shift(torch.randn(6, 8, 2, 2), 4)
     with pytest.raises(slimkit.ConfigError, match="direction"):
         temporal_shift(torch.randn(4, 8, 2, 2), 4, direction="future")
+
+
+@pytest.mark.parametrize("direction", ["both", "past"])
+@pytest.mark.parametrize("shape,n_segment", [((16, 24, 3, 5), 8), ((6, 10, 2, 2), 3), ((4, 7), 2), ((3, 16, 2, 2), 1)])
+def test_inplace_shift_equals_copy_and_restores_exactly(direction, shape, n_segment):
+    from slimkit_video.tsm.shift import shift_inplace_, unshift_inplace_
+
+    x = torch.randn(*shape)
+    x0 = x.clone()
+    token = shift_inplace_(x, n_segment, 4, direction)
+    assert torch.equal(x, temporal_shift(x0, n_segment, 4, direction))
+    unshift_inplace_(x, token)
+    assert torch.equal(x, x0)
+
+
+@pytest.mark.parametrize("direction", ["both", "past"])
+def test_inplace_module_forward_equal_and_backward_uses_the_copy(direction):
+    conv = torch.nn.Conv2d(16, 8, 1)
+    fast = TemporalShift(conv, n_segment=4, shift_div=4, direction=direction, inplace=True)
+    plain = TemporalShift(conv, n_segment=4, shift_div=4, direction=direction, inplace=False)
+    x = torch.randn(8, 16, 3, 3)
+    x0 = x.clone()
+    with torch.inference_mode():
+        assert torch.equal(fast(x), plain(x)) and torch.equal(x, x0)
+    with torch.no_grad():
+        assert torch.equal(fast(x), plain(x)) and torch.equal(x, x0)
+    # with autograd on, the in-place path is never taken: same output and gradients as the reference
+    xg = x.clone().requires_grad_(True)
+    g = torch.randn(8, 8, 3, 3)
+    out = fast(xg)
+    gx, gw = torch.autograd.grad(out, (xg, conv.weight), g)
+    ref = conv(reference_shift(xg, 4, 4, direction))
+    rx, rw = torch.autograd.grad(ref, (xg, conv.weight), g)
+    assert torch.equal(out, ref) and torch.equal(gx, rx) and torch.equal(gw, rw)
+    assert torch.equal(xg.detach(), x0)

@@ -12,7 +12,14 @@ from torch import nn
 
 from slimkit.errors import ShapeError
 
-from .shift import temporal_shift
+from .shift import shift_inplace_, temporal_shift, unshift_inplace_
+
+
+def _exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    if is_exporting is not None and is_exporting():
+        return True
+    return torch.onnx.is_in_onnx_export()
 
 
 class TemporalShift(nn.Module):
@@ -21,16 +28,36 @@ class TemporalShift(nn.Module):
     ``net`` is the wrapped module: the residual branch's first conv (``place="blockres"``),
     the whole block (``place="block"``) or a targeted module (``target_modules``).
     Extra positional/keyword arguments go to ``net`` unchanged. Zero parameters, zero Mult-Adds.
+
+    ``inplace=True`` (set by ``slimkit.apply`` for the built-in HF families, whose blocks never
+    modify their input) lets inference skip the full-size copy: with gradients off, the moving
+    channels are shifted inside ``x``, ``net`` runs, and ``x`` is restored bit for bit
+    (``shift_inplace_``/``unshift_inplace_``). Outputs are identical to the copying path; with
+    gradients on, while tracing/exporting/compiling, or for non-contiguous input it copies.
+    Only enable it for a ``net`` that does not modify its input in place.
     """
 
-    def __init__(self, net: nn.Module, n_segment: int = 8, shift_div: int = 8, direction: str = "both"):
+    def __init__(self, net: nn.Module, n_segment: int = 8, shift_div: int = 8, direction: str = "both",
+                 inplace: bool = False):
         super().__init__()
         self.net = net
         self.n_segment = int(n_segment)
         self.shift_div = int(shift_div)
         self.direction = direction
+        self.inplace = bool(inplace)
+
+    def _can_shift_inplace(self, x: torch.Tensor) -> bool:
+        return (self.inplace and not torch.is_grad_enabled() and not x.requires_grad and x.is_contiguous()
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+                and not torch.compiler.is_compiling() and not _exporting())
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
+        if self._can_shift_inplace(x):
+            token = shift_inplace_(x, self.n_segment, self.shift_div, self.direction)
+            try:
+                return self.net(x, *args, **kwargs)
+            finally:
+                unshift_inplace_(x, token)
         return self.net(temporal_shift(x, self.n_segment, self.shift_div, self.direction), *args, **kwargs)
 
     def extra_repr(self) -> str:

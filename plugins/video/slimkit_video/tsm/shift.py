@@ -78,3 +78,55 @@ def reference_shift(x: torch.Tensor, n_segment: int, shift_div: int = 8,
         out[:, 1:, :fold] = v[:, :-1, :fold]
         out[:, :, fold:] = v[:, :, fold:]
     return out.view(x.shape)
+
+
+# -- in-place shift for inference ----------------------------------------------------------------
+# Materialising the shifted tensor reads and writes the whole activation although only
+# 2*fold of C channels move. For inference (no autograd), ``TemporalShift(inplace=True)``
+# instead moves just those channels inside ``x`` frame by frame, runs the wrapped module,
+# then moves them back (saving the one frame per group that the shift overwrites), so ``x``
+# is bit-exactly restored and the data moved is about half of a full copy. It is only used
+# when gradients are off and the wrapped module does not modify its input in place.
+
+def _moves(direction: str, fold: int):
+    """(channel slice, step) per moving group: step +1 = takes frame t+1, -1 = takes frame t-1."""
+    if direction == "both":
+        return ((slice(0, fold), +1), (slice(fold, 2 * fold), -1))
+    return ((slice(0, fold), -1),)
+
+
+def shift_inplace_(x: torch.Tensor, n_segment: int, shift_div: int = 8, direction: str = "both"):
+    """Shift ``x`` in place (same result as ``temporal_shift``); returns a token for ``unshift_inplace_``."""
+    _check(x, n_segment, shift_div, direction)
+    t = n_segment
+    v = x.view(x.shape[0] // t, t, *x.shape[1:])
+    fold = x.shape[1] // shift_div
+    saved = []
+    for ch, step in _moves(direction, fold):
+        if step > 0:  # frame t <- frame t+1, ascending t; frame 0's data is overwritten: keep it
+            saved.append(v[:, 0, ch].clone())
+            for i in range(t - 1):
+                v[:, i, ch].copy_(v[:, i + 1, ch])
+            v[:, t - 1, ch].zero_()
+        else:  # frame t <- frame t-1, descending t; the last frame's data is overwritten
+            saved.append(v[:, t - 1, ch].clone())
+            for i in range(t - 1, 0, -1):
+                v[:, i, ch].copy_(v[:, i - 1, ch])
+            v[:, 0, ch].zero_()
+    return (n_segment, direction, fold, saved)
+
+
+def unshift_inplace_(x: torch.Tensor, token) -> torch.Tensor:
+    """Undo ``shift_inplace_`` exactly (bit for bit); returns ``x``."""
+    t, direction, fold, saved = token
+    v = x.view(x.shape[0] // t, t, *x.shape[1:])
+    for (ch, step), keep in zip(_moves(direction, fold), saved):
+        if step > 0:
+            for i in range(t - 1, 0, -1):
+                v[:, i, ch].copy_(v[:, i - 1, ch])
+            v[:, 0, ch].copy_(keep)
+        else:
+            for i in range(t - 1):
+                v[:, i, ch].copy_(v[:, i + 1, ch])
+            v[:, t - 1, ch].copy_(keep)
+    return x

@@ -37,8 +37,10 @@ def _set(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
-def _shift(net: nn.Module, n_segment: int, cfg: TSMConfig) -> TemporalShift:
-    return TemporalShift(net, n_segment, cfg.shift_div, cfg.direction)
+def _shift(net: nn.Module, n_segment: int, cfg: TSMConfig, inplace: bool = True) -> TemporalShift:
+    # inplace: the HF ResNet/MobileNetV2 blocks and conv layers never modify their input, so
+    # inference may shift inside the input and restore it (see TemporalShift); custom targets copy
+    return TemporalShift(net, n_segment, cfg.shift_div, cfg.direction, inplace=inplace)
 
 
 def _hf_classes():
@@ -107,7 +109,7 @@ def _apply_targets(model: nn.Module, cfg: TSMConfig) -> int:
             "set temporal_pool=False (or wrap a stage in slimkit_video.tsm.TemporalPool yourself)")
     # deepest first, so that wrapping a parent keeps the children's names valid
     for name in sorted(chosen, key=lambda n: n.count("."), reverse=True):
-        _set(model, name, _shift(model.get_submodule(name), cfg.n_segment, cfg))
+        _set(model, name, _shift(model.get_submodule(name), cfg.n_segment, cfg, inplace=False))
     return len(chosen)
 
 
