@@ -149,3 +149,26 @@ def test_p3d_variants_construct_and_p3d_b_warns_random_init():
     m = slimkit.apply(nn.Sequential(nn.Conv3d(4, 6, 3, 1, 1)), "r2plus1d", mid_activation=True)
     assert isinstance(m[0].mid[0], nn.BatchNorm3d) and not m.r2plus1d_report.exact_operator
     assert any("only an initialisation" in n for n in m.r2plus1d_report.notes)
+
+
+def test_a_conv_shared_under_two_names_is_replaced_everywhere():
+    conv = nn.Conv3d(3, 3, 3, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), conv)
+    x = torch.randn(1, 3, 4, 6, 6)
+    ref = model(x)
+    slimkit.apply(model, "r2plus1d", rank="full")
+    assert model[0] is model[2] and isinstance(model[0], Conv2Plus1D)
+    assert len(model.r2plus1d_report.layers) == 1 and "shared" in model.r2plus1d_report.layers[0].note
+    assert (model(x) - ref).abs().max().item() <= 1e-4
+
+
+def test_converts_the_3d_backbone_of_a_video_classifier():
+    from slimkit_video.classifier import VideoClassifier
+
+    net = slimkit.build_model("r3d-18", depth=10, width=4, num_classes=2, clip_len=4)
+    clf = VideoClassifier(net, n_segment=4, clip_input=True).eval()
+    clips = torch.randn(2, 4, 3, 32, 32)                     # (N, T, C, H, W), the datasets' layout
+    ref = clf(clips)
+    slimkit.apply(clf, "r2plus1d", rank="full")
+    assert isinstance(clf.backbone.layer1[0].conv1, Conv2Plus1D)
+    assert (clf(clips) - ref).abs().max().item() <= 1e-4

@@ -40,15 +40,20 @@ def run_cost(ctx) -> dict:
         macs = count_macs(model, clip)
         with torch.inference_mode():
             lat = ctx.latency(lambda m=model: m(clip))
+            cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+            cl_clip = clip.contiguous(memory_format=torch.channels_last_3d)
+            lat_cl = ctx.latency(lambda m=cl_model: m(cl_clip))
         rows.append({"model": name, "params": count_params(model), "conv_weights": conv_weight_count(model),
                      "block_conv_weights": _block_conv_weights(model), "macs": macs.total,
-                     "gmacs": round(macs.total / 1e9, 3), "median_ms": lat.median_ms, "p95_ms": lat.p95_ms})
+                     "gmacs": round(macs.total / 1e9, 3), "median_ms": lat.median_ms, "p95_ms": lat.p95_ms,
+                     "median_ms_channels_last": lat_cl.median_ms, "p95_ms_channels_last": lat_cl.p95_ms})
     base = rows[0]
     for r in rows:
         r["params_vs_r3d"] = r["params"] / base["params"]
         r["block_conv_weights_vs_r3d"] = r["block_conv_weights"] / base["block_conv_weights"]
         r["macs_vs_r3d"] = r["macs"] / base["macs"]
         r["latency_vs_r3d"] = r["median_ms"] / base["median_ms"]
+        r["latency_vs_r3d_channels_last"] = r["median_ms_channels_last"] / base["median_ms_channels_last"]
     by = {r["model"]: r for r in rows}
     conv_gap = abs(by["R3D-18 converted (svd, rank=match)"]["params_vs_r3d"] - 1) * 100
     r21_gap = abs(by["R(2+1)D-18 (per-conv M)"]["block_conv_weights_vs_r3d"] - 1) * 100
@@ -74,11 +79,16 @@ def plot_cost(result: dict, png) -> None:
 
     rows = result["rows"]
     names = [r["model"].replace(" (", "\n(") for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
-    for ax, key, label in zip(axes, ("params", "gmacs", "median_ms"),
-                              ("parameters (M)", "Mult-Adds (G)", "median latency (ms, batch 1)")):
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.8))
+    for ax, key, label in zip(axes, ("params", "gmacs", "median_ms", "median_ms_channels_last"),
+                              ("parameters (M)", "Mult-Adds (G)", "median latency (ms, batch 1)",
+                               "median latency, channels_last_3d (ms)")):
         vals = [r[key] / (1e6 if key == "params" else 1) for r in rows]
         ax.barh(range(len(rows)), vals, color=["C0", "C1", "C2", "C3", "C7"][: len(rows)])
+        if key.startswith("median"):
+            p95 = [r[key.replace("median", "p95")] for r in rows]
+            ax.errorbar(vals, range(len(rows)), xerr=[[0] * len(rows), [p - v for p, v in zip(p95, vals)]],
+                        fmt="none", ecolor="k", capsize=3, lw=0.8)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels(names if ax is axes[0] else [], fontsize=7)
         ax.invert_yaxis()
@@ -86,7 +96,8 @@ def plot_cost(result: dict, png) -> None:
         for i, v in enumerate(vals):
             ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
     c = result["clip"]
-    fig.suptitle(f"r2plus1d-cost: clip {c[2]}x{c[3]}x{c[4]}, batch 1, width {result['width']}")
+    fig.suptitle(f"r2plus1d-cost: clip {c[2]}x{c[3]}x{c[4]}, batch 1, width {result['width']}, "
+                 f"{result['machine']['threads']} thread(s) (whiskers: p95)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

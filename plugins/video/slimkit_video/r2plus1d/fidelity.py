@@ -3,7 +3,8 @@
 Trains a small R3D (depth 10) on the generated temporal-order dataset (classes differ only in the
 direction of motion, so the network must use time), converts it with ``init="svd"`` at ranks from
 low to full (spectral-energy fractions, the parameter-matched width and full rank), and measures
-test accuracy and the relative output error ||logits_2+1D - logits_3D||_F / ||logits_3D||_F,
+test accuracy (model wrapped in ``slimkit_video.classifier.VideoClassifier(clip_input=True)``, trained
+with ``slimkit_video.train.train``) and the relative output error ||logits_2+1D - logits_3D||_F / ||logits_3D||_F,
 before any fine-tuning and after a short one; random initialisation at the matched rank is the
 control.
 """
@@ -15,7 +16,6 @@ from torch import nn
 
 import slimkit
 
-from .adapter import ClipsToNCTHW
 from .models import r3d_18
 
 SWEEP = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, "match", "full")
@@ -25,7 +25,7 @@ def _settings(quick: bool) -> dict:
     if quick:
         return dict(train=24, test=16, frames=8, size=32, width=4, epochs=2, ft_steps=3, batch=8,
                     sweep=(0.5, "match", "full"))
-    return dict(train=160, test=100, frames=8, size=32, width=12, epochs=10, ft_steps=30, batch=16, sweep=SWEEP)
+    return dict(train=160, test=100, frames=8, size=32, width=12, epochs=25, ft_steps=30, batch=16, sweep=SWEEP)
 
 
 def _data(n_per_class: int, frames: int, size: int, seed: int):
@@ -38,28 +38,14 @@ def _data(n_per_class: int, frames: int, size: int, seed: int):
 
 
 def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: int, seed: int) -> None:
-    """Adam on cross-entropy, ``steps`` mini-batches drawn by a seeded permutation (cosine lr)."""
-    try:  # the shared accelerate trainer, when the video package provides one
-        from slimkit_video.train import fit_tensors  # type: ignore[attr-defined]
-    except ImportError:
-        fit_tensors = None
-    if fit_tensors is not None:
-        fit_tensors(model, x, y, steps=steps, lr=lr, batch_size=batch, seed=seed)
-        return
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
-    model.train()
-    order = torch.empty(0, dtype=torch.long)
-    for _ in range(steps):
-        if len(order) < batch:
-            order = torch.cat([order, torch.randperm(len(x), generator=g)])
-        idx, order = order[:batch], order[batch:]
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    """Train in place with the shared accelerate trainer: AdamW, cosine lr, ``steps`` mini-batches."""
+    from torch.utils.data import TensorDataset
+
+    from slimkit_video.train import train
+
+    epochs = math.ceil(steps / max(len(x) // batch, 1))
+    train(model, TensorDataset(x, y), None, epochs=epochs, max_steps=steps, batch_size=batch, lr=lr,
+          seed=seed, progress=False)
     model.eval()
 
 
@@ -80,26 +66,30 @@ def run(ctx) -> dict:
     xtr, ytr = _data(s["train"], s["frames"], s["size"], seed=ctx.seed + 1)
     xte, yte = _data(s["test"], s["frames"], s["size"], seed=ctx.seed + 2)
     steps = s["epochs"] * math.ceil(len(xtr) / s["batch"])
-    base = ClipsToNCTHW(r3d_18(depth=10, width=s["width"], num_classes=2, clip_len=s["frames"]))
-    _fit(base, xtr, ytr, steps, 3e-3, s["batch"], ctx.seed)
+    from slimkit_video.classifier import VideoClassifier
+
+    # the 3D network sees (N, C, T, H, W) clips; the classifier takes the datasets' (N, T, C, H, W)
+    net = r3d_18(depth=10, width=s["width"], num_classes=2, clip_len=s["frames"])
+    base = VideoClassifier(net, n_segment=s["frames"], clip_input=True)
+    _fit(base, xtr, ytr, steps, 1e-3, s["batch"], ctx.seed)
     acc3d, logits3d = _evaluate(base, xte, yte)
 
     def convert(rank, init):
         torch.manual_seed(ctx.seed + 7)
         m = copy.deepcopy(base)
-        slimkit.apply(m.net, "r2plus1d", rank=rank, init=init)
+        slimkit.apply(m.backbone, "r2plus1d", rank=rank, init=init)
         return m
 
     def measure(model, label, rank, init):
         acc, logits = _evaluate(model, xte, yte)
-        rep = model.net.r2plus1d_report
+        rep = model.backbone.r2plus1d_report
         row = {"rank": label, "init": init, "acc": acc, "rel_output_error": _rel(logits, logits3d),
                "relative_rank": sum(r.rank / r.full_rank for r in rep.layers) / len(rep.layers),
                "params_ratio": rep.model_params_after / rep.model_params_before,
                "mean_kernel_rel_error": (None if init == "random" else
                                          sum(r.rel_error for r in rep.layers) / len(rep.layers))}
         ft = copy.deepcopy(model)
-        _fit(ft, xtr, ytr, s["ft_steps"], 1e-3, s["batch"], ctx.seed + 3)
+        _fit(ft, xtr, ytr, s["ft_steps"], 5e-4, s["batch"], ctx.seed + 3)
         row["acc_finetuned"], logits_ft = _evaluate(ft, xte, yte)
         row["rel_output_error_finetuned"] = _rel(logits_ft, logits3d)
         return row

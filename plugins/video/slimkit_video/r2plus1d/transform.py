@@ -159,13 +159,21 @@ def apply_r2plus1d(model: nn.Module, config: R2Plus1DConfig) -> nn.Module:
     report.model_params_before = count_params(model)
     if config.variant == "p3d-b" and config.init == "svd":
         warnings.warn(P3D_B_NO_SVD.format(n=len(targets)), UserWarning, stacklevel=3)
+    aliases: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, nn.Conv3d):
+            aliases.setdefault(id(m), []).append(name)
     for name, conv in targets:
         block, row = convert_conv(name, conv, config)
+        others = [n for n in aliases.get(id(conv), [name]) if n != name]
+        if others:  # one conv reachable under several names: all get the same block
+            row.note = "; ".join(filter(None, [row.note, f"shared module, also replaced at {', '.join(others)}"]))
         report.layers.append(row)
         if name == "":
             model = block
-        else:
-            _set_child(model, name, block)
+            continue
+        for n in [name, *others]:
+            _set_child(model, n, block)
     report.model_params_after = count_params(model)
     if config.variant == "p3d-a":
         report.notes.append("p3d-a is the serial composition T(S(x)), the same operator as r2plus1d")
