@@ -12,6 +12,10 @@ _LAZY = {
     "TemporalShift": "slimkit_video.tsm.modules",
     "TSMConfig": "slimkit_video.tsm.config",
     "VideoClassifier": "slimkit_video.classifier",
+    "to_online": "slimkit_video.online",
+    "export_onnx": "slimkit_video.online",
+    "OnlineStream": "slimkit_video.online",
+    "CausalConv3d": "slimkit_video.online",
 }
 
 

@@ -1,0 +1,298 @@
+"""Benchmarks of online streaming inference.
+
+- ``online-latency``: per-frame latency (p50, p95) of (a) the online step of a causal TSM
+  MobileNetV2, (b) the common workaround, re-running the last 8 frames as a clip for every new
+  frame, (c) the plain 2D MobileNetV2 on one frame; HF MobileNetV2 (default config, 27 classes as
+  Jester) at 224x224, threads fixed. The three are timed in interleaved rounds so that machine
+  load hits them alike. Goals: (a) within 10 % of (c); (b) / (a) >= 6.
+- ``online-memory``: 1,000 online steps: the stream buffers' bytes, the live tensor bytes
+  allocated per step and the process RSS, sampled along the way. Goal: flat (no growth).
+- ``online-accuracy``: the shipped demo model on generated clips, offline (the clip through the
+  ``VideoClassifier``) vs online (stepping the frames): the same accuracy and the same
+  prediction on every clip; plus the live-loop accuracy on the ``synthetic`` stream.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import slimkit
+import slimkit.measure
+
+
+def _mobilenet_v2(num_labels: int = 27):
+    import transformers
+
+    return transformers.MobileNetV2ForImageClassification(
+        transformers.MobileNetV2Config(num_labels=num_labels)).eval()
+
+
+def _percentile(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+
+
+# -- online-latency ------------------------------------------------------------------------------
+def run_latency(ctx: slimkit.BenchContext) -> dict:
+    from .convert import to_online
+
+    size = 224
+    T = 8
+    torch.manual_seed(ctx.seed)
+    plain = _mobilenet_v2()
+    tsm = slimkit.apply(_mobilenet_v2(), "tsm", n_segment=T, direction="past")
+    stream = to_online(tsm)
+    frames = torch.randn(T + 64, 3, size, size)
+    clip = frames[:T].clone()
+    state = {"i": 0}
+
+    def online():
+        state["i"] = (state["i"] + 1) % frames.shape[0]
+        return stream.step(frames[state["i"]])
+
+    def rerun():
+        # the workaround: keep the last T frames, run the whole clip for every new frame
+        clip[:-1] = clip[1:].clone()
+        clip[-1] = frames[state["i"]]
+        return tsm(clip).logits[-1]
+
+    one = frames[:1]
+
+    def plain_2d():
+        return plain(one).logits[0]
+
+    rounds = 3 if ctx.quick else 10
+    per_round = 4 if ctx.quick else 12
+    times = {"online": [], "rerun": [], "plain": []}
+    fns = {"online": online, "rerun": rerun, "plain": plain_2d}
+    with slimkit.measure.fixed_threads(ctx.threads), torch.inference_mode():
+        for name, fn in fns.items():  # warm-up
+            for _ in range(3):
+                fn()
+        for _ in ctx.progress(range(rounds), total=rounds, desc="online-latency rounds"):
+            for name in ("online", "plain", "rerun", "plain", "online"):
+                n = per_round if name != "rerun" else max(2, per_round // 4)
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    fns[name]()
+                    times[name].append((time.perf_counter() - t0) * 1000.0)
+    stats = {k: {"p50_ms": statistics.median(v), "p95_ms": _percentile(v, 0.95), "mean_ms": statistics.fmean(v),
+                 "runs": len(v)} for k, v in times.items()}
+    # online equals the re-run's last frame (same weights, same frames), as a sanity check
+    stream.reset()
+    with torch.inference_mode():
+        outs = [stream.step(frames[t]) for t in range(T)]
+        diff = (outs[-1] - tsm(frames[:T]).logits[-1]).abs().max().item()
+    overhead = stats["online"]["p50_ms"] / stats["plain"]["p50_ms"]
+    speedup = stats["rerun"]["p50_ms"] / stats["online"]["p50_ms"]
+    return {
+        "model": "HF MobileNetV2 (default config, 27 classes), 224x224, TSM direction='past', shift_div 8",
+        "n_segment": T,
+        "threads": ctx.threads,
+        "buffers": len(stream.cells),
+        "buffer_floats": sum(torch.Size(s).numel() for s in stream.buffer_shapes((3, size, size))),
+        "latency": stats,
+        "online_vs_plain_ratio_p50": overhead,
+        "online_vs_plain_ratio_p95": stats["online"]["p95_ms"] / stats["plain"]["p95_ms"],
+        "rerun_vs_online_speedup_p50": speedup,
+        "online_equals_rerun_last_frame_max_abs_diff": diff,
+        "goals": [
+            slimkit.goal("online step / plain 2D (p50)", overhead, 1.10, higher_is_better=False, unit="x"),
+            slimkit.goal("re-run 8 frames / online step (p50)", speedup, 6.0, unit="x"),
+        ],
+    }
+
+
+def plot_latency(result: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lat = result["latency"]
+    names = [("plain", "plain 2D\n(1 frame)"), ("online", "online step\n(shift buffers)"),
+             ("rerun", f"re-run last {result['n_segment']}\nframes as a clip")]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [lat[k]["p50_ms"] for k, _ in names], 0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], [lat[k]["p95_ms"] for k, _ in names], 0.4, label="p95")
+    for x, (k, _) in zip(xs, names):
+        ax.text(x - 0.2, lat[k]["p50_ms"], f"{lat[k]['p50_ms']:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([n for _, n in names])
+    ax.set_ylabel("ms per new frame")
+    ax.set_title(f"Per-frame latency, MobileNetV2 224x224, {result['threads']} thread(s): online "
+                 f"{result['online_vs_plain_ratio_p50']:.2f}x plain, {result['rerun_vs_online_speedup_p50']:.1f}x "
+                 f"faster than re-run", fontsize=8)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+# -- online-memory -------------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_memory(ctx: slimkit.BenchContext) -> dict:
+    from slimkit.measure import peak_memory
+
+    from .convert import to_online
+
+    n_frames = 100 if ctx.quick else 1000
+    size = 112 if ctx.quick else 224
+    chunk = 50 if ctx.quick else 100
+    torch.manual_seed(ctx.seed)
+    tsm = slimkit.apply(_mobilenet_v2(), "tsm", n_segment=8, direction="past")
+    stream = to_online(tsm)
+    frames = torch.randn(16, 3, size, size)
+    samples = []
+    done = 0
+    with slimkit.measure.fixed_threads(ctx.threads):
+        stream.step(frames[0])
+        stream.reset()
+        bar = ctx.progress(total=n_frames, desc="online-memory frames")
+        while done < n_frames:
+            def run_chunk(start=done):
+                for t in range(start, start + chunk):
+                    stream.step(frames[t % frames.shape[0]])
+            # every other chunk under the tensor tracker (it slows ops), the rest plain
+            if (done // chunk) % 2 == 0:
+                _, mem = peak_memory(run_chunk)
+                peak = mem.peak_tensor_bytes
+                end = mem.end_tensor_bytes
+            else:
+                run_chunk()
+                peak = end = None
+            done += chunk
+            bar.update(chunk)
+            samples.append({"frame": done, "buffer_bytes": stream.buffer_bytes(), "rss_bytes": _rss_bytes(),
+                            "peak_step_tensor_bytes": peak, "retained_tensor_bytes": end})
+        bar.close()
+    buf = [s["buffer_bytes"] for s in samples]
+    peaks = [s["peak_step_tensor_bytes"] for s in samples if s["peak_step_tensor_bytes"] is not None]
+    retained = [s["retained_tensor_bytes"] for s in samples if s["retained_tensor_bytes"] is not None]
+    rss = [s["rss_bytes"] for s in samples]
+    rss_growth = (rss[-1] - rss[1]) / 2**20 if len(rss) > 2 else 0.0
+    return {
+        "model": f"HF MobileNetV2 (default), {size}x{size}, TSM past, online step",
+        "frames": n_frames,
+        "samples": samples,
+        "buffer_bytes": buf[-1],
+        "buffer_bytes_growth": max(buf) - min(buf),
+        "peak_step_tensor_bytes_first": peaks[0], "peak_step_tensor_bytes_last": peaks[-1],
+        "retained_tensor_bytes_max": max(retained),
+        "rss_first_mib": rss[0] / 2**20, "rss_last_mib": rss[-1] / 2**20,
+        "rss_growth_after_first_chunk_mib": rss_growth,
+        "goals": [
+            slimkit.goal("buffer bytes growth over the run", max(buf) - min(buf), 0, higher_is_better=False, unit="B"),
+            slimkit.goal("peak step memory last/first chunk", peaks[-1] / peaks[0], 1.0, higher_is_better=False,
+                         unit="x"),
+            slimkit.goal("tensor bytes retained after a chunk", max(retained), 0, higher_is_better=False, unit="B"),
+            slimkit.goal("RSS growth after the first chunk", rss_growth, 8.0, higher_is_better=False, unit=" MiB"),
+        ],
+    }
+
+
+def plot_memory(result: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result["samples"]
+    x = [r["frame"] for r in s]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.plot(x, [r["rss_bytes"] / 2**20 for r in s], marker="o", label="process RSS (MiB)")
+    pk = [(r["frame"], r["peak_step_tensor_bytes"] / 2**20) for r in s if r["peak_step_tensor_bytes"] is not None]
+    ax.plot([a for a, _ in pk], [b for _, b in pk], marker="s", label="peak tensor MiB in a chunk")
+    ax.plot(x, [r["buffer_bytes"] / 2**20 for r in s], marker="^", label="stream buffers (MiB)")
+    ax.set_xlabel("frames streamed")
+    ax.set_ylabel("MiB")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Online TSM memory over {result['frames']} frames: flat", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+# -- online-accuracy -----------------------------------------------------------------------------
+def run_accuracy(ctx: slimkit.BenchContext) -> dict:
+    from slimkit_video.sources.openers import SyntheticSource
+    from slimkit_video.train import checkpoint_info, load_checkpoint
+
+    from .convert import to_online
+    from .demo_data import StreamWindows
+    from .live import LivePredictor, demo_model_dir, load_online_model
+
+    n_per_class = 25 if ctx.quick else 200
+    with demo_model_dir() as d:
+        info = checkpoint_info(d)
+        clf = load_checkpoint(d).eval()
+    meta = info["metadata"]
+    T = info["n_segment"]
+    stream = to_online(clf)
+    results = {}
+    for stride in (1, 2):
+        data = StreamWindows(n_per_class, T, clip_len=meta.get("clip_len", 16), size=meta["size"], seed=123_456,
+                             mean=meta["mean"], std=meta["std"], strides=(stride,))
+        off_ok = on_ok = agree = 0
+        worst = 0.0
+        for i in ctx.progress(range(len(data)), total=len(data), desc=f"online-accuracy stride {stride}"):
+            clip, label = data[i]
+            with torch.inference_mode():
+                off_logits, per_frame = clf(clip[None], return_per_frame=True)
+                stream.reset()
+                on_frames = torch.stack([stream.step(clip[t]) for t in range(T)])
+            on_logits = on_frames.mean(0)
+            worst = max(worst, (on_frames - per_frame[0]).abs().max().item())
+            p_off, p_on = int(off_logits[0].argmax()), int(on_logits.argmax())
+            off_ok += p_off == label
+            on_ok += p_on == label
+            agree += p_off == p_on
+        n = len(data)
+        results[f"stride{stride}"] = {"clips": n, "offline_accuracy": off_ok / n, "online_accuracy": on_ok / n,
+                                      "agreement": agree / n, "max_abs_logit_diff": worst}
+    # the live loop on the synthetic stream (no pacing here: every frame is processed)
+    model = load_online_model()
+    predictor = LivePredictor(model, history=8)
+    src = SyntheticSource("synthetic", size=model.size, seed=ctx.seed + 7)
+    n_live = 300 if ctx.quick else 2000
+    ok = 0
+    for _ in ctx.progress(range(n_live), total=n_live, desc="live synthetic stream"):
+        frame = next(src)
+        pred, _ = predictor(frame, 0)
+        ok += pred == src.label
+    r1 = results["stride1"]
+    return {
+        "model": "shipped online demo (VideoClassifier(tiny HF ResNet) + TSM past)",
+        "n_segment": T,
+        "clips": results,
+        "live_stream": {"frames": n_live, "smoothed_accuracy": ok / n_live, "resets": predictor.resets,
+                        "history": 8},
+        "goals": [
+            slimkit.goal("online - offline accuracy (stride 1)", abs(r1["online_accuracy"] - r1["offline_accuracy"]),
+                         0.0, higher_is_better=False),
+            slimkit.goal("offline/online prediction agreement", min(r["agreement"] for r in results.values()), 1.0),
+            slimkit.goal("live synthetic stream accuracy", ok / n_live, 0.5),
+        ],
+    }
+
+
+def register_benchmarks(register) -> None:
+    register(slimkit.Benchmark("online-latency", run_latency,
+                               "per-frame latency: online TSM step vs re-running 8 frames vs plain 2D (MobileNetV2)",
+                               plot=plot_latency))
+    register(slimkit.Benchmark("online-memory", run_memory,
+                               "memory over 1,000 online steps: buffers, step peak, RSS (flat)", plot=plot_memory))
+    register(slimkit.Benchmark("online-accuracy", run_accuracy,
+                               "shipped demo model: offline vs online accuracy on generated clips, live stream"))

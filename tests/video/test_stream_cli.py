@@ -1,0 +1,107 @@
+"""``slimkit stream``: runs the shipped model on the synthetic source, exits 0 with a summary;
+real-time frame dropping; Ctrl-C; clear errors."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import pytest
+
+from slimkit.cli import main
+from slimkit.errors import SourceError
+
+
+def test_stream_with_no_arguments_runs_the_shipped_model_on_synthetic(capsys):
+    rc = main(["stream", "--seconds", "2.5"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "streaming synthetic" in out and "shift buffers" in out
+    assert "latency" in out and "FPS" in out and "pred " in out
+    summary = out[out.index("summary:"):]
+    assert "stopped by --seconds 2.5" in summary
+    processed = int(summary.split(" processed")[0].split()[-1])
+    assert processed >= 10  # 15 fps source for 2.5 s
+    assert "smoothed prediction right on" in summary
+
+
+def test_stream_on_a_real_file_and_lavfi(video_dir, capsys):
+    rc = main(["stream", "--source", str(video_dir / "bikes.mp4"), "--seconds", "1", "--print-every", "5"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "summary:" in out and "bikes.mp4" in out
+    rc = main(["stream", "--source", "lavfi:testsrc2=size=96x72:rate=25:d=1", "--print-every", "5"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "stopped by the end of the source" in out
+
+
+def test_unknown_source_is_one_clear_line(capsys):
+    rc = main(["stream", "--source", "nosuch", "--seconds", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown source 'nosuch'" in err and "synthetic" in err and "Traceback" not in err
+
+
+def test_missing_camera_and_bad_model_folder(tmp_path, capsys):
+    assert main(["stream", "--source", "webcam:5", "--seconds", "1"]) == 2
+    assert "camera" in capsys.readouterr().err
+    assert main(["stream", "--model", str(tmp_path), "--seconds", "1"]) == 2
+    assert "not a video checkpoint" in capsys.readouterr().err
+
+
+def test_reader_drops_frames_when_the_consumer_is_slow():
+    from slimkit_video.online.live import LatestFrameReader
+    from slimkit_video.sources.openers import SyntheticSource
+
+    src = SyntheticSource("synthetic:32", fps=200.0)
+    reader = LatestFrameReader(src).start()
+    seqs = []
+    last = -1
+    try:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.6:
+            seq, frame, label, _ = reader.next_after(last, timeout=5)
+            assert seq > last and frame.shape == (32, 32, 3) and label in (0, 1)
+            seqs.append(seq)
+            last = seq
+            time.sleep(0.05)  # a slow model: 20 fps against a 200 fps source
+    finally:
+        reader.stop()
+    dropped = seqs[-1] + 1 - len(seqs)
+    assert dropped > len(seqs)  # most frames were skipped, the consumer never fell behind
+    assert seqs[-1] >= 40       # the source kept its own pace meanwhile
+
+
+def test_a_silent_source_times_out_instead_of_hanging():
+    from slimkit_video.online.live import LatestFrameReader
+    from slimkit_video.sources.base import FrameSource
+
+    class Silent(FrameSource):
+        def _next(self):
+            threading.Event().wait(3)
+            raise StopIteration
+
+    reader = LatestFrameReader(Silent("silent", 25)).start()
+    t0 = time.perf_counter()
+    with pytest.raises(SourceError, match="no frame"):
+        reader.next_after(-1, timeout=0.3)
+    assert time.perf_counter() - t0 < 2
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary():
+    """A real SIGINT to this process while the loop runs: it stops, the summary is complete."""
+    from slimkit_video.online.live import load_online_model, run_stream
+    from slimkit_video.sources.openers import SyntheticSource
+
+    lines = []
+
+    def echo(line):
+        lines.append(line)
+        if len(lines) == 3:  # the loop is running: press Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+
+    model = load_online_model()
+    summary = run_stream(model, SyntheticSource("synthetic", size=model.size, fps=50.0), print_every=1,
+                         echo=echo, tty=False, seconds=30)
+    assert summary.interrupted and summary.ended == "Ctrl-C"
+    assert summary.frames_processed >= 3 and summary.seconds < 20
+    text = "\n".join(summary.lines())
+    assert "stopped by Ctrl-C" in text and "latency per frame" in text
