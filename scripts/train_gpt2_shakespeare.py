@@ -34,13 +34,18 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--init", type=Path, default=None, help="continue from a saved model folder")
     args = ap.parse_args()
 
     from slimkit_nlp.data import load_text
     from slimkit_nlp.train import train_causal_lm
 
     torch.manual_seed(0)
-    model = build()
+    if args.init is not None:
+        from transformers import GPT2LMHeadModel
+        model = GPT2LMHeadModel.from_pretrained(args.init, dtype=torch.float32)
+    else:
+        model = build()
     t0 = time.time()
     metrics = train_causal_lm(model, load_text("train"), load_text("validation"), block_size=args.block_size,
                               batch_size=args.batch_size, time_budget_s=args.minutes * 60, lr=args.lr,
@@ -48,7 +53,11 @@ def main() -> None:
     model = model.to(torch.float16)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
-    info = {"train_seconds": round(time.time() - t0, 1), "params": sum(p.numel() for p in model.parameters()),
+    prev = {}
+    if args.init is not None and (args.init / "training.json").exists():
+        prev = json.loads((args.init / "training.json").read_text())
+    info = {"previous_runs": [prev] + prev.get("previous_runs", []) if prev else [],
+            "train_seconds": round(time.time() - t0, 1), "params": sum(p.numel() for p in model.parameters()),
             **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
     (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))

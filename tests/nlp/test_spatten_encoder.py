@@ -46,7 +46,7 @@ def test_physical_removal_and_per_sample_k():
     ids, am, lens = ids_batch()
     with torch.no_grad():
         out = m(input_ids=ids, attention_mask=am)
-    sched = keep_schedule(6, 0.5, 0.15, slope=0.5)
+    sched = keep_schedule(6, 0.5, 0.15, slope=SpattenConfig().token_slope)
     st = m.spatten_stats
     expect = [sum(math.ceil(r * n - 1e-9) for n in lens) / 3 for r in sched]
     assert [round(s.tokens_in, 4) for s in st.layers] == [round(e, 4) for e in expect]

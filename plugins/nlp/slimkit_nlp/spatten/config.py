@@ -43,7 +43,7 @@ class SpattenConfig(TechniqueConfig):
     value_keep: float = 1.0
     protect_tokens: Optional[list[int]] = None
     token_start: float = 0.15
-    token_slope: float = 0.5
+    token_slope: float = 0.25
     head_start: float = 0.3
     policy: Literal["spatten", "per_layer", "random", "streaming", "h2o"] = "spatten"
     sink_tokens: int = 4

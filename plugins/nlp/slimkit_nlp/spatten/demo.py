@@ -23,7 +23,7 @@ def run_demo(tokens: int = 512, token_keep: float = 0.5, passages: int = 2, thre
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruned = slimkit.apply(AutoModel.from_pretrained(path, attn_implementation="eager").eval(), "spatten",
-                               token_keep=token_keep, token_slope=0.25)
+                               token_keep=token_keep)
     cos = []
     with torch.inference_mode():
         for x in ids:

@@ -342,7 +342,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
         else:
             keys, values, k_cols, k_valid = k_, v, cols, valid
         # 5. attention through the active implementation (it must return probabilities)
-        mask = _mask(cols, k_cols, k_valid, causal, q.dtype)
+        mask = None if (not causal and bool(k_valid.all())) else _mask(cols, k_cols, k_valid, causal, q.dtype)
         ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling)
         if probs is None:
             raise SlimkitError(f"the attention implementation {impl!r} returns no attention probabilities; "
@@ -351,19 +351,9 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
         fetched = 1.0
         if cfg.value_keep < 1.0:
             ctx, fetched = _value_prune(probs, values, mask, cfg.value_keep)
-        # 6. importance scores
-        pq = probs.float() * valid[:, None, :, None]
-        contrib = pq.sum((1, 2))                                            # (B, Lk)
-        if causal:
-            seen = (k_valid[:, None, :] & valid[:, :, None] & (k_cols[:, None, :] <= cols[:, :, None]))
-            cnt = seen.sum(1).float() * probs.shape[1]
-        else:
-            cnt = (valid.sum(1, keepdim=True).float() * probs.shape[1]).expand_as(contrib)
-        cnt = cnt * k_valid
-        state.score.scatter_add_(1, k_cols, contrib)
-        state.count.scatter_add_(1, k_cols, cnt)
-        state.last = torch.zeros_like(state.last).scatter_add_(1, k_cols, contrib)
-        state.last_count = torch.zeros_like(state.last_count).scatter_add_(1, k_cols, cnt)
+        # 6. importance scores (not needed after the last layer of a cache-less forward)
+        if cache is not None or li < rt.n_layers - 1:
+            _accumulate(state, probs, cols, valid, k_cols, k_valid, causal)
         if first and rt.config.head_keep < 1.0:
             mag = (ctx.float().abs() * valid[:, :, None, None]).sum((1, 3))        # (B, heads)
             mag = mag.view(B, units, rt.group).sum(-1)
@@ -396,6 +386,25 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                               kept_indices=kept, kept_attention_mask=valid.long(), full_hidden_state=full)
 
 
+def _accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: bool) -> None:
+    """Add the attention each key received (summed over heads and real query rows) to its score;
+    ``count`` gets how many (head, query) pairs could see it, for the causal normalisation."""
+    heads = probs.shape[1]
+    if bool(valid.all()):
+        contrib = probs.sum((1, 2), dtype=torch.float32)                    # (B, Lk)
+    else:
+        contrib = (probs.float() * valid[:, None, :, None]).sum((1, 2))
+    if causal:
+        seen = k_valid[:, None, :] & valid[:, :, None] & (k_cols[:, None, :] <= cols[:, :, None])
+        cnt = seen.sum(1).float() * heads
+    else:
+        cnt = (valid.sum(1, keepdim=True).float() * heads).expand_as(contrib) * k_valid
+    state.score.scatter_add_(1, k_cols, contrib)
+    state.count.scatter_add_(1, k_cols, cnt)
+    state.last = torch.zeros_like(state.last).scatter_add_(1, k_cols, contrib)
+    state.last_count = torch.zeros_like(state.last_count).scatter_add_(1, k_cols, cnt)
+
+
 def _compact(alive: torch.Tensor, cols: torch.Tensor):
     """Drop slots that are not alive (no ranking needed)."""
     n = alive.sum(1)
@@ -412,7 +421,8 @@ def _value_prune(probs, values, mask, keep: float):
     v = values
     if v.shape[1] != H:
         v = v.repeat_interleave(H // v.shape[1], dim=1)
-    visible = (mask == 0).expand(B, H, Lq, Lk)
+    visible = (torch.ones(B, 1, Lq, Lk, dtype=torch.bool, device=probs.device) if mask is None
+               else mask == 0).expand(B, H, Lq, Lk)
     n_vis = visible.sum(-1, keepdim=True)
     kk = torch.ceil(n_vis.float() * keep).clamp(min=1).long()
     srt = probs.sort(dim=-1, descending=True).values
