@@ -60,6 +60,9 @@ def test_generate_with_cache_equals_greedy_without_cache():
         for _ in range(12):
             ids = torch.cat([ids, m(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, ids)
+    # beam search reorders the conv buffers together with the keys/values
+    kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=6, num_beams=3, do_sample=False)
+    assert torch.equal(m.generate(prompt, use_cache=True, **kw), m.generate(prompt, use_cache=False, **kw))
 
 
 def test_encoder_decoder_incremental_decoding_and_generate():

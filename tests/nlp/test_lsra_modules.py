@@ -99,3 +99,15 @@ def test_conv_branch_macs_are_counted():
         assert r.by_type["Linear"] == linear
         assert r.total == linear + conv_macs + r.by_type.get("SelfAttention", 0)
         assert r.by_type["SelfAttention"] == B * T * T * 16 * 2  # QK^T and AV over 16 channels
+
+
+def test_conv_buffer_in_a_plain_dynamic_cache_matches_full_causal_conv():
+    from transformers import DynamicCache
+
+    branch = ConvBranch(channels=8, kernel_size=4, heads=4, causal=True).eval()
+    x = torch.randn(2, 9, 8)
+    full = branch(x)
+    cache = DynamicCache()  # no conv layers: the buffer (last K-1 = 3 inputs) is kept beside it
+    steps = [branch(x[:, :2], cache=cache, layer_idx=1)] + [branch(x[:, t:t + 1], cache=cache, layer_idx=1)
+                                                           for t in range(2, 9)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-6)

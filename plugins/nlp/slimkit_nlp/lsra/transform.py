@@ -246,6 +246,9 @@ def _convert_gpt2(model, cfg: LSRAConfig, report: LSRAReport) -> None:
             mlp.c_fc, mlp.c_proj = fc, pr
             row.update(ffn_before=hidden, ffn_after=cfg.ffn_dim)
         report.layers.append(row)
+    if causal and len(blocks) == getattr(c, "n_layer", -1):
+        # DynamicCache(config=...) then builds hybrid layers (KV + conv buffer) that beam search can reorder
+        c.layer_types = ["hybrid"] * c.n_layer
     report.train = [f"*.attn.lsra.conv.* (conv branch, {report.new_parameters:,} new parameters)",
                     "fine-tune everything for best results (the attention half now reads only its own channels)"]
 
