@@ -1,5 +1,7 @@
 """Weight slicing and standalone export: slices equal dense models; export save/load/generate."""
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -105,6 +107,7 @@ def test_export_save_load_generate(tmp_path, task):
     model.save_pretrained(tmp_path)
     auto = AutoModelForSeq2SeqLM if task == "encdec" else AutoModelForCausalLM
     loaded = auto.from_pretrained(tmp_path).eval()
+    assert (tmp_path / "modeling.py").exists()  # the folder carries its own modeling code
     src, mask, tgt = _inputs(space)
     with torch.no_grad():
         ref = _slice_run(net, sub, src, mask, tgt)
@@ -132,3 +135,28 @@ def test_export_save_load_generate(tmp_path, task):
             for _ in range(n):
                 ids = torch.cat([ids, net(sub, ids)[:, -1:].argmax(-1)], 1)
             assert out[0].tolist() == ids[0].tolist()
+
+
+def test_export_loads_without_slimkit(tmp_path):
+    """A fresh interpreter loads the export with transformers alone (trust_remote_code) and matches."""
+    space = tiny_space("encdec")
+    net = SuperTransformer(space).eval()
+    sub = space.sample(random.Random(3))
+    net.export(sub).save_pretrained(tmp_path / "m")
+    src, mask, tgt = _inputs(space)
+    with torch.no_grad():
+        ref = _slice_run(net, sub, src, mask, tgt)
+    torch.save({"src": src, "mask": mask, "tgt": tgt, "ref": ref}, tmp_path / "io.pt")
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForSeq2SeqLM\n"
+        f"d = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        f"m = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True).eval()\n"
+        "assert not any(k.startswith('slimkit') for k in sys.modules), 'slimkit was imported'\n"
+        "with torch.no_grad():\n"
+        "    out = m(input_ids=d['src'], attention_mask=d['mask'], decoder_input_ids=d['tgt']).logits\n"
+        "print(type(m).__module__, float((out - d['ref']).abs().max()))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    module, diff = res.stdout.split()[-2:]
+    assert module.startswith("transformers_modules") and float(diff) <= 1e-5

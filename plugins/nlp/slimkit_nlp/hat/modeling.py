@@ -7,6 +7,8 @@ in encoder-decoder models each decoder layer attends to the last ``span`` encode
 outputs (each normalised by the encoder's final LayerNorm), concatenated along time.
 Token embeddings are tied to the output projection. Registered with ``AutoConfig``,
 ``AutoModelForCausalLM`` (decoder-only) and ``AutoModelForSeq2SeqLM`` (encoder-decoder).
+This file depends on torch and transformers only: ``save_pretrained`` copies it beside the
+weights (``auto_map``), so ``trust_remote_code=True`` loads an export without slimkit.
 
 The functional helpers (``attend``, ``activation``) are shared with the SuperTransformer
 so that a slice and its export compute exactly the same arithmetic.
@@ -379,6 +381,11 @@ def build_model(config: HatModelConfig) -> HatPreTrainedModel:
 
 
 def _register() -> None:
+    # save_pretrained copies this file next to the weights and writes ``auto_map``, so
+    # ``AutoModel*.from_pretrained(dir, trust_remote_code=True)`` works without slimkit installed.
+    HatModelConfig.register_for_auto_class()
+    HatForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    HatForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
     try:
         AutoConfig.register(MODEL_TYPE, HatModelConfig)
     except ValueError:

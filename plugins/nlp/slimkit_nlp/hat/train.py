@@ -89,7 +89,7 @@ def train_supernet(net: SuperTransformer, task, steps: int = 1000, batch_size: i
     losses: list[float] = []
     t0 = time.perf_counter()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="hat train",
-               disable=not (progress and acc.is_local_main_process), dynamic_ncols=True)
+               disable=not (progress and acc.is_local_main_process), dynamic_ncols=True, mininterval=1.0)
     step = start
     for step in bar:
         sub = sample_sub(space, step, seed)
