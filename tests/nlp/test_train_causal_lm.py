@@ -70,19 +70,24 @@ def test_bad_arguments_are_one_sentence():
         build_causal_lm("bert")
 
 
-def test_cli_train_on_files(tmp_path):
+@pytest.mark.parametrize("kind", ["gpt2", "lite"])
+def test_cli_train_on_files(tmp_path, kind):
     from slimkit.cli import _load_plugin_commands, cli
 
     _load_plugin_commands()
 
     (tmp_path / "t.txt").write_text("Now is the winter of our discontent. " * 40)
-    res = CliRunner().invoke(cli, ["nlp", "train", "--model", "gpt2", "--train-file", str(tmp_path / "t.txt"),
+    res = CliRunner().invoke(cli, ["nlp", "train", "--model", kind, "--train-file", str(tmp_path / "t.txt"),
                                    "--eval-file", str(tmp_path / "t.txt"), "--n-layer", "1", "--d-model", "32",
                                    "--n-head", "2", "--block-size", "16", "--batch-size", "4", "--steps", "5",
                                    "--output-dir", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert "perplexity" in res.output
     assert (tmp_path / "run" / "final" / "config.json").exists()
+    from transformers import AutoModelForCausalLM
+
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert back.config.model_type == ("gpt2" if kind == "gpt2" else "lite_transformer")
 
 
 @pytest.mark.slow
