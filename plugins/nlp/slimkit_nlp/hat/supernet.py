@@ -121,12 +121,14 @@ class SuperTransformer(nn.Module):
     ``forward(sub, input_ids, attention_mask=None, decoder_input_ids=None)`` returns logits:
     decoder-only ``[B, T, vocab]`` for ``input_ids``; encoder-decoder ``[B, T_dec, vocab]``
     for ``decoder_input_ids`` given source ``input_ids`` (``attention_mask`` 1 = real token).
-    ``sub=None`` runs the largest SubTransformer. Weights are initialised N(0, 0.02).
+    ``sub=None`` runs the one chosen with ``set_sub`` (default: the largest), so
+    ``net(input_ids=ids)`` works like a plain model. Weights are initialised N(0, 0.02).
     """
 
     def __init__(self, space: HatSpace):
         super().__init__()
         self.space = space
+        self.active_sub: SubConfig | None = None
         if space.is_encdec:
             self.encoder = _SuperStack(space, max(space.encoder_embed_choices), max(space.encoder_layer_choices),
                                        SuperEncoderLayer)
@@ -173,9 +175,16 @@ class SuperTransformer(nn.Module):
         x = dec.layer_norm(x)
         return F.linear(x, dec.embed_tokens.weight[:, : sub.decoder_embed_dim])
 
-    def forward(self, sub: SubConfig | None, input_ids, attention_mask=None, decoder_input_ids=None,
+    def set_sub(self, sub: SubConfig | None) -> "SuperTransformer":
+        """Make ``sub`` the SubTransformer that ``forward`` runs when none is passed (None: the largest)."""
+        if sub is not None:
+            self.space.check(sub)
+        self.active_sub = sub
+        return self
+
+    def forward(self, sub: SubConfig | None = None, input_ids=None, attention_mask=None, decoder_input_ids=None,
                 decoder_attention_mask=None):
-        sub = sub or self.space.largest()
+        sub = sub or getattr(self, "active_sub", None) or self.space.largest()
         if self.space.is_encdec:
             if decoder_input_ids is None:
                 raise ValueError("an encoder-decoder SuperTransformer needs decoder_input_ids")
