@@ -64,24 +64,23 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
     hkv = key.shape[1]
     groups = h // hkv
 
-    layer = key.layer if isinstance(key, PackedKV) else None
-    if layer is not None:  # packed cache: read the MSB plane (and later some LSB rows)
-        k_msb_codes, ks, kz = layer.msb_codes(), layer.k_scale, layer.k_zero
-        v = layer.dequantized_values(torch.float32)
-        k_codes = None
-    else:
-        k_codes, ks, kz = quantize(key, msb_bits + lsb_bits, cfg.align_bits)
-        k_msb_codes, _ = split_planes(k_codes, lsb_bits)
-        vc, vs, vz = quantize(value, cfg.value_bits)
-        v = dequantize(vc, vs, vz)
-    k_msb = dequantize_msb(k_msb_codes, lsb_bits, ks, kz)
-
     if cfg.quantize_queries and lq > 1:
         q_codes, qs, qz = quantize(query, msb_bits + lsb_bits, cfg.align_bits)
         q_msb = dequantize_msb(split_planes(q_codes, lsb_bits)[0], lsb_bits, qs, qz)
         q_full = dequantize(q_codes, qs, qz) if lsb_bits else q_msb
     else:
         q_msb = q_full = query.float()
+
+    if isinstance(key, PackedKV):  # packed cache: read the MSB plane, and LSB rows only where needed
+        p, out, recomputed = _attend_packed(rt, key.layer, q_msb, q_full, attention_mask, scaling)
+        rt.stats.add(rt.layer_of.get(id(module), -1), b * h * lq, recomputed)
+        return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
+
+    k_codes, ks, kz = quantize(key, msb_bits + lsb_bits, cfg.align_bits)
+    k_msb_codes, _ = split_planes(k_codes, lsb_bits)
+    vc, vs, vz = quantize(value, cfg.value_bits)
+    v = dequantize(vc, vs, vz)
+    k_msb = dequantize_msb(k_msb_codes, lsb_bits, ks, kz)
 
     p = _softmax(q_msb, _repeat_kv(k_msb, groups), scaling, attention_mask)
     recomputed = 0
@@ -92,26 +91,73 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
             need = p.amax(-1) < cfg.threshold  # [B, H, Lq]
         recomputed = int(need.sum())
         if recomputed:
-            if layer is None:
-                k_full = dequantize(k_codes, ks, kz)
-            else:  # fetch the LSB plane only for the (batch, kv head) pairs with a flat row
-                pairs = need.view(b, hkv, groups * lq).any(-1)
-                b_idx, h_idx = pairs.nonzero(as_tuple=True)
-                lsb, nbytes = layer.lsb_codes(b_idx, h_idx)
-                rt.stats.lsb_bytes_read += nbytes
-                rt.stats.lsb_bytes_stored += layer.k_lsb.numel()
-                k_full = k_msb.clone()
-                k_full[b_idx, h_idx] = dequantize(join_planes(k_msb_codes[b_idx, h_idx], lsb, lsb_bits),
-                                                  ks[b_idx, h_idx], kz[b_idx, h_idx])
+            k_full = dequantize(k_codes, ks, kz)
             p_full = _softmax(q_full, _repeat_kv(k_full, groups), scaling, attention_mask)
             p = torch.where(need[..., None], p_full, p)
-        elif layer is not None:
-            rt.stats.lsb_bytes_stored += layer.k_lsb.numel()
     rt.stats.add(rt.layer_of.get(id(module), -1), b * h * lq, recomputed)
 
     p = nn.functional.dropout(p, p=dropout, training=module.training)
     out = torch.matmul(p, _repeat_kv(v, groups))
     return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
+
+
+def _scores(q: torch.Tensor, codes: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``q @ (codes * a + c)^T`` without materialising the keys: ``(q @ codes^T) * a^T + sum(q) * c^T``.
+
+    ``q [..., M, D]``, ``codes [..., T, D]`` (float), ``a, c [..., T, 1]`` per-token affine terms.
+    """
+    return torch.matmul(q, codes.transpose(-1, -2)) * a.transpose(-1, -2) + q.sum(-1, keepdim=True) * \
+        c.transpose(-1, -2)
+
+
+def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling):
+    """Attention on a ``PQLayer``: -> ``(probabilities [B, H, Lq, T], output [B, H, Lq, D], rows recomputed)``.
+
+    Queries are grouped per key/value head (``[B, Hkv, G*Lq, D]``) so GQA needs no key copies;
+    keys and values stay integer codes plus per-token scale/zero (folded into the products).
+    """
+    cfg = rt.config
+    msb_bits, lsb_bits = cfg.msb_bits, cfg.lsb_bits
+    b, h, lq, d = q_msb.shape
+    hkv = layer.k_msb.shape[1]
+    g = h // hkv
+    t = layer.length
+
+    def grouped(x):
+        return x.reshape(b, hkv, g * lq, x.shape[-1])
+
+    def finish(scores):
+        scores = scores.view(b, h, lq, t) * scaling
+        if attention_mask is not None:
+            scores = scores + attention_mask[..., :t].to(scores.dtype)
+        return torch.softmax(scores, dim=-1)
+
+    ks, kz = layer.k_scale.float(), layer.k_zero.float()
+    msb = layer.msb_plane().float()                                         # [B, Hkv, T, D]
+    mid = ((1 << lsb_bits) - 1) / 2.0   # unknown LSBs at the middle of their range
+    s_msb = _scores(grouped(q_msb), msb, ks * float(1 << lsb_bits), ks * mid + kz)
+    p = finish(s_msb)
+    recomputed = 0
+    if lsb_bits > 0 and cfg.threshold > 0.0:
+        need = (torch.ones(p.shape[:-1], dtype=torch.bool, device=p.device) if cfg.threshold >= 1.0
+                else p.amax(-1) < cfg.threshold)                            # [B, H, Lq]
+        recomputed = int(need.sum())
+        rt.stats.lsb_bytes_stored += layer.k_lsb.numel()
+        if recomputed:
+            pairs = need.view(b, hkv, g * lq).any(-1)
+            b_idx, h_idx = pairs.nonzero(as_tuple=True)
+            lsb, nbytes = layer.lsb_codes(b_idx, h_idx)                     # reads only these pairs
+            rt.stats.lsb_bytes_read += nbytes
+            full = join_planes(msb[b_idx, h_idx].to(torch.int32), lsb, lsb_bits).float()
+            s_full = s_msb.clone()
+            s_full[b_idx, h_idx] = _scores(grouped(q_full)[b_idx, h_idx], full, ks[b_idx, h_idx],
+                                           kz[b_idx, h_idx])
+            p = torch.where(need[..., None], finish(s_full), p)
+    vs, vz = layer.v_scale.float(), layer.v_zero.float()
+    vcodes = layer.value_plane().float()                                     # [B, Hkv, T, Dv]
+    pg = grouped(p)
+    out = torch.matmul(pg * vs.transpose(-1, -2), vcodes) + torch.matmul(pg, vz)
+    return p, out.view(b, h, lq, -1), recomputed
 
 
 def register() -> None:

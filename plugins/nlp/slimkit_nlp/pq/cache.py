@@ -19,7 +19,15 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from slimkit.errors import SlimkitError
 
-from .quant import dequantize, join_planes, pack, quantize, split_planes, unpack
+from .quant import dequantize, join_planes, pack, quantize, split_planes, unpack, unpack_uint8
+
+
+def _unpack_fast(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    if bits < 8:
+        return unpack_uint8(packed, bits, dim)
+    if bits == 8:
+        return packed[..., :dim]
+    return unpack(packed, bits, dim)
 
 _ALLOWED = {torch.Tensor.size, torch.Tensor.dim, torch.Tensor.__repr__, torch.Tensor.__format__,
             torch.Tensor.shape.__get__, torch.Tensor.dtype.__get__, torch.Tensor.device.__get__,
@@ -183,6 +191,14 @@ class PQLayer(CacheLayerMixin):
     @property
     def values(self) -> torch.Tensor | None:
         return None if self.k_msb is None else self.dequantized_values()
+
+    def msb_plane(self) -> torch.Tensor:
+        """MSB plane ``[B, H, T, D]`` as stored integers (``uint8`` up to 8 bits), read in one pass."""
+        return _unpack_fast(self.k_msb, self.msb_bits, self.head_dim)
+
+    def value_plane(self) -> torch.Tensor:
+        """Value codes ``[B, H, T, Dv]`` (``uint8`` up to 8 bits)."""
+        return _unpack_fast(self.v_codes, self.value_bits, self.value_dim)
 
     def msb_codes(self) -> torch.Tensor:
         """MSB plane as ``int32 [B, H, T, D]`` (reads only the MSB bytes)."""

@@ -116,11 +116,24 @@ def unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
         return low | (high << 8)
     if bits == 8:
         return packed[..., :dim].to(torch.int32)
+    return unpack_uint8(packed, bits, dim).to(torch.int32)
+
+
+def unpack_uint8(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """``unpack`` for ``bits < 8`` returning ``uint8`` codes, with byte arithmetic only (fast path)."""
     *lead, _ = packed.shape
     g = (dim + 7) // 8
     b = packed.reshape(*lead, g, bits)
-    b = torch.nn.functional.pad(b, (0, 8 - bits)).contiguous()
-    words = b.view(torch.int64)  # [..., g, 1]
-    shifts = torch.arange(8, device=packed.device, dtype=torch.int64) * bits
-    codes = (words >> shifts) & ((1 << bits) - 1)
-    return codes.reshape(*lead, g * 8)[..., :dim].to(torch.int32)
+    if bits == 4:
+        out = torch.stack([b & 15, b >> 4], -1)
+    else:
+        mask = (1 << bits) - 1
+        parts = []
+        for i in range(8):
+            k, sh = divmod(bits * i, 8)
+            v = b[..., k] >> sh
+            if sh + bits > 8:
+                v = v | (b[..., k + 1] << (8 - sh))
+            parts.append(v & mask)
+        out = torch.stack(parts, -1)
+    return out.reshape(*lead, g * 8)[..., :dim]
