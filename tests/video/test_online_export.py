@@ -39,3 +39,32 @@ def test_onnx_stream_matches_pytorch_over_16_steps(tmp_path):
     ort_stream.reset()
     fresh = torch.from_numpy(ort_stream.step(frames[15].numpy()))[0]
     assert (fresh - a).abs().max().item() > 1e-6
+
+
+def test_onnx_export_of_a_causal_conv3d_stream(tmp_path):
+    from torch import nn
+
+    from slimkit_video.online import CausalConv3d
+    from slimkit_video.online.export import OnnxStream, export_onnx
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = CausalConv3d(3, 6, (3, 3, 3), padding=1)
+            self.c2 = CausalConv3d(6, 6, (2, 1, 1))
+            self.head = nn.Linear(6, 4)
+
+        def forward(self, x):  # (N, C, T, H, W) -> (N, T, K)
+            x = self.c2(torch.relu(self.c1(x)))
+            return self.head(x.mean((3, 4)).transpose(1, 2))
+
+    net = randomize(Net()).eval()
+    stream = to_online(net)
+    path = export_onnx(stream, tmp_path / "causal3d.onnx", frame_shape=(3, 12, 12))
+    ort_stream = OnnxStream(path)
+    assert ort_stream.shapes == [(1, 3, 2, 12, 12), (1, 6, 1, 12, 12)]
+    clip = torch.randn(1, 3, 16, 12, 12)
+    with torch.no_grad():
+        offline = net(clip)[0]
+    got = torch.stack([torch.from_numpy(ort_stream.step(clip[0, :, t].numpy()))[0] for t in range(16)])
+    assert (got - offline).abs().max().item() <= 1e-4

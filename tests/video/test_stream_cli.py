@@ -34,6 +34,14 @@ def test_stream_on_a_real_file_and_lavfi(video_dir, capsys):
     assert rc == 0 and "stopped by the end of the source" in out
 
 
+def test_show_without_a_display_says_so_and_keeps_running(capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    rc = main(["stream", "--source", "lavfi:testsrc2=size=64x64:rate=25:d=0.4", "--show"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "running without a window" in out and "summary:" in out
+
+
 def test_unknown_source_is_one_clear_line(capsys):
     rc = main(["stream", "--source", "nosuch", "--seconds", "1"])
     err = capsys.readouterr().err

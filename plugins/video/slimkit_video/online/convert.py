@@ -6,6 +6,11 @@ block keeps those channels of the *previous* frame in a small buffer instead, so
 frame costs exactly one 2D forward pass: the same per-frame outputs as the offline model on the
 clip, at the cost of a single frame (no re-running of the last ``T`` frames).
 
+Example: HF MobileNetV2 at 224x224 with ``slimkit.apply(m, "tsm", n_segment=8, direction="past")``
+has 10 shifted blocks, so ``stream.buffer_shapes((3, 224, 224))`` lists 10 buffers, 27,048 floats
+(106 KiB fp32) in all, exactly as the TSM online demo: ``(1, 3, 56, 56)``, 2 x ``(1, 4, 28, 28)``,
+3 x ``(1, 8, 14, 14)``, 2 x ``(1, 12, 14, 14)``, 2 x ``(1, 20, 7, 7)``.
+
 When to call ``stream.reset()``: whenever the frames stop being one continuous video, i.e. at
 a scene cut, when a new clip or file starts, when the camera changes, or after a long pause.
 Offline, the first frame of a clip sees zeros in its shifted channels; a reset gives the next
