@@ -74,16 +74,17 @@ def run(ctx) -> dict:
     _fit(base, xtr, ytr, steps, 1e-3, s["batch"], ctx.seed)
     acc3d, logits3d = _evaluate(base, xte, yte)
 
-    def convert(rank, init):
+    def convert(rank, init, mid):
         torch.manual_seed(ctx.seed + 7)
         m = copy.deepcopy(base)
-        slimkit.apply(m.backbone, "r2plus1d", rank=rank, init=init)
+        slimkit.apply(m.backbone, "r2plus1d", rank=rank, init=init, mid_activation=mid)
         return m
 
-    def measure(model, label, rank, init):
+    def measure(model, label, init, mid):
         acc, logits = _evaluate(model, xte, yte)
         rep = model.backbone.r2plus1d_report
-        row = {"rank": label, "init": init, "acc": acc, "rel_output_error": _rel(logits, logits3d),
+        row = {"rank": label, "init": init, "mid_activation": mid, "acc": acc,
+               "rel_output_error": _rel(logits, logits3d),
                "relative_rank": sum(r.rank / r.full_rank for r in rep.layers) / len(rep.layers),
                "params_ratio": rep.model_params_after / rep.model_params_before,
                "mean_kernel_rel_error": (None if init == "random" else
@@ -95,16 +96,22 @@ def run(ctx) -> dict:
         return row
 
     rows = []
-    jobs = [(r, "svd") for r in s["sweep"]] + [("match", "random")]
-    for rank, init in ctx.progress(jobs, desc="r2plus1d-fidelity"):
+    # the SVD sweep; random init at the matched rank (control); SVD + BN/ReLU in between (init only)
+    jobs = [(r, "svd", False) for r in s["sweep"]] + [("match", "random", False), ("match", "svd", True)]
+    for rank, init, mid in ctx.progress(jobs, desc="r2plus1d-fidelity"):
         label = rank if isinstance(rank, str) else f"energy {rank:g}"
-        rows.append(measure(convert(rank, init), label, rank, init))
-    by = {(r["rank"], r["init"]): r for r in rows}
-    svd_m, rnd_m = by[("match", "svd")], by[("match", "random")]
+        rows.append(measure(convert(rank, init, mid), label, init, mid))
+    by = {(r["rank"], r["init"], r["mid_activation"]): r for r in rows}
+    svd_m, rnd_m = by[("match", "svd", False)], by[("match", "random", False)]
+    mid_m = by[("match", "svd", True)]
     kept = svd_m["acc"] / max(acc3d, 1e-12)
     return {
         "settings": {k: v for k, v in s.items() if k != "sweep"}, "train_steps": steps,
         "chance": 0.5, "acc_3d": acc3d, "rows": rows,
+        "matched": {"svd_acc": svd_m["acc"], "svd_acc_finetuned": svd_m["acc_finetuned"],
+                    "svd_rel_output_error": svd_m["rel_output_error"], "random_acc": rnd_m["acc"],
+                    "random_acc_finetuned": rnd_m["acc_finetuned"], "svd_mid_bn_relu_acc": mid_m["acc"],
+                    "svd_mid_bn_relu_acc_finetuned": mid_m["acc_finetuned"], "params_ratio": svd_m["params_ratio"]},
         "goals": [
             slimkit.goal("3D network test accuracy (sanity)", acc3d, 0.9),
             slimkit.goal("SVD @ matched rank: accuracy kept before fine-tune", kept, 0.95),
@@ -119,8 +126,10 @@ def plot(result: dict, png) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    svd = sorted((r for r in result["rows"] if r["init"] == "svd"), key=lambda r: r["relative_rank"])
+    svd = sorted((r for r in result["rows"] if r["init"] == "svd" and not r.get("mid_activation")),
+                 key=lambda r: r["relative_rank"])
     rnd = [r for r in result["rows"] if r["init"] == "random"]
+    mid = [r for r in result["rows"] if r.get("mid_activation")]
     x = [r["relative_rank"] for r in svd]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
     a1.plot(x, [r["acc"] for r in svd], "o-", label="SVD init, no fine-tune")
@@ -128,6 +137,9 @@ def plot(result: dict, png) -> None:
     for r in rnd:
         a1.plot([r["relative_rank"]], [r["acc"]], "rx", ms=10, label="random init @ match, no fine-tune")
         a1.plot([r["relative_rank"]], [r["acc_finetuned"]], "r^", ms=8, label="random init @ match + fine-tune")
+    for r in mid:
+        a1.plot([r["relative_rank"]], [r["acc"]], "mD", ms=7, label="SVD @ match + BN/ReLU between (init only)")
+        a1.plot([r["relative_rank"]], [r["acc_finetuned"]], "mv", ms=7, label="... + fine-tune")
     a1.axhline(result["acc_3d"], color="k", lw=1, label=f"3D network ({result['acc_3d']:.3f})")
     a1.axhline(0.95 * result["acc_3d"], color="k", lw=0.8, ls=":", label="95% of 3D")
     a1.axhline(result["chance"], color="gray", lw=0.8, ls="--", label="chance")
@@ -144,7 +156,7 @@ def plot(result: dict, png) -> None:
                     xytext=(3, -10), textcoords="offset points")
     a1.set_ylabel("test accuracy")
     a1.set_title("accuracy vs rank (matched width: green)")
-    a1.legend(fontsize=7, loc="lower right")
+    a1.legend(fontsize=7, loc="center right")
     a2.set_ylabel("relative logit error vs 3D network")
     a2.set_title("relative output error vs rank")
     a2.legend(fontsize=7)
