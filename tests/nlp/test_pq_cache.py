@@ -113,3 +113,14 @@ def test_packed_states_refuse_other_attention():
     with torch.no_grad():
         tiny("gpt2")(torch.randint(3, 60, (1, 5)), past_key_values=plain, use_cache=True)
     assert plain.get_seq_length() == 5 and plain.layers[0].k_msb.dtype == torch.uint8
+
+
+def test_deep_copies_keep_their_own_state():
+    m = slimkit.apply(tiny("gpt2"), "progressive-quant", threshold=0.3)
+    twin = copy.deepcopy(m)
+    ids = torch.randint(3, 60, (1, 9))
+    with torch.no_grad():
+        twin.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert pq_stats(twin).rows > 0 and pq_stats(twin).cache_bytes is not None
+    assert pq_stats(m).rows == 0  # the original was not run
+    assert set(pq_stats(twin).rows_by_layer) == {0, 1}

@@ -73,7 +73,7 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
 
     if isinstance(key, PackedKV):  # packed cache: read the MSB plane, and LSB rows only where needed
         p, out, recomputed = _attend_packed(rt, key.layer, q_msb, q_full, attention_mask, scaling)
-        rt.stats.add(rt.layer_of.get(id(module), -1), b * h * lq, recomputed)
+        rt.stats.add(module.__dict__.get("slimkit_pq_layer", -1), b * h * lq, recomputed)
         return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
 
     k_codes, ks, kz = quantize(key, msb_bits + lsb_bits, cfg.align_bits)
@@ -94,7 +94,7 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
             k_full = dequantize(k_codes, ks, kz)
             p_full = _softmax(q_full, _repeat_kv(k_full, groups), scaling, attention_mask)
             p = torch.where(need[..., None], p_full, p)
-    rt.stats.add(rt.layer_of.get(id(module), -1), b * h * lq, recomputed)
+    rt.stats.add(module.__dict__.get("slimkit_pq_layer", -1), b * h * lq, recomputed)
 
     p = nn.functional.dropout(p, p=dropout, training=module.training)
     out = torch.matmul(p, _repeat_kv(v, groups))

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import logging
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
-from slimkit.errors import UnsupportedModelError
+from slimkit.errors import SlimkitError, UnsupportedModelError
 from slimkit_nlp.families import resolve_family
 
 from .attention import NAME, register
@@ -16,14 +16,15 @@ from .stats import PQStats
 
 log = logging.getLogger("slimkit.nlp.pq")
 RUNTIME_ATTR = "slimkit_pq"
+LAYER_ATTR = "slimkit_pq_layer"
+
 
 @dataclass
 class PQRuntime:
-    """State shared by the attention modules of one model: config, stats, module -> layer index."""
+    """State shared by the attention modules of one model (each module also holds its layer index)."""
 
     config: ProgressiveQuantConfig
     stats: PQStats
-    layer_of: dict = field(default_factory=dict)
     in_generate: bool = False
     last_cache: object = None
 
@@ -37,7 +38,7 @@ def pq_stats(model) -> PQStats:
     """Stats of the last forward (or the last ``generate`` call as a whole)."""
     rt = runtime_of(model)
     if rt is None:
-        raise UnsupportedModelError("this model has no progressive-quant state; "
+        raise SlimkitError("this model has no progressive-quant state; "
                                     "apply it first: slimkit.apply(model, 'progressive-quant')")
     return rt.stats
 
@@ -78,39 +79,38 @@ def _output_hook(module, args, kwargs, output):
         _record_cache(rt, cache)
 
 
+def _pq_generate(self, *args, **kwargs):
+    """``generate`` with stats over the whole call (bound to the instance; deep copies rebind)."""
+    rt = runtime_of(self)
+    if rt is None:
+        return type(self).generate(self, *args, **kwargs)
+    rt.stats.reset()
+    rt.last_cache = None
+    rt.in_generate = True
+    try:
+        out = type(self).generate(self, *args, **kwargs)
+    finally:
+        rt.in_generate = False
+    _record_cache(rt, kwargs.get("past_key_values") or rt.last_cache)
+    return out
+
+
+def _pq_prepare_cache(self, generation_config, model_kwargs, *args, **kwargs):
+    """Give ``generate`` a ``PQCache`` unless the caller passed a cache or a cache implementation."""
+    rt = runtime_of(self)
+    if (rt is not None and rt.config.cache and model_kwargs.get("past_key_values") is None
+            and generation_config.use_cache is not False and generation_config.cache_implementation is None):
+        from .cache import PQCache
+        model_kwargs["past_key_values"] = rt.last_cache = PQCache(self)
+    return type(self)._prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs)
+
+
 def _wrap_generate(model) -> None:
-    if "_slimkit_pq_generate" in model.__dict__ or not hasattr(model, "generate"):
+    if not hasattr(model, "generate"):
         return
-    orig_generate = model.generate
-    orig_prepare = getattr(model, "_prepare_cache_for_generation", None)
-
-    def generate(*args, **kwargs):
-        rt = runtime_of(model)
-        if rt is None:
-            return orig_generate(*args, **kwargs)
-        rt.stats.reset()
-        rt.last_cache = None
-        rt.in_generate = True
-        try:
-            out = orig_generate(*args, **kwargs)
-        finally:
-            rt.in_generate = False
-        _record_cache(rt, kwargs.get("past_key_values") or rt.last_cache)
-        return out
-
-    def prepare_cache(self, generation_config, model_kwargs, *args, **kwargs):
-        rt = runtime_of(self)
-        if (rt is not None and rt.config.cache and model_kwargs.get("past_key_values") is None
-                and generation_config.use_cache is not False and generation_config.cache_implementation is None):
-            from .cache import PQCache
-            model_kwargs["past_key_values"] = PQCache(self)
-            rt.last_cache = model_kwargs["past_key_values"]
-        return orig_prepare(generation_config, model_kwargs, *args, **kwargs)
-
-    model.generate = generate
-    if orig_prepare is not None:
-        model._prepare_cache_for_generation = types.MethodType(prepare_cache, model)
-    model.__dict__["_slimkit_pq_generate"] = True
+    model.generate = types.MethodType(_pq_generate, model)
+    if hasattr(type(model), "_prepare_cache_for_generation"):
+        model._prepare_cache_for_generation = types.MethodType(_pq_prepare_cache, model)
 
 
 def apply_progressive_quant(model, config: ProgressiveQuantConfig):
@@ -118,11 +118,12 @@ def apply_progressive_quant(model, config: ProgressiveQuantConfig):
     modules = _attention_modules(model)
     register()
     stats = PQStats(msb_bits=config.msb_bits, lsb_bits=config.lsb_bits, value_bits=config.value_bits)
-    rt = PQRuntime(config=config, stats=stats, layer_of={id(m): i for i, m in enumerate(modules)})
+    rt = PQRuntime(config=config, stats=stats)
     first = runtime_of(model) is None
     model.__dict__["_slimkit_pq_runtime"] = rt
-    for m in modules:
+    for i, m in enumerate(modules):
         m.__dict__[RUNTIME_ATTR] = rt
+        m.__dict__[LAYER_ATTR] = i
     current = model.config._attn_implementation
     if current != NAME:
         if current not in (None, "eager"):
