@@ -203,3 +203,16 @@ def test_real_minilm(minilm_path):
     assert out.last_hidden_state.shape[1] < 128
     assert (cos > 0.85).all(), cos
     assert m.spatten_stats.macs_ratio > 1.3
+
+
+def test_local_value_pruning_skips_small_probabilities():
+    ids, am, _ = ids_batch()
+    with torch.no_grad():
+        full = slimkit.apply(tiny_bert(), "spatten", token_keep=1.0)(input_ids=ids, attention_mask=am)
+        m = slimkit.apply(tiny_bert(), "spatten", token_keep=1.0, value_keep=0.5)
+        out = m(input_ids=ids, attention_mask=am)
+    fetched = [s.values_fetched for s in m.spatten_stats.layers]
+    assert all(0.45 <= f <= 0.7 for f in fetched), fetched
+    assert not torch.allclose(out.last_hidden_state, full.last_hidden_state)
+    cos = torch.cosine_similarity(out.last_hidden_state, full.last_hidden_state, dim=-1)[am.bool()]
+    assert cos.mean() > 0.9
