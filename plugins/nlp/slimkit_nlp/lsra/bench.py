@@ -90,7 +90,7 @@ def run_cost(ctx) -> dict:
         f"transformer d={d}": base,
         f"lite d={d} (same shape)": lite_same,
         f"lite d={d_eq_params} (equal params)": lite_eq,
-        f"transformer d={d_gpt_eq_macs} (equal Mult-Adds to lite d={d})": gpt_eq_macs,
+        f"transformer d={d_gpt_eq_macs} (equal Mult-Adds)": gpt_eq_macs,
     }
     rows = {}
     for name, m in ctx.progress(models.items(), total=len(models), desc="models"):
