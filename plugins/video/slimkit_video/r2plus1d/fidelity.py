@@ -152,14 +152,16 @@ def plot(result: dict, png) -> None:
         a.set_xlabel("mean rank / full rank over converted convs")
         a.grid(alpha=0.3)
     for r in svd:
+        if r["rank"] == "match":
+            continue
         a1.annotate(r["rank"].replace("energy ", "E"), (r["relative_rank"], r["acc"]), fontsize=7,
                     xytext=(3, -10), textcoords="offset points")
     a1.set_ylabel("test accuracy")
     a1.set_title("accuracy vs rank (matched width: green)")
-    a1.legend(fontsize=7, loc="center right")
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     a2.set_ylabel("relative logit error vs 3D network")
     a2.set_title("relative output error vs rank")
     a2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(fig)
