@@ -55,6 +55,19 @@ def test_missing_camera_and_bad_model_folder(tmp_path, capsys):
     assert "not a video checkpoint" in capsys.readouterr().err
 
 
+def test_a_bidirectional_checkpoint_is_refused_with_how_to(tmp_path, capsys):
+    import slimkit
+    from slimkit_video.classifier import VideoClassifier, tiny_resnet
+    from slimkit_video.train import save_checkpoint
+
+    clf = slimkit.apply(VideoClassifier(tiny_resnet(widths=(8, 8), depths=(1, 1)), n_segment=4, num_classes=2),
+                        "tsm", n_segment=4, direction="both")
+    save_checkpoint(clf, tmp_path / "both", {"classes": ["a", "b"], "size": 32})
+    assert main(["stream", "--model", str(tmp_path / "both"), "--seconds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "direction='both'" in err and "direction='past'" in err and "fine-tune" in err
+
+
 def test_reader_drops_frames_when_the_consumer_is_slow():
     from slimkit_video.online.live import LatestFrameReader
     from slimkit_video.sources.openers import SyntheticSource

@@ -177,7 +177,10 @@ def run_memory(ctx: slimkit.BenchContext) -> dict:
     peaks = [s["peak_step_tensor_bytes"] for s in samples if s["peak_step_tensor_bytes"] is not None]
     retained = [s["retained_tensor_bytes"] for s in samples if s["retained_tensor_bytes"] is not None]
     rss = [s["rss_bytes"] for s in samples]
-    rss_growth = (rss[-1] - rss[1]) / 2**20 if len(rss) > 2 else 0.0
+    # growth = peak RSS of the second half minus peak RSS of the first half (first chunk excluded:
+    # it allocates the buffers and warms the allocator); single samples jitter by a few MiB
+    half = max(2, len(rss) // 2)
+    rss_growth = (max(rss[half:]) - max(rss[1:half])) / 2**20 if len(rss) > 3 else 0.0
     return {
         "model": f"HF MobileNetV2 (default), {size}x{size}, TSM past, online step",
         "frames": n_frames,
@@ -187,14 +190,14 @@ def run_memory(ctx: slimkit.BenchContext) -> dict:
         "peak_step_tensor_bytes_first": peaks[0], "peak_step_tensor_bytes_last": peaks[-1],
         "retained_tensor_bytes_first": retained[0], "retained_tensor_bytes_last": retained[-1],
         "rss_first_mib": rss[0] / 2**20, "rss_last_mib": rss[-1] / 2**20,
-        "rss_growth_after_first_chunk_mib": rss_growth,
+        "rss_growth_second_half_vs_first_half_mib": rss_growth,
         "goals": [
             slimkit.goal("buffer bytes growth over the run", max(buf) - min(buf), 0, higher_is_better=False, unit="B"),
             slimkit.goal("peak step memory last/first chunk", peaks[-1] / peaks[0], 1.0, higher_is_better=False,
                          unit="x"),
             slimkit.goal("retained tensor bytes growth (last - first chunk)", retained[-1] - retained[0], 0,
                          higher_is_better=False, unit="B"),
-            slimkit.goal("RSS growth after the first chunk", rss_growth, 8.0, higher_is_better=False, unit=" MiB"),
+            slimkit.goal("peak RSS growth, 2nd half vs 1st half", rss_growth, 1.0, higher_is_better=False, unit=" MiB"),
         ],
     }
 

@@ -174,10 +174,10 @@ def _load(d: Path, name: str, checkpoint_info, load_checkpoint, to_online) -> On
 class CutDetector:
     """A scene cut when the mean absolute difference of 16x16 grey thumbnails exceeds ``threshold``
     (0..255 scale). A cut means the video is no longer continuous: reset the stream. On the
-    synthetic stream the difference stays below 6 inside a clip and is above 9 at 99 % of clip
+    synthetic stream the difference stays below 7.5 inside a clip and is above 10 at 98 % of clip
     changes; raise the threshold for shaky or fast-panning cameras."""
 
-    def __init__(self, threshold: float = 12.0) -> None:
+    def __init__(self, threshold: float = 10.0) -> None:
         self.threshold = threshold
         self._prev: Optional[np.ndarray] = None
 
@@ -194,7 +194,7 @@ class LivePredictor:
     file) or a scene cut, runs one online step and averages the softmax over ``history`` frames."""
 
     def __init__(self, model: OnlineModel, history: int = 8, reset_on_cut: bool = True,
-                 cut_threshold: float = 12.0) -> None:
+                 cut_threshold: float = 10.0) -> None:
         self.model = model
         self.cuts = CutDetector(cut_threshold) if reset_on_cut else None
         self.history: collections.deque = collections.deque(maxlen=max(1, history))
@@ -278,7 +278,7 @@ def display_available() -> bool:
 
 def run_stream(model: OnlineModel, source, *, seconds: Optional[float] = None, show: bool = False,
                history: int = 8, print_every: Optional[int] = None, reset_on_cut: bool = True,
-               cut_threshold: float = 12.0, echo: Callable[[str], None] = print,
+               cut_threshold: float = 10.0, echo: Callable[[str], None] = print,
                tty: Optional[bool] = None, max_frames: Optional[int] = None) -> StreamSummary:
     """Run the real-time loop until ``seconds`` pass, the source ends or Ctrl-C; return the summary."""
     tty = sys.stdout.isatty() if tty is None else tty

@@ -19,8 +19,11 @@ import click
               help="Print a status line every N frames (default: every frame on a terminal, else every 10).")
 @click.option("--reset-on-cut/--no-reset-on-cut", default=True, show_default=True,
               help="Reset the stream buffers at a scene cut (and always at a new file).")
+@click.option("--cut-threshold", default=10.0, show_default=True,
+              help="Scene-cut threshold: mean absolute difference of 16x16 grey thumbnails (0-255).")
 @click.option("--threads", default=1, show_default=True, help="torch threads for inference.")
-def stream_command(source_spec, model_dir, seconds, show, history, print_every, reset_on_cut, threads) -> None:
+def stream_command(source_spec, model_dir, seconds, show, history, print_every, reset_on_cut, cut_threshold,
+                   threads) -> None:
     """Stream a causal TSM model frame by frame: per-frame latency, FPS and the smoothed prediction.
 
     Each frame costs one 2D forward pass: shifted channels of the previous frame live in small
@@ -56,7 +59,8 @@ def stream_command(source_spec, model_dir, seconds, show, history, print_every, 
                f"{', '.join(model.classes)}; {model.buffers} shift buffers "
                f"({model.stream.buffer_bytes() or _buffer_bytes(model)} bytes); Ctrl-C to stop")
     summary = run_stream(model, source, seconds=seconds, show=show, history=history,
-                         print_every=print_every, reset_on_cut=reset_on_cut, echo=click.echo)
+                         print_every=print_every, reset_on_cut=reset_on_cut, cut_threshold=cut_threshold,
+                         echo=click.echo)
     for line in summary.lines():
         click.echo(line)
 
