@@ -20,6 +20,29 @@ def _block_conv_weights(model) -> int:
     return total
 
 
+def _interleaved_latency(ctx, calls: dict) -> dict:
+    """Median and p95 (ms) of each call, timed round-robin (one call of each model per round) after
+    warm-up rounds, so that load from other processes on a shared machine hits all models alike.
+    Threads are fixed by the benchmark runner (``ctx.threads``)."""
+    import time
+
+    warmup, runs = (1, 3) if ctx.quick else (3, 15)
+    times = {k: [] for k in calls}
+    with torch.inference_mode():
+        for i in ctx.progress(range(warmup + runs), desc="r2plus1d-cost rounds"):
+            for k, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                if i >= warmup:
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for k, ts in times.items():
+        ts = sorted(ts)
+        out[k] = {"median_ms": ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2]),
+                  "p95_ms": ts[min(len(ts) - 1, int(round(0.95 * (len(ts) - 1))))], "runs": len(ts)}
+    return out
+
+
 # -- r2plus1d-cost ------------------------------------------------------------------------------
 def run_cost(ctx) -> dict:
     """Params, Mult-Adds and median latency (batch 1, clips 8x112x112; quick: width 16, 8x56x56)."""
@@ -35,18 +58,22 @@ def run_cost(ctx) -> dict:
             slimkit.apply(copy.deepcopy(r3d), "r2plus1d", mid_activation=True).eval(),
         "R(2+1)D-18 torchvision-style (per-block M, stem 45)": r2plus1d_18(width=width, mid_width="per-block").eval(),
     }
+    cl_clip = clip.contiguous(memory_format=torch.channels_last_3d)
+    calls = {}
+    for name, model in models.items():
+        cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+        calls[(name, "default")] = lambda m=model: m(clip)
+        calls[(name, "channels_last")] = lambda m=cl_model: m(cl_clip)
+    lat = _interleaved_latency(ctx, calls)
     rows = []
-    for name, model in ctx.progress(list(models.items()), desc="r2plus1d-cost"):
+    for name, model in models.items():
         macs = count_macs(model, clip)
-        with torch.inference_mode():
-            lat = ctx.latency(lambda m=model: m(clip))
-            cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
-            cl_clip = clip.contiguous(memory_format=torch.channels_last_3d)
-            lat_cl = ctx.latency(lambda m=cl_model: m(cl_clip))
         rows.append({"model": name, "params": count_params(model), "conv_weights": conv_weight_count(model),
                      "block_conv_weights": _block_conv_weights(model), "macs": macs.total,
-                     "gmacs": round(macs.total / 1e9, 3), "median_ms": lat.median_ms, "p95_ms": lat.p95_ms,
-                     "median_ms_channels_last": lat_cl.median_ms, "p95_ms_channels_last": lat_cl.p95_ms})
+                     "gmacs": round(macs.total / 1e9, 3),
+                     "median_ms": lat[(name, "default")]["median_ms"], "p95_ms": lat[(name, "default")]["p95_ms"],
+                     "median_ms_channels_last": lat[(name, "channels_last")]["median_ms"],
+                     "p95_ms_channels_last": lat[(name, "channels_last")]["p95_ms"]})
     base = rows[0]
     for r in rows:
         r["params_vs_r3d"] = r["params"] / base["params"]
@@ -93,8 +120,10 @@ def plot_cost(result: dict, png) -> None:
         ax.set_yticklabels(names if ax is axes[0] else [], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(label)
-        for i, v in enumerate(vals):
-            ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
+        ends = ([r[key.replace("median", "p95")] for r in rows] if key.startswith("median") else vals)
+        for i, (v, end) in enumerate(zip(vals, ends)):
+            ax.text(max(v, end), i, f" {v:.0f}" if key.startswith("median") else f" {v:.3g}", va="center", fontsize=7)
+        ax.set_xlim(0, max(ends) * 1.18)
     c = result["clip"]
     fig.suptitle(f"r2plus1d-cost: clip {c[2]}x{c[3]}x{c[4]}, batch 1, width {result['width']}, "
                  f"{result['machine']['threads']} thread(s) (whiskers: p95)")
