@@ -160,3 +160,19 @@ def test_export_loads_without_slimkit(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     module, diff = res.stdout.split()[-2:]
     assert module.startswith("transformers_modules") and float(diff) <= 1e-5
+
+
+def test_arbitrary_encoder_decoder_attention_span():
+    """Decoder layers attend to the last 1/2/3 encoder layers: the span changes the output."""
+    space = tiny_space("encdec", encoder_layer_choices=[3])
+    net = SuperTransformer(space).eval()
+    src, mask, tgt = _inputs(space)
+    sub = space.largest()
+    outs = []
+    for span in (1, 2, 3):
+        sub.ende_spans = [span] * sub.decoder_layers
+        with torch.no_grad():
+            outs.append(net(sub, src, mask, tgt))
+            assert (outs[-1] - _dense_run(net.export(sub), src, mask, tgt)).abs().max() <= 1e-5
+        assert len(net.encode(sub, src, mask)) == span
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])

@@ -30,6 +30,10 @@ def test_measure_resume_and_predictor_save_load(tmp_path):
     with path.open() as f:
         assert [int(r["index"]) for r in csv.DictReader(f)] == list(range(9))
     assert len(read_csv(path)) == 9
+    # paired timing against the reference model (shared-machine protocol)
+    paired = measure_dataset(space, 3, tmp_path / "paired.csv", MeasureSettings(4, 2, 1, 3, reference=True))
+    assert (tmp_path / "paired.csv.reference.json").exists()
+    assert all(r["latency_ms"] > 0 for r in paired)
     for r in rows:
         space.check(r["sub"])
 

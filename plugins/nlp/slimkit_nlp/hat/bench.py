@@ -15,12 +15,12 @@ import torch
 
 from slimkit import goal
 
-from .latency import MeasureSettings, measure_dataset, measure_sub, read_csv
+from .latency import MeasureSettings, measure_dataset, measure_sub
 from .predictor import LatencyPredictor, fit_and_evaluate
 from .space import HatSpace
 
 # -- spaces ----------------------------------------------------------------------------------
-PREDICTOR_SETTINGS = dict(src_len=16, steps=8, warmup=3, runs=15)
+PREDICTOR_SETTINGS = dict(src_len=16, steps=8, warmup=2, runs=12, reference=True)
 
 
 def predictor_space() -> HatSpace:
@@ -54,7 +54,7 @@ def run_predictor(ctx) -> dict:
     measure_s = time.perf_counter() - t0
     torch.manual_seed(ctx.seed)
     pred, report = fit_and_evaluate(space, rows, st.src_len, st.steps, holdout=0.2,
-                                    epochs=500 if ctx.quick else 3000)
+                                    epochs=300 if ctx.quick else 1000)
     pred.save(Path(ctx.out_dir) / "hat-predictor.pt")
     from .predictor import FlopsLinearFit, split_rows
     train, test = split_rows(rows, 0.2, 0)
@@ -127,14 +127,16 @@ def run_search(ctx) -> dict:
     t0 = time.perf_counter()
     net, train_state = _search_supernet(ctx, space, task)
     train_s = time.perf_counter() - t0
-    st = MeasureSettings(src_len=12, steps=13, warmup=3 if not ctx.quick else 2, runs=15 if not ctx.quick else 5,
-                         threads=ctx.threads)
+    st = MeasureSettings(src_len=12, steps=13, warmup=2, runs=12 if not ctx.quick else 5, threads=ctx.threads,
+                         reference=True)
     n_lat = 40 if ctx.quick else 150
     csv_path = Path(ctx.out_dir) / ("hat-search-latency-quick.csv" if ctx.quick else "hat-search-latency.csv")
     rows = measure_dataset(space, n_lat, csv_path, st, seed=1, progress=_progress(ctx, "measure"))
-    _, pred_report = fit_and_evaluate(space, rows, st.src_len, st.steps, epochs=500 if ctx.quick else 3000)
+    from .latency import Reference
+    ref = Reference(space, st, str(csv_path) + ".reference.json")
+    _, pred_report = fit_and_evaluate(space, rows, st.src_len, st.steps, epochs=300 if ctx.quick else 1000)
     pred = LatencyPredictor(space).fit([r["sub"] for r in rows], [r["latency_ms"] for r in rows],
-                                       epochs=500 if ctx.quick else 3000)
+                                       epochs=300 if ctx.quick else 1000)
     lat = sorted(r["latency_ms"] for r in rows)
     bound = lat[int(0.4 * (len(lat) - 1))]  # 40th percentile of measured latencies
     margin = 0.10
@@ -150,7 +152,8 @@ def run_search(ctx) -> dict:
         rnd = random_search(space, fitness, pred.predict, search_bound, evo.evaluations, seed=seed)
         row = {"seed": seed}
         for res in (evo, rnd):
-            meas = measure_sub(space, res.best, MeasureSettings(st.src_len, st.steps, 5, 30, ctx.threads))
+            meas = measure_sub(space, res.best, MeasureSettings(st.src_len, st.steps, 3, 30, ctx.threads,
+                                                                reference=True), ref)
             row[res.method] = {"best_val_loss": res.best_loss, "evaluations": res.evaluations,
                                "predicted_ms": res.best_latency_pred_ms, "measured_ms": meas["latency_ms"],
                                "over_bound": meas["latency_ms"] > bound, "best": res.best.to_dict(),

@@ -79,14 +79,17 @@ def train_cmd(task_name, space_file, steps, batch_size, lr, block, seed, time_bu
 @click.option("--warmup", default=5, show_default=True)
 @click.option("--runs", default=20, show_default=True)
 @click.option("--threads", default=1, show_default=True)
+@click.option("--reference/--no-reference", default=False, show_default=True,
+              help="pair every run with a fixed reference model (cancels load drift on a shared machine)")
 @click.option("--seed", default=0, show_default=True)
-def measure_cmd(space_file, checkpoint, num, csv_path, src_len, steps, warmup, runs, threads, seed):
+def measure_cmd(space_file, checkpoint, num, csv_path, src_len, steps, warmup, runs, threads, reference, seed):
     """Measure sampled SubTransformers on this machine (HAT protocol) into a CSV."""
     from slimkit.errors import SlimkitError
     from .latency import MeasureSettings, measure_dataset
     try:
         space = _space(space_file, checkpoint)
-        rows = measure_dataset(space, num, csv_path, MeasureSettings(src_len, steps, warmup, runs, threads),
+        rows = measure_dataset(space, num, csv_path, MeasureSettings(src_len, steps, warmup, runs, threads,
+                                                                           reference=reference),
                                seed=seed, progress=_progress("hat measure"))
     except SlimkitError as e:
         _fail(e)
@@ -100,7 +103,7 @@ def measure_cmd(space_file, checkpoint, num, csv_path, src_len, steps, warmup, r
 @click.option("--checkpoint", type=click.Path())
 @click.option("--out", "out_path", required=True, type=click.Path(), help="predictor file (.pt)")
 @click.option("--holdout", default=0.2, show_default=True)
-@click.option("--epochs", default=3000, show_default=True)
+@click.option("--epochs", default=1000, show_default=True)
 @click.option("--src-len", default=16, show_default=True, help="as measured (for the FLOPs baseline)")
 @click.option("--steps", default=8, show_default=True, help="as measured (for the FLOPs baseline)")
 def fit_cmd(csv_path, space_file, checkpoint, out_path, holdout, epochs, src_len, steps):

@@ -6,6 +6,13 @@ timed runs, reporting the trimmed mean (10% from each end). One run = the encode
 over ``src_len`` tokens plus ``steps`` incremental decoding steps with a KV cache
 (decoder-only: a ``src_len`` prompt, then ``steps`` incremental steps). Rows go to a CSV;
 a rerun appends only the missing samples (sample ``i`` is seeded by ``i``).
+
+On a shared machine whose load drifts over minutes (other jobs), set
+``MeasureSettings(reference=True)``: every timed run of a candidate is paired with a run
+of a fixed reference SubTransformer (order alternating), and the latency reported is
+``trimmed_mean(candidate_i / reference_i) * reference_ms``, where ``reference_ms`` is the
+reference's own latency measured once per CSV (kept in ``<csv>.reference.json``). Load
+that slows both alike cancels in the ratio; ``raw_ms`` keeps the plain trimmed mean.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from slimkit.measure import measure_latency
 from .export import random_model
 from .space import HatSpace, SubConfig
 
-CSV_FIELDS = ["index", "config", "latency_ms", "median_ms", "p95_ms", "std_ms", "runs", "threads"]
+CSV_FIELDS = ["index", "config", "latency_ms", "median_ms", "p95_ms", "std_ms", "runs", "threads", "raw_ms", "ratio"]
 
 
 @dataclass
@@ -38,6 +45,7 @@ class MeasureSettings:
     runs: int = 20
     threads: int = 1
     trim: float = 0.1
+    reference: bool = False
 
 
 def decode_workload(model, src_len: int, steps: int, seed: int = 0) -> Callable[[], torch.Tensor]:
@@ -77,9 +85,68 @@ def measure_model(model, settings: MeasureSettings) -> dict:
             "std_ms": res.std_ms, "runs": res.runs, "threads": res.threads}
 
 
-def measure_sub(space: HatSpace, sub: SubConfig, settings: MeasureSettings) -> dict:
-    """Latency row for one SubTransformer (dense export with random weights)."""
-    return measure_model(random_model(space, sub), settings)
+def measure_paired(model, ref_model, settings: MeasureSettings, ref_ms: float) -> dict:
+    """Candidate runs interleaved with reference runs; latency = trimmed mean ratio x ``ref_ms``."""
+    import statistics
+    import time
+
+    from slimkit.measure import fixed_threads, trimmed_mean
+    fn = decode_workload(model, settings.src_len, settings.steps)
+    ref = decode_workload(ref_model, settings.src_len, settings.steps)
+    cand, refs = [], []
+    with fixed_threads(settings.threads), torch.inference_mode():
+        for _ in range(settings.warmup):
+            fn()
+            ref()
+        for i in range(settings.runs):
+            pair = (fn, ref) if i % 2 == 0 else (ref, fn)
+            times = []
+            for f in pair:
+                t0 = time.perf_counter()
+                f()
+                times.append((time.perf_counter() - t0) * 1000.0)
+            c, r = times if i % 2 == 0 else times[::-1]
+            cand.append(c)
+            refs.append(r)
+        threads = torch.get_num_threads()
+    ratios = [c / r for c, r in zip(cand, refs)]
+    ratio = trimmed_mean(ratios, settings.trim)
+    q = sorted(cand)
+    return {"latency_ms": ratio * ref_ms, "median_ms": statistics.median(cand),
+            "p95_ms": q[min(len(q) - 1, int(0.95 * len(q)))], "std_ms": statistics.pstdev(ratios) * ref_ms,
+            "runs": len(cand), "threads": threads, "raw_ms": trimmed_mean(cand, settings.trim), "ratio": ratio}
+
+
+def reference_sub(space: HatSpace) -> SubConfig:
+    """The fixed reference SubTransformer for paired timing (the middle choice of every gene)."""
+    return space.decode_gene([c[len(c) // 2] for c in space.gene_choices()])
+
+
+class Reference:
+    """The reference model and its latency (measured once, or read from ``sidecar``)."""
+
+    def __init__(self, space: HatSpace, settings: MeasureSettings, sidecar: str | Path | None = None):
+        self.model = random_model(space, reference_sub(space), seed=12345)
+        p = Path(sidecar) if sidecar else None
+        if p is not None and p.exists():
+            self.ms = float(json.loads(p.read_text())["reference_ms"])
+        else:
+            runs = max(settings.runs, 20)
+            res = measure_latency(decode_workload(self.model, settings.src_len, settings.steps),
+                                  warmup=settings.warmup, runs=runs, threads=settings.threads, trim=settings.trim)
+            self.ms = res.trimmed_mean_ms
+            if p is not None:
+                p.write_text(json.dumps({"reference_ms": self.ms, "reference": reference_sub(space).to_dict()}))
+
+
+def measure_sub(space: HatSpace, sub: SubConfig, settings: MeasureSettings, reference: "Reference | None" = None) -> dict:
+    """Latency row for one SubTransformer (dense export with random weights); paired with
+    ``reference`` when given (see the module docstring)."""
+    model = random_model(space, sub)
+    if reference is not None:
+        return measure_paired(model, reference.model, settings, reference.ms)
+    row = measure_model(model, settings)
+    return {**row, "raw_ms": row["latency_ms"], "ratio": ""}
 
 
 def sample_for_index(space: HatSpace, i: int, seed: int = 0) -> SubConfig:
@@ -117,10 +184,11 @@ def measure_dataset(space: HatSpace, n: int, csv_path: str | Path, settings: Mea
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         if new_file:
             w.writeheader()
+        ref = Reference(space, settings, str(p) + ".reference.json") if settings.reference and todo else None
         it = progress(todo, len(todo)) if progress else todo
         for i in it:
             sub = sample_for_index(space, i, seed)
-            row = measure_sub(space, sub, settings)
+            row = measure_sub(space, sub, settings, ref)
             w.writerow({"index": i, "config": json.dumps(sub.to_dict(), sort_keys=True), **row})
             f.flush()
     return [r for r in read_csv(p) if r["index"] < n]

@@ -48,7 +48,7 @@ class LatencyPredictor:
         return torch.tensor([[f / s for f, s in zip(sub.features(), self.scale)] for sub in subs],
                             dtype=torch.float32)
 
-    def fit(self, subs: list[SubConfig], latencies: list[float], epochs: int = 3000, lr: float = 1e-3,
+    def fit(self, subs: list[SubConfig], latencies: list[float], epochs: int = 1000, lr: float = 1e-3,
             weight_decay: float = 0.0, seed: int = 0) -> "LatencyPredictor":
         """Full-batch Adam on MSE of normalised latency."""
         if len(subs) < 2:
@@ -169,7 +169,7 @@ def split_rows(rows: list[dict], holdout: float = 0.2, seed: int = 0) -> tuple[l
 
 
 def fit_and_evaluate(space: HatSpace, rows: list[dict], src_len: int, steps: int, holdout: float = 0.2,
-                     seed: int = 0, epochs: int = 3000, hidden: int = 400, layers: int = 4):
+                     seed: int = 0, epochs: int = 1000, hidden: int = 400, layers: int = 4):
     """Train the MLP and the FLOPs fit on the training split; report both on the held-out split.
 
     Returns ``(predictor, report)`` with ``report = {"mlp": {...}, "flops_linear": {...}}``."""
