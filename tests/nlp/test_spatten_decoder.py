@@ -117,3 +117,14 @@ def test_baseline_policies_generate(policy):
         out = m.generate(input_ids=ids, attention_mask=am, **GEN)
     assert out.shape == (2, 30 + GEN["max_new_tokens"])
     assert m.spatten_stats.kv_tokens[-1] < m.spatten_stats.kv_tokens[0]
+
+
+def test_protect_recent_keeps_the_newest_tokens():
+    ids, am = prompts()
+    m = slimkit.apply(tiny("llama"), "spatten", token_keep=0.3, protect_recent=5)
+    with torch.no_grad():
+        o = m.model(input_ids=ids, attention_mask=am, use_cache=False)
+    L = ids.shape[1]
+    assert o.kept_indices.shape[1] < L
+    for b in range(2):
+        assert set(range(L - 5, L)) <= set(o.kept_indices[b].tolist())

@@ -29,9 +29,13 @@ class SpattenConfig(TechniqueConfig):
         queries that could see a token in causal models) is the technique; ``per_layer``
         (this layer's attention only), ``random``, ``streaming`` (sink tokens + recent window)
         and ``h2o`` (accumulated attention + recent window) are baselines for the benchmarks.
+    protect_recent: decoders: the newest ``protect_recent`` tokens are never evicted (0 = only the
+        newest token, which predicts the next one).
     sink_tokens: first real tokens always kept by ``streaming``.
     recent_share: share of the budget given to the most recent tokens by ``h2o``.
     generation_pruning: evict cached keys/values during ``generate()`` to stay within budget.
+    evict_chunk: when a layer's cache exceeds its budget, evict down to ``budget - evict_chunk + 1``
+        tokens at once, so the ranking runs about once every ``evict_chunk`` steps (1 = every step).
     seed: seed of the ``random`` policy.
     """
 
@@ -46,9 +50,11 @@ class SpattenConfig(TechniqueConfig):
     token_slope: float = 0.25
     head_start: float = 0.3
     policy: Literal["spatten", "per_layer", "random", "streaming", "h2o"] = "spatten"
+    protect_recent: int = 0
     sink_tokens: int = 4
     recent_share: float = 0.5
     generation_pruning: bool = True
+    evict_chunk: int = 8
     seed: int = 0
 
     def validate(self) -> None:
@@ -60,6 +66,10 @@ class SpattenConfig(TechniqueConfig):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v}")
+        if self.evict_chunk < 1:
+            raise ConfigError(f"evict_chunk must be >= 1, got {self.evict_chunk}")
+        if self.protect_recent < 0:
+            raise ConfigError(f"protect_recent must be >= 0, got {self.protect_recent}")
         if self.sink_tokens < 0:
             raise ConfigError(f"sink_tokens must be >= 0, got {self.sink_tokens}")
         if self.protect_tokens is not None and any(t < 0 for t in self.protect_tokens):

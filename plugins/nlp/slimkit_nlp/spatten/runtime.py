@@ -186,7 +186,8 @@ def _rank(state: PruneState, cfg, cols: torch.Tensor, causal: bool) -> torch.Ten
 def _protected(state: PruneState, cfg, cols, k, causal: bool) -> torch.Tensor:
     prot = state.protected.gather(1, cols)
     if causal:
-        prot = prot | (cols == state.n_cols - 1)          # the newest token (it predicts the next one)
+        newest = max(1, cfg.protect_recent)               # the newest token predicts the next one
+        prot = prot | (cols >= state.n_cols - newest)
     if cfg.policy == "h2o":
         recent = torch.floor(k.to(torch.float32) * cfg.recent_share).to(torch.long)
         prot = prot | (cols >= (state.n_cols - recent).unsqueeze(1))
@@ -318,11 +319,15 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
             if not first and cfg.generation_pruning and rt.token_ratios[li] < 1.0:
                 alive = k_valid & (state.evicted_at.gather(1, k_cols) > li)
                 budget = count_for(rt.token_ratios[li], total_real)
-                rank = _rank(state, cfg, k_cols, causal)
-                prot_k = _protected(state, cfg, k_cols, budget, causal)
-                force = bool((k_valid & ~alive).any())
-                sel = select_slots(rank, alive, prot_k, budget, k_cols, pad_first=True)
-                if sel is None and force:
+                sel = None
+                n_alive = alive.sum(1)
+                over = n_alive > budget
+                if bool(over.any()):                    # per sample: evict a chunk only where over budget
+                    target = torch.where(over, torch.clamp(budget - (cfg.evict_chunk - 1), min=1), n_alive)
+                    rank = _rank(state, cfg, k_cols, causal)
+                    prot_k = _protected(state, cfg, k_cols, target, causal)
+                    sel = select_slots(rank, alive, prot_k, target, k_cols, pad_first=True)
+                if sel is None and bool((k_valid & ~alive).any()):
                     sel = _compact(alive, k_cols)
                 if sel is not None:
                     index, new_valid = sel
@@ -390,6 +395,14 @@ def _accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: 
     """Add the attention each key received (summed over heads and real query rows) to its score;
     ``count`` gets how many (head, query) pairs could see it, for the causal normalisation."""
     heads = probs.shape[1]
+    if causal and probs.shape[2] == 1:                       # one new token: it sees every cached key
+        contrib = probs.sum((1, 2), dtype=torch.float32) * valid
+        cnt = k_valid.float() * (heads * valid.float())
+        state.score.scatter_add_(1, k_cols, contrib)
+        state.count.scatter_add_(1, k_cols, cnt)
+        state.last = torch.zeros_like(state.last).scatter_add_(1, k_cols, contrib)
+        state.last_count = torch.zeros_like(state.last_count).scatter_add_(1, k_cols, cnt)
+        return
     if bool(valid.all()):
         contrib = probs.sum((1, 2), dtype=torch.float32)                    # (B, Lk)
     else:
