@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .quant import dequantize, dequantize_msb, join_planes, quantize, split_planes
+from .quant import dequantize, dequantize_msb, quantize, split_planes
 
 NAME = "slimkit_pq"
 
@@ -101,15 +101,6 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
     return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
 
 
-def _scores(q: torch.Tensor, codes: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``q @ (codes * a + c)^T`` without materialising the keys: ``(q @ codes^T) * a^T + sum(q) * c^T``.
-
-    ``q [..., M, D]``, ``codes [..., T, D]`` (float), ``a, c [..., T, 1]`` per-token affine terms.
-    """
-    return torch.matmul(q, codes.transpose(-1, -2)) * a.transpose(-1, -2) + q.sum(-1, keepdim=True) * \
-        c.transpose(-1, -2)
-
-
 def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling):
     """Attention on a ``PQLayer``: -> ``(probabilities [B, H, Lq, T], output [B, H, Lq, D], rows recomputed)``.
 
@@ -135,7 +126,11 @@ def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling):
     ks, kz = layer.k_scale.float(), layer.k_zero.float()
     msb = layer.msb_plane().float()                                         # [B, Hkv, T, D]
     mid = ((1 << lsb_bits) - 1) / 2.0   # unknown LSBs at the middle of their range
-    s_msb = _scores(grouped(q_msb), msb, ks * float(1 << lsb_bits), ks * mid + kz)
+    qg = grouped(q_msb)
+    dot_msb = torch.matmul(qg, msb.transpose(-1, -2))                       # [B, Hkv, G*Lq, T]
+    k_t, z_t = ks.transpose(-1, -2), kz.transpose(-1, -2)
+    qsum = qg.sum(-1, keepdim=True)
+    s_msb = dot_msb * (k_t * float(1 << lsb_bits)) + qsum * (k_t * mid + z_t)
     p = finish(s_msb)
     recomputed = 0
     if lsb_bits > 0 and cfg.threshold > 0.0:
@@ -144,14 +139,25 @@ def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling):
         recomputed = int(need.sum())
         rt.stats.lsb_bytes_stored += layer.k_lsb.numel()
         if recomputed:
+            # full key = msb * 2**lsb + lsb: reuse the MSB dot products and add those of the LSB plane,
+            # read only for the (batch, kv head) pairs with a flat row
             pairs = need.view(b, hkv, g * lq).any(-1)
-            b_idx, h_idx = pairs.nonzero(as_tuple=True)
-            lsb, nbytes = layer.lsb_codes(b_idx, h_idx)                     # reads only these pairs
+            everything = bool(pairs.all())
+            qf = grouped(q_full)
+            dot_hi = dot_msb if q_full is q_msb else torch.matmul(qf, msb.transpose(-1, -2))
+            if everything:
+                lsb, nbytes = layer.lsb_plane(), layer.k_lsb.numel()
+                dot_lo = torch.matmul(qf, lsb.float().transpose(-1, -2))
+                s_full = (dot_hi * float(1 << lsb_bits) + dot_lo) * k_t + qf.sum(-1, keepdim=True) * z_t
+            else:
+                b_idx, h_idx = pairs.nonzero(as_tuple=True)
+                lsb, nbytes = layer.lsb_codes(b_idx, h_idx)
+                q_sel = qf[b_idx, h_idx]
+                dot_lo = torch.matmul(q_sel, lsb.float().transpose(-1, -2))
+                s_full = s_msb.clone()
+                s_full[b_idx, h_idx] = ((dot_hi[b_idx, h_idx] * float(1 << lsb_bits) + dot_lo) * k_t[b_idx, h_idx]
+                                        + q_sel.sum(-1, keepdim=True) * z_t[b_idx, h_idx])
             rt.stats.lsb_bytes_read += nbytes
-            full = join_planes(msb[b_idx, h_idx].to(torch.int32), lsb, lsb_bits).float()
-            s_full = s_msb.clone()
-            s_full[b_idx, h_idx] = _scores(grouped(q_full)[b_idx, h_idx], full, ks[b_idx, h_idx],
-                                           kz[b_idx, h_idx])
             p = torch.where(need[..., None], finish(s_full), p)
     vs, vz = layer.v_scale.float(), layer.v_zero.float()
     vcodes = layer.value_plane().float()                                     # [B, Hkv, T, Dv]

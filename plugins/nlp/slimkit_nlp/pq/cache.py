@@ -196,6 +196,10 @@ class PQLayer(CacheLayerMixin):
         """MSB plane ``[B, H, T, D]`` as stored integers (``uint8`` up to 8 bits), read in one pass."""
         return _unpack_fast(self.k_msb, self.msb_bits, self.head_dim)
 
+    def lsb_plane(self) -> torch.Tensor:
+        """The whole LSB plane ``[B, H, T, D]`` (``uint8`` up to 8 bits)."""
+        return _unpack_fast(self.k_lsb, self.lsb_bits, self.head_dim)
+
     def value_plane(self) -> torch.Tensor:
         """Value codes ``[B, H, T, Dv]`` (``uint8`` up to 8 bits)."""
         return _unpack_fast(self.v_codes, self.value_bits, self.value_dim)
@@ -211,7 +215,7 @@ class PQLayer(CacheLayerMixin):
     def lsb_codes(self, b_idx: torch.Tensor, h_idx: torch.Tensor) -> tuple[torch.Tensor, int]:
         """LSB plane of the (batch, head) pairs ``(b_idx[i], h_idx[i])`` only: ``(int32 [n, T, D], bytes read)``."""
         packed = self.k_lsb[b_idx, h_idx]
-        return unpack(packed, self.lsb_bits, self.head_dim), packed.numel()
+        return _unpack_fast(packed, self.lsb_bits, self.head_dim), packed.numel()
 
     def dequantized_keys(self) -> torch.Tensor:
         return dequantize(self.key_codes(), self.k_scale, self.k_zero, self.dtype)
