@@ -86,17 +86,27 @@ def test_padded_batch_equals_single_runs():
             torch.testing.assert_close(one.last_hidden_state[0], out.last_hidden_state[b, :k], atol=2e-5, rtol=1e-4)
 
 
-def test_keep_one_equals_unpruned_and_task_head():
+def tiny_roberta_cls():
     import transformers as tf
-    ref = tiny_bert(cls=tf.BertForSequenceClassification)
+    cfg = tf.RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=70, attn_implementation="eager")
+    torch.manual_seed(0)
+    return tf.RobertaForSequenceClassification(cfg).eval()
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_keep_one_equals_unpruned_and_task_head(family):
+    import transformers as tf
+    make = (lambda: tiny_bert(cls=tf.BertForSequenceClassification)) if family == "bert" else tiny_roberta_cls
     ids, am, _ = ids_batch()
     with torch.no_grad():
-        want = ref(input_ids=ids, attention_mask=am).logits
-        m = slimkit.apply(tiny_bert(cls=tf.BertForSequenceClassification), "spatten", token_keep=1.0)
+        want = make()(input_ids=ids, attention_mask=am).logits
+        m = slimkit.apply(make(), "spatten", token_keep=1.0)
         torch.testing.assert_close(m(input_ids=ids, attention_mask=am).logits, want, atol=1e-6, rtol=1e-5)
-        m = slimkit.apply(tiny_bert(cls=tf.BertForSequenceClassification), "spatten", token_keep=0.4)
+        m = slimkit.apply(make(), "spatten", token_keep=0.4)
         logits = m(input_ids=ids, attention_mask=am).logits           # the head reads CLS (kept, slot 0)
     assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+    assert m.spatten_stats.layers[-1].tokens_in < ids.shape[1] * 0.5
 
 
 def _mask_heads_reference(model, fam, head_ids, ids, am):

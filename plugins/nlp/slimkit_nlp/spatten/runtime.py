@@ -108,6 +108,7 @@ class SpattenRuntime:
         # Mult-Adds bookkeeping: per-token weight work of each layer, and its attention projections
         self.layer_weights = [sum(p.numel() for p in layer.parameters() if p.dim() == 2) for layer in layers]
         self.attn_weights = [family.attn_weight_numel(layer) for layer in layers]
+        self.prunes_after = [any(r < 1.0 for r in self.token_ratios[i + 1:]) for i in range(self.n_layers)]
         self.stats = SpattenStats()
         self.owners: list = []
 
@@ -356,8 +357,8 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
         fetched = 1.0
         if cfg.value_keep < 1.0:
             ctx, fetched = _value_prune(probs, values, mask, cfg.value_keep)
-        # 6. importance scores (not needed after the last layer of a cache-less forward)
-        if cache is not None or li < rt.n_layers - 1:
+        # 6. importance scores (only needed if a later layer or a later generation step prunes)
+        if cache is not None or rt.prunes_after[li]:
             _accumulate(state, probs, cols, valid, k_cols, k_valid, causal)
         if first and rt.config.head_keep < 1.0:
             mag = (ctx.float().abs() * valid[:, :, None, None]).sum((1, 3))        # (B, heads)
