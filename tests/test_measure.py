@@ -72,3 +72,18 @@ def test_peak_memory_tracks_live_tensors():
 
     _, mem = peak_memory(f)
     assert 8_000_000 <= mem.peak_tensor_bytes < 8_100_000
+
+
+def test_interleaved_latency_times_every_candidate_each_round():
+    from slimkit.measure import measure_latency_interleaved
+
+    calls = []
+    res = measure_latency_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                      warmup=1, runs=4, threads=1)
+    assert calls == ["a", "b"] * 5
+    assert res["a"].runs == res["b"].runs == 4 and res["a"].warmup == 1
+
+
+def test_lazy_modules_count_no_uninitialised_params():
+    m = nn.Sequential(nn.LazyLinear(4), nn.Linear(4, 2))
+    assert count_params(m) == 4 * 2 + 2

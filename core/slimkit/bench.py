@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .measure import fixed_threads, measure_latency
+from .measure import fixed_threads, measure_latency, measure_latency_interleaved
 
 
 @dataclass
@@ -56,6 +56,13 @@ class BenchContext:
         return measure_latency(fn, warmup=warmup if warmup is not None else (2 if self.quick else 5),
                                runs=runs if runs is not None else (5 if self.quick else 20),
                                threads=self.threads)
+
+    def latencies(self, fns: dict, warmup: int | None = None, runs: int | None = None, desc: str = "timing") -> dict:
+        """Round-robin ``measure_latency_interleaved`` of several callables: use it for ratios."""
+        return measure_latency_interleaved(
+            fns, warmup=warmup if warmup is not None else (2 if self.quick else 5),
+            runs=runs if runs is not None else (5 if self.quick else 20), threads=self.threads,
+            progress=lambda it: self.progress(it, desc=desc))
 
 
 def goal(name: str, value: float, target: float, higher_is_better: bool = True, unit: str = "") -> dict:

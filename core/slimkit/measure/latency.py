@@ -59,6 +59,45 @@ def _percentile(v: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
+def _result(times: list[float], warmup: int, threads: int, trim: float) -> LatencyResult:
+    q1, q3 = _percentile(times, 0.25), _percentile(times, 0.75)
+    return LatencyResult(
+        median_ms=statistics.median(times),
+        mean_ms=statistics.fmean(times),
+        trimmed_mean_ms=trimmed_mean(times, trim),
+        p95_ms=_percentile(times, 0.95),
+        min_ms=min(times),
+        std_ms=statistics.pstdev(times) if len(times) > 1 else 0.0,
+        iqr_ms=q3 - q1,
+        runs=len(times),
+        warmup=warmup,
+        threads=threads,
+    )
+
+
+def measure_latency_interleaved(fns: dict, *, warmup: int = 3, runs: int = 10, threads: int | None = 1,
+                                trim: float = 0.1, progress=None) -> dict:
+    """Time several callables round-robin: each round calls every ``fns[key]()`` once.
+
+    Load from other processes then hits all candidates alike, so ratios between them are
+    far steadier than timing each in its own block. Returns ``{key: LatencyResult}``.
+    ``progress`` optionally wraps the range of rounds (e.g. ``ctx.progress``).
+    """
+    times: dict = {k: [] for k in fns}
+    rounds = range(warmup + runs)
+    if progress is not None:
+        rounds = progress(rounds)
+    with fixed_threads(threads), torch.inference_mode():
+        n_threads = torch.get_num_threads()
+        for i in rounds:
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                if i >= warmup:
+                    times[k].append((time.perf_counter() - t0) * 1000.0)
+    return {k: _result(v, warmup, n_threads, trim) for k, v in times.items()}
+
+
 def measure_latency(fn: Callable[[], object], *, warmup: int = 3, runs: int = 10,
                     threads: int | None = 1, trim: float = 0.1,
                     min_time_s: float = 0.0) -> LatencyResult:
@@ -77,16 +116,4 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 3, runs: int = 10
             fn()
             times.append((time.perf_counter() - t0) * 1000.0)
         n_threads = torch.get_num_threads()
-    q1, q3 = _percentile(times, 0.25), _percentile(times, 0.75)
-    return LatencyResult(
-        median_ms=statistics.median(times),
-        mean_ms=statistics.fmean(times),
-        trimmed_mean_ms=trimmed_mean(times, trim),
-        p95_ms=_percentile(times, 0.95),
-        min_ms=min(times),
-        std_ms=statistics.pstdev(times) if len(times) > 1 else 0.0,
-        iqr_ms=q3 - q1,
-        runs=len(times),
-        warmup=warmup,
-        threads=n_threads,
-    )
+    return _result(times, warmup, n_threads, trim)

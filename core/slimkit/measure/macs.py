@@ -37,8 +37,12 @@ def _custom_counters() -> dict:
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of distinct parameters (shared tensors counted once)."""
+    from torch.nn.parameter import UninitializedParameter
+
     seen, total = set(), 0
     for p in model.parameters():
+        if isinstance(p, UninitializedParameter):  # lazy modules before their first call
+            continue
         if id(p) in seen or (trainable_only and not p.requires_grad):
             continue
         seen.add(id(p))
