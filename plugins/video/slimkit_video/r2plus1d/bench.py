@@ -20,29 +20,6 @@ def _block_conv_weights(model) -> int:
     return total
 
 
-def _interleaved_latency(ctx, calls: dict) -> dict:
-    """Median and p95 (ms) of each call, timed round-robin (one call of each model per round) after
-    warm-up rounds, so that load from other processes on a shared machine hits all models alike.
-    Threads are fixed by the benchmark runner (``ctx.threads``)."""
-    import time
-
-    warmup, runs = (1, 3) if ctx.quick else (3, 15)
-    times = {k: [] for k in calls}
-    with torch.inference_mode():
-        for i in ctx.progress(range(warmup + runs), desc="r2plus1d-cost rounds"):
-            for k, fn in calls.items():
-                t0 = time.perf_counter()
-                fn()
-                if i >= warmup:
-                    times[k].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for k, ts in times.items():
-        ts = sorted(ts)
-        out[k] = {"median_ms": ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2]),
-                  "p95_ms": ts[min(len(ts) - 1, int(round(0.95 * (len(ts) - 1))))], "runs": len(ts)}
-    return out
-
-
 # -- r2plus1d-cost ------------------------------------------------------------------------------
 def run_cost(ctx) -> dict:
     """Params, Mult-Adds and median latency (batch 1, clips 8x112x112; quick: width 16, 8x56x56)."""
@@ -64,7 +41,9 @@ def run_cost(ctx) -> dict:
         cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
         calls[(name, "default")] = lambda m=model: m(clip)
         calls[(name, "channels_last")] = lambda m=cl_model: m(cl_clip)
-    lat = _interleaved_latency(ctx, calls)
+    warmup, runs = (1, 3) if ctx.quick else (3, 15)
+    lat = {k: r.to_dict() for k, r in ctx.latencies(calls, warmup=warmup, runs=runs,
+                                                     desc="r2plus1d-cost rounds").items()}
     rows = []
     for name, model in models.items():
         macs = count_macs(model, clip)
