@@ -65,3 +65,14 @@ def test_cli_chain(tmp_path):
     res = r.invoke(hat, ["search", "--checkpoint", str(tmp_path / "nope"), "--predictor", str(pred),
                          "--latency-bound", "1"])
     assert res.exit_code != 0
+
+
+def test_next_line_task_batches():
+    from slimkit_nlp.hat.tasks import make_task
+    task = make_task("shakespeare-lines", max_len=16, val_size=8)
+    b = task.batch(torch.Generator().manual_seed(0), 4)
+    assert b["input_ids"].shape == (4, 16) and b["labels"].shape == (4, 17)
+    assert int(b["input_ids"].max()) < task.vocab_size and bool((b["labels"] == 2).any())
+    space = tiny_space(vocab_size=task.vocab_size)
+    loss = evaluate(SuperTransformer(space), space.smallest(), task, task.val_batches())
+    assert 4.0 < loss < 7.0  # about log(259) for an untrained model

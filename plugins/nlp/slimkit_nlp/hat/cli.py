@@ -23,6 +23,8 @@ def default_space_for(task_name: str):
     from .tasks import SEQ2SEQ_KINDS
     if task_name in SEQ2SEQ_KINDS:
         return HatSpace(task="encdec", vocab_size=13, max_positions=64)
+    if task_name == "shakespeare-lines":
+        return HatSpace(task="encdec", vocab_size=259, max_positions=64)
     return HatSpace(task="decoder", vocab_size=256, max_positions=256)
 
 
@@ -42,7 +44,7 @@ def hat() -> None:
 
 @hat.command("train")
 @click.option("--task", "task_name", default="reverse", show_default=True,
-              help="shakespeare, reverse, sort, shift, or a text file/folder/dataset name")
+              help="shakespeare, shakespeare-lines, reverse, sort, shift, or a text file/folder/dataset name")
 @click.option("--space", "space_file", type=click.Path(), help="design space (.yaml or .json)")
 @click.option("--steps", default=1000, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)

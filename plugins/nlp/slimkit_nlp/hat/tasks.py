@@ -4,6 +4,7 @@
   local files or a ``datasets`` dataset), random blocks of ``block`` tokens.
 * ``Seq2SeqTask``: a generated digit-string task (``reverse``, ``sort`` or ``shift`` =
   add 1 mod 10 to every digit); vocabulary pad 0, bos 1, eos 2, digits 3..12.
+* ``NextLineTask`` (``shakespeare-lines``): next line of a play from the current line (bytes).
 
 Both give ``batch(generator, batch_size) -> dict`` and ``loss(net, sub, batch)`` (mean
 token cross-entropy), and a fixed validation set ``val_batches()``.
@@ -153,6 +154,46 @@ class Seq2SeqTask:
                                ignore_index=-100, reduction=reduction)
 
 
+class NextLineTask(Seq2SeqTask):
+    """Shakespeare next line: source = one line of a play, target = the following line
+    (bytes + 3, so pad 0, bos 1, eos 2; vocabulary 259; both truncated to ``max_len``).
+    Unlike the digit tasks it does not saturate, so bigger SubTransformers keep winning."""
+
+    vocab_size = 259
+
+    def __init__(self, max_len: int = 32, val_size: int = 256, val_seed: int = 1234):
+        from slimkit_nlp.data import load_text
+        self.kind, self.min_len, self.max_len = "next-line", 1, max_len
+        self._train = self._pairs(load_text("train"))
+        pairs = self._pairs(load_text("validation"))
+        g = torch.Generator().manual_seed(val_seed)
+        self._val = self._collate([pairs[i] for i in torch.randperm(len(pairs), generator=g)[:val_size].tolist()])
+
+    def _pairs(self, text: str) -> list:
+        lines = [ln.strip() for ln in text.splitlines()]
+        lines = [ln for ln in lines if len(ln) >= 8]
+        enc = [list(ln.encode("utf-8"))[: self.max_len] for ln in lines]
+        return list(zip(enc[:-1], enc[1:]))
+
+    def _collate(self, pairs: list) -> dict:
+        n, L = len(pairs), self.max_len
+        src = torch.full((n, L), PAD)
+        mask = torch.zeros((n, L), dtype=torch.long)
+        labels = torch.full((n, L + 1), -100)
+        dec = torch.full((n, L + 1), PAD)
+        for i, (a, b) in enumerate(pairs):
+            src[i, : len(a)] = torch.tensor(a) + DIGIT0
+            mask[i, : len(a)] = 1
+            tgt = [x + DIGIT0 for x in b] + [EOS]
+            labels[i, : len(tgt)] = torch.tensor(tgt)
+            dec[i, : len(tgt)] = torch.tensor([BOS] + tgt[:-1])
+        return {"input_ids": src, "attention_mask": mask, "decoder_input_ids": dec, "labels": labels}
+
+    def batch(self, g: torch.Generator, batch_size: int) -> dict:
+        idx = torch.randint(0, len(self._train), (batch_size,), generator=g).tolist()
+        return self._collate([self._train[i] for i in idx])
+
+
 def count_targets(task, batch: dict) -> int:
     if task.is_encdec:
         return int((batch["labels"] != -100).sum())
@@ -173,9 +214,11 @@ def evaluate(net, sub, task, batches: list[dict]) -> float:
 
 
 def make_task(name: str, block: int = 64, **kw):
-    """``"shakespeare"``, ``"reverse"``/``"sort"``/``"shift"``, or a text dataset name / path."""
+    """``"shakespeare"``, ``"shakespeare-lines"``, ``"reverse"``/``"sort"``/``"shift"``, or a text dataset name / path."""
     if name in SEQ2SEQ_KINDS:
         return Seq2SeqTask(name, **kw)
+    if name == "shakespeare-lines":
+        return NextLineTask(**kw)
     if name == "shakespeare":
         return LMTask.shakespeare(block)
     return LMTask.from_dataset(name, block=block)
