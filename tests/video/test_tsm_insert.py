@@ -187,7 +187,10 @@ def test_save_from_pretrained_round_trip(tmp_path):
         assert torch.equal(restored(x).logits, model(x).logits)
 
 
-def test_inplace_inference_matches_copying_path_on_hf_models():
+def test_inplace_inference_matches_copying_path_on_hf_models(monkeypatch):
+    import slimkit_video.tsm.modules as modules
+
+    monkeypatch.setattr(modules, "INPLACE_MIN_NUMEL", 0)  # tiny models: force the in-place path
     for base in (_resnet("bottleneck"), _mobilenet()):
         model = slimkit.apply(base, "tsm", n_segment=4).eval()
         assert all(m.inplace for m in _shifts(model).values())  # HF families: inference shifts in place

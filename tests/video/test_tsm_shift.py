@@ -7,6 +7,7 @@ import torch
 import slimkit
 from slimkit_video import temporal_shift
 from slimkit_video.tsm import TemporalShift, reference_shift
+from slimkit_video.tsm.shift import shift_inplace_
 
 
 def _clip():
@@ -52,9 +53,9 @@ def test_shift_keeps_clips_apart_and_input_untouched():
 
 
 @pytest.mark.parametrize("direction", ["both", "past"])
-@pytest.mark.parametrize("shape", [(16, 24, 3, 5), (6, 10, 2, 2), (4, 7)])
+@pytest.mark.parametrize("shape", [(16, 24, 3, 5), (6, 10, 2, 2), (4, 7), (16, 64, 10, 10)])  # last: >= SMALL_NUMEL
 def test_equals_reference_forward_and_backward(direction, shape):
-    n_segment = 2 if shape[0] == 4 else (8 if shape[0] == 16 else 3)
+    n_segment = {4: 2, 16: 8, 6: 3}[shape[0]]
     x = torch.randn(*shape, requires_grad=True)
     g = torch.randn(*shape)
     ours = temporal_shift(x, n_segment, 4, direction)
@@ -98,7 +99,12 @@ def test_inplace_shift_equals_copy_and_restores_exactly(direction, shape, n_segm
 
 
 @pytest.mark.parametrize("direction", ["both", "past"])
-def test_inplace_module_forward_equal_and_backward_uses_the_copy(direction):
+def test_inplace_module_forward_equal_and_backward_uses_the_copy(direction, monkeypatch):
+    import slimkit_video.tsm.modules as modules
+
+    calls = []
+    monkeypatch.setattr(modules, "INPLACE_MIN_NUMEL", 0)  # small test tensors take the in-place path too
+    monkeypatch.setattr(modules, "shift_inplace_", lambda *a: calls.append(1) or shift_inplace_(*a))
     conv = torch.nn.Conv2d(16, 8, 1)
     fast = TemporalShift(conv, n_segment=4, shift_div=4, direction=direction, inplace=True)
     plain = TemporalShift(conv, n_segment=4, shift_div=4, direction=direction, inplace=False)
@@ -108,6 +114,7 @@ def test_inplace_module_forward_equal_and_backward_uses_the_copy(direction):
         assert torch.equal(fast(x), plain(x)) and torch.equal(x, x0)
     with torch.no_grad():
         assert torch.equal(fast(x), plain(x)) and torch.equal(x, x0)
+    assert len(calls) == 2
     # with autograd on, the in-place path is never taken: same output and gradients as the reference
     xg = x.clone().requires_grad_(True)
     g = torch.randn(8, 8, 3, 3)
@@ -116,4 +123,4 @@ def test_inplace_module_forward_equal_and_backward_uses_the_copy(direction):
     ref = conv(reference_shift(xg, 4, 4, direction))
     rx, rw = torch.autograd.grad(ref, (xg, conv.weight), g)
     assert torch.equal(out, ref) and torch.equal(gx, rx) and torch.equal(gw, rw)
-    assert torch.equal(xg.detach(), x0)
+    assert torch.equal(xg.detach(), x0) and len(calls) == 2

@@ -12,7 +12,7 @@ from torch import nn
 
 from slimkit.errors import ShapeError
 
-from .shift import shift_inplace_, temporal_shift, unshift_inplace_
+from .shift import INPLACE_MIN_NUMEL, shift_inplace_, temporal_shift, unshift_inplace_
 
 
 def _exporting() -> bool:
@@ -33,7 +33,8 @@ class TemporalShift(nn.Module):
     modify their input) lets inference skip the full-size copy: with gradients off, the moving
     channels are shifted inside ``x``, ``net`` runs, and ``x`` is restored bit for bit
     (``shift_inplace_``/``unshift_inplace_``). Outputs are identical to the copying path; with
-    gradients on, while tracing/exporting/compiling, or for non-contiguous input it copies.
+    gradients on, while tracing/exporting/compiling, for non-contiguous input or for tensors
+    under ``INPLACE_MIN_NUMEL`` elements (where one copy is cheaper) it copies.
     Only enable it for a ``net`` that does not modify its input in place.
     """
 
@@ -47,7 +48,8 @@ class TemporalShift(nn.Module):
         self.inplace = bool(inplace)
 
     def _can_shift_inplace(self, x: torch.Tensor) -> bool:
-        return (self.inplace and not torch.is_grad_enabled() and not x.requires_grad and x.is_contiguous()
+        return (self.inplace and x.numel() >= INPLACE_MIN_NUMEL and not torch.is_grad_enabled()
+                and not x.requires_grad and x.is_contiguous()
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()
                 and not torch.compiler.is_compiling() and not _exporting())
 
