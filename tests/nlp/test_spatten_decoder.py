@@ -128,3 +128,15 @@ def test_protect_recent_keeps_the_newest_tokens():
     assert o.kept_indices.shape[1] < L
     for b in range(2):
         assert set(range(L - 5, L)) <= set(o.kept_indices[b].tolist())
+
+
+def test_beam_search_follows_the_cache_reordering():
+    ids, am = prompts()
+    gen = dict(GEN, num_beams=3, max_new_tokens=6)
+    with torch.no_grad():
+        ref = tiny("gpt2").generate(input_ids=ids, attention_mask=am, **gen)
+        same = slimkit.apply(tiny("gpt2"), "spatten", token_keep=1.0).generate(input_ids=ids, attention_mask=am, **gen)
+        pruned = slimkit.apply(tiny("gpt2"), "spatten", token_keep=0.5).generate(input_ids=ids, attention_mask=am,
+                                                                                **gen)
+    assert torch.equal(same, ref)
+    assert pruned.shape == ref.shape

@@ -69,6 +69,26 @@ class PruneState:
         self.n_layers = n_layers
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
 
+    def select_batch(self, index: torch.Tensor) -> None:
+        """Reorder / select batch rows (beam search reorders the cache between steps)."""
+        for name in ("score", "count", "last", "last_count", "col_valid", "protected", "rand", "evicted_at",
+                     "head_score"):
+            t = getattr(self, name)
+            setattr(self, name, t.index_select(0, index.to(t.device)))
+        self.slots = [None if s is None else (s[0].index_select(0, index), s[1].index_select(0, index))
+                      for s in self.slots]
+        self.heads = [None if h is None else h.index_select(0, index) for h in self.heads]
+
+    def attach(self, cache) -> None:
+        """Ride on ``cache``; follow its beam reordering."""
+        setattr(cache, STATE_ATTR, self)
+        original = cache.reorder_cache
+
+        def reorder_cache(beam_idx, _orig=original, _state=self):
+            _orig(beam_idx)
+            _state.select_batch(beam_idx)
+        cache.reorder_cache = reorder_cache
+
     def extend(self, valid: torch.Tensor, protected: torch.Tensor) -> None:
         b, n = valid.shape
         dev = valid.device
@@ -229,7 +249,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     if state is None:
         state = PruneState(B, rt.n_layers, rt.n_units, dev, cfg.seed)
         if cache is not None:
-            setattr(cache, STATE_ATTR, state)
+            state.attach(cache)
     first = state.n_cols == 0
     t_prev = state.n_cols
 
