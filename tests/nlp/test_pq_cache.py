@@ -104,10 +104,12 @@ def test_packed_states_refuse_other_attention():
     cache = PQCache(m)
     with torch.no_grad():
         m(torch.randint(3, 60, (1, 5)), past_key_values=cache, use_cache=True)
-    k, _ = cache.layers[0].update(torch.randn(1, 4, 1, 8), torch.randn(1, 4, 1, 8))
+    k, v = cache.layers[0].update(torch.randn(1, 4, 1, 8), torch.randn(1, 4, 1, 8))
     assert k.shape == (1, 4, 6, 8)
     with pytest.raises(SlimkitError, match="slimkit_pq"):
         k.sum()
+    # values are read whole anyway: other readers get them dequantized
+    assert torch.equal(v * 1.0, cache.layers[0].dequantized_values())
     # a cache built for a model without progressive-quant returns dequantized tensors instead
     plain = PQCache(tiny("gpt2"))
     with torch.no_grad():

@@ -66,3 +66,12 @@ def test_generation_evicts_from_the_low_bit_cache(order):
     assert lens[-1] < 27 and all(layer.k_msb.dtype == torch.uint8 for layer in cache.layers)
     st = pq_stats(m)
     assert st.cache_bytes == cache.nbytes() and st.rows > 0
+
+
+def test_generation_with_spatten_value_pruning_reads_dequantized_values():
+    m = slimkit.apply(tiny("gpt2"), "spatten", token_keep=0.5, value_keep=0.5)
+    m = slimkit.apply(m, "progressive-quant", **PQ)
+    ids = torch.randint(3, 60, (1, 12))
+    with torch.no_grad():
+        out = m.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 16) and pq_stats(m).cache_bytes is not None

@@ -38,8 +38,8 @@ class PackedKV(torch.Tensor):
     """Stand-in for the keys or values of one cache layer, ``[B, H, T, D]`` in shape only.
 
     It holds no data (one shared element, expanded): the ``slimkit_pq`` attention reads
-    the packed planes from ``.layer``. Any other use raises an error instead of computing
-    silently with wrong numbers.
+    the packed planes from ``.layer``. Other operations on value handles see the dequantized
+    values; on key handles they raise an error instead of computing silently with wrong numbers.
     """
 
     @staticmethod
@@ -65,11 +65,21 @@ class PackedKV(torch.Tensor):
                 with torch._C.DisableTorchFunctionSubclass():
                     shape = tuple(index.shape)
                 return PackedKV(this.layer, this.kind, shape, this.dtype, this.device)
+        from torch.utils._pytree import tree_flatten, tree_map
+
+        handles = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, PackedKV)]
+        if handles and all(h.kind == "values" for h in handles):
+            # values are read whole at value_bits anyway: other readers (e.g. spatten's local value
+            # pruning) get the dequantized values
+            def real(a):
+                return a.layer.dequantized_values(a.dtype) if isinstance(a, PackedKV) else a
+            args, kwargs = tree_map(real, (args, kwargs))
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
         raise SlimkitError(
-            f"the {args[0].kind if args and isinstance(args[0], PackedKV) else 'key/value'} states of a "
-            f"slimkit PQCache are packed low-bit planes that only the 'slimkit_pq' attention reads "
-            f"(got {getattr(func, '__name__', func)}); apply 'progressive-quant' to the model or pass "
-            f"a DynamicCache instead")
+            f"the cached keys of a slimkit PQCache are packed MSB/LSB planes that only the 'slimkit_pq' "
+            f"attention reads (got {getattr(func, '__name__', func)}); use attn_implementation "
+            f"'slimkit_pq' (slimkit.apply(model, 'progressive-quant')) or pass a DynamicCache instead")
 
 
 class PQLayer(CacheLayerMixin):
