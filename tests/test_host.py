@@ -233,3 +233,39 @@ def test_hook_that_raises_disables_only_that_plugin():
         assert not info.available and "register_techniques failed: ValueError" in info.reason
     finally:
         slimkit.unregister_plugin("bad")
+
+
+def test_a_failing_part_does_not_hide_the_other_parts(tmp_path, monkeypatch):
+    """Built-in plugins are split into parts (one per technique); one broken part is reported alone."""
+    from slimkit.parts import delegate_hooks
+
+    (tmp_path / "good_part.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        import slimkit
+
+        @dataclass
+        class GoodConfig(slimkit.TechniqueConfig):
+            technique = "good-part"
+
+        def register_techniques(register):
+            register(slimkit.Technique("good-part", GoodConfig, lambda m, c: m, "Fine."))
+    '''))
+    (tmp_path / "bad_part.py").write_text("def register_techniques(register):\n    raise ImportError('no such dep')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ns: dict = {}
+    delegate_hooks(ns, ("bad_part", "good_part"))
+
+    class Plugin:
+        pass
+
+    plugin = Plugin()
+    for k, v in ns.items():
+        setattr(plugin, k, v)
+    slimkit.register_plugin(plugin, "parts-demo")
+    try:
+        assert slimkit.techniques()["good-part"].plugin == "parts-demo"
+        info = {i.name: i for i in slimkit.plugins()}["parts-demo"]
+        assert info.available
+        assert "partly failed: part bad_part: ImportError: no such dep" in info.reason
+    finally:
+        slimkit.unregister_plugin("parts-demo")

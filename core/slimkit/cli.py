@@ -38,7 +38,7 @@ def plugins(as_json: bool) -> None:
         return
     rows = [("plugin", "version", "state", "techniques")]
     for i in infos:
-        state = "available" if i.available else f"unavailable: {i.reason}"
+        state = (f"available ({i.reason})" if i.reason else "available") if i.available else f"unavailable: {i.reason}"
         rows.append((i.name, i.version or "-", state, ", ".join(sorted(i.techniques)) or "-"))
     _table(rows)
 

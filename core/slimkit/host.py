@@ -171,9 +171,14 @@ class Host:
                     impl.function(register)
                 except Exception as e:
                     info = self.infos.setdefault(plugin_name, PluginInfo(name=plugin_name))
-                    info.available = False
-                    info.reason = f"{hook_name} failed: {type(e).__name__}: {e}"
-                    continue
+                    from .parts import PartsFailed
+
+                    if isinstance(e, PartsFailed):  # the other parts registered: keep them
+                        info.reason = f"{hook_name} partly failed: {e}"
+                    else:
+                        info.available = False
+                        info.reason = f"{hook_name} failed: {type(e).__name__}: {e}"
+                        continue
                 for item in items:
                     table.setdefault(key(item), item)
             self._tables[hook_name] = table

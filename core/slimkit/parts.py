@@ -15,23 +15,32 @@ REGISTER_HOOKS = ("register_techniques", "register_models", "register_sources",
                   "register_benchmarks", "register_macs_counters")
 
 
-def _calls(parts: Sequence[str], hook: str):
+class PartsFailed(RuntimeError):
+    """Some parts of a plugin failed; the others registered normally."""
+
+
+def _call_parts(parts: Sequence[str], hook: str, arg: Any) -> None:
+    """Call ``hook(arg)`` in every part; a failing part does not stop the others."""
+    failures = []
     for name in parts:
-        fn = getattr(importlib.import_module(name), hook, None)
-        if fn is not None:
-            yield fn
+        try:
+            fn = getattr(importlib.import_module(name), hook, None)
+            if fn is not None:
+                fn(arg)
+        except Exception as e:
+            failures.append(f"part {name}: {type(e).__name__}: {e}")
+    if failures:
+        raise PartsFailed("; ".join(failures))
 
 
 def delegate_hooks(namespace: dict, parts: Sequence[str]) -> None:
     """Define every hook in ``namespace`` as a call to the parts' functions of that name."""
     for hook in REGISTER_HOOKS:
         def impl(register: Any, _hook: str = hook) -> None:
-            for fn in _calls(parts, _hook):
-                fn(register)
+            _call_parts(parts, _hook, register)
         impl.__name__ = impl.__qualname__ = hook
         namespace[hook] = hookimpl(specname=hook)(impl)
 
     def register_commands(cli: Any) -> None:
-        for fn in _calls(parts, "register_commands"):
-            fn(cli)
+        _call_parts(parts, "register_commands", cli)
     namespace["register_commands"] = hookimpl(register_commands)
