@@ -42,20 +42,24 @@ def _shift_input_shapes(model, x) -> list[tuple[int, ...]]:
 def _paired(ctx, fns: dict, pairs: int) -> dict:
     """Time each fn once per round, rounds interleaved (order rotating), after one warm-up each.
 
-    Returns per-fn lists of wall ms and thread-CPU ms, one entry per round, so ratios can be
-    taken per round (neighbouring runs see the same machine load).
+    Same protocol as ``ctx.latencies`` (threads fixed, inference mode, round-robin) but keeps
+    every round's wall and thread-CPU ms, so ratios can be taken per round (neighbouring runs
+    see the same machine load).
     """
+    from slimkit.measure import fixed_threads
+
     wall = {k: [] for k in fns}
     cpu = {k: [] for k in fns}
     names = list(fns)
-    for k in names:
-        ctx.latency(fns[k], warmup=1, runs=1)
-    for i in range(pairs):
-        order = names[i % len(names):] + names[:i % len(names)]
-        for k in order:
-            c0 = time.thread_time()
-            wall[k].append(ctx.latency(fns[k], warmup=0, runs=1).median_ms)
-            cpu[k].append((time.thread_time() - c0) * 1000.0)
+    with fixed_threads(ctx.threads), torch.inference_mode():
+        for k in names:
+            fns[k]()
+        for i in ctx.progress(range(pairs), desc="rounds"):
+            for k in names[i % len(names):] + names[:i % len(names)]:
+                c0, t0 = time.thread_time(), time.perf_counter()
+                fns[k]()
+                wall[k].append((time.perf_counter() - t0) * 1000.0)
+                cpu[k].append((time.thread_time() - c0) * 1000.0)
     return {"wall": wall, "cpu": cpu}
 
 
