@@ -110,5 +110,17 @@ def test_cli_trains_from_mp4_folder(tmp_path):
     assert info["metadata"]["classes"] == ["left_to_right", "right_to_left"]
     clf = load_checkpoint(tmp_path / "out")
     assert clf.slimkit_configs[0].direction == "past"
+    # a saved Hugging Face DatasetDict of video paths and labels (train + validation splits)
+    import datasets
+    paths = sorted(str(p) for p in (tmp_path / "train").rglob("*.mp4"))
+    labels = [0 if "/left_to_right/" in p else 1 for p in paths]
+    ds = datasets.Dataset.from_dict({"video": paths, "label": labels})
+    datasets.DatasetDict({"train": ds, "validation": ds}).save_to_disk(str(tmp_path / "hf"))
+    res = CliRunner().invoke(cli, ["video", "train", "--data", str(tmp_path / "hf"), "--n-segment", "4",
+                                   "--size", "32", "--batch-size", "2", "--max-steps", "1", "--no-tsm",
+                                   "--output", str(tmp_path / "out_hf"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "trained 1 steps" in res.output and "eval accuracy" in res.output
+    assert not hasattr(load_checkpoint(tmp_path / "out_hf"), "slimkit_configs")  # TSN: no technique
     bad = CliRunner().invoke(cli, ["video", "train", "--data", str(tmp_path / "nowhere")])
     assert bad.exit_code != 0 and "nowhere" in bad.output

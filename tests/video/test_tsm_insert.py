@@ -204,3 +204,21 @@ def test_inplace_inference_matches_copying_path_on_hf_models(monkeypatch):
         assert torch.equal(fast, slow.detach()) and torch.equal(x, x0)
     custom = slimkit.apply(Tiny(), "tsm", n_segment=2, target_modules=["body.0"])
     assert not custom.body[0].inplace  # unknown modules might modify their input: always copy
+
+
+def test_onnx_export_matches_pytorch(tmp_path, monkeypatch):
+    import numpy as np
+    import onnxruntime as ort
+
+    import slimkit_video.tsm.modules as modules
+    from slimkit_video import VideoClassifier
+
+    monkeypatch.setattr(modules, "INPLACE_MIN_NUMEL", 0)  # the in-place path must switch itself off
+    clf = slimkit.apply(VideoClassifier(_resnet(), n_segment=4, num_classes=2), "tsm", n_segment=4).eval()
+    x = torch.randn(1, 4, 3, 32, 32)
+    torch.onnx.export(clf, (x,), str(tmp_path / "tsm.onnx"), dynamo=False)
+    sess = ort.InferenceSession(str(tmp_path / "tsm.onnx"))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = clf(x).numpy()
+    assert np.abs(got - want).max() < 1e-4
