@@ -3,13 +3,25 @@
     model = slimkit.apply(model, "progressive-quant", msb_bits=6, lsb_bits=4, threshold=0.1, value_bits=8)
     model(**inputs); pq_stats(model)            # recompute rate, key bits read, cache bytes
     model.generate(ids, max_new_tokens=32)      # uses PQCache (packed integer planes)
-"""
-from .cache import PackedKV, PQCache, PQLayer
-from .config import ProgressiveQuantConfig
-from .quant import dequantize, dequantize_msb, join_planes, pack, quantize, split_planes, unpack
-from .stats import PQStats
-from .transform import apply_progressive_quant, pq_stats, runtime_of
 
-__all__ = ["ProgressiveQuantConfig", "PQCache", "PQLayer", "PackedKV", "PQStats", "apply_progressive_quant",
-           "pq_stats", "runtime_of", "quantize", "dequantize", "dequantize_msb", "split_planes", "join_planes",
-           "pack", "unpack"]
+Names are imported lazily, so registering the technique (``slimkit plugins``) does not import
+transformers.
+"""
+import importlib
+
+_EXPORTS = {
+    "PackedKV": "cache", "PQCache": "cache", "PQLayer": "cache",
+    "ProgressiveQuantConfig": "config",
+    "dequantize": "quant", "dequantize_msb": "quant", "join_planes": "quant", "pack": "quant",
+    "quantize": "quant", "split_planes": "quant", "unpack": "quant",
+    "PQStats": "stats",
+    "apply_progressive_quant": "transform", "pq_stats": "transform", "runtime_of": "transform",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 
+def _apply(model, config):
+    from .transform import apply_progressive_quant  # imports transformers: only when used
+
+    return apply_progressive_quant(model, config)
+
+
 def register_techniques(register) -> None:
     from slimkit import Technique
 
     from .config import ProgressiveQuantConfig
-    from .transform import apply_progressive_quant
 
-    register(Technique("progressive-quant", ProgressiveQuantConfig, apply_progressive_quant,
+    register(Technique("progressive-quant", ProgressiveQuantConfig, _apply,
                        "SpAtten progressive quantization: MSB-first attention, LSB recompute for flat rows, "
                        "packed low-bit KV cache"))
 
