@@ -10,7 +10,7 @@ a rerun appends only the missing samples (sample ``i`` is seeded by ``i``).
 On a shared machine whose load drifts over minutes (other jobs), set
 ``MeasureSettings(reference=True)``: every timed run of a candidate is paired with a run
 of a fixed reference SubTransformer (order alternating), and the latency reported is
-``trimmed_mean(candidate_i / reference_i) * reference_ms``, where ``reference_ms`` is the
+``trimmed_mean(candidate_i / reference_i, ratio_trim) * reference_ms``, where ``reference_ms`` is the
 reference's own latency measured once per CSV (kept in ``<csv>.reference.json``). Load
 that slows both alike cancels in the ratio; ``raw_ms`` keeps the plain trimmed mean.
 """
@@ -46,6 +46,7 @@ class MeasureSettings:
     threads: int = 1
     trim: float = 0.1
     reference: bool = False
+    ratio_trim: float = 0.25  # paired mode: interquartile mean of the per-pair ratios (robust to load spikes)
 
 
 def decode_workload(model, src_len: int, steps: int, seed: int = 0) -> Callable[[], torch.Tensor]:
@@ -110,7 +111,7 @@ def measure_paired(model, ref_model, settings: MeasureSettings, ref_ms: float) -
             refs.append(r)
         threads = torch.get_num_threads()
     ratios = [c / r for c, r in zip(cand, refs)]
-    ratio = trimmed_mean(ratios, settings.trim)
+    ratio = trimmed_mean(ratios, settings.ratio_trim)
     q = sorted(cand)
     return {"latency_ms": ratio * ref_ms, "median_ms": statistics.median(cand),
             "p95_ms": q[min(len(q) - 1, int(0.95 * len(q)))], "std_ms": statistics.pstdev(ratios) * ref_ms,
