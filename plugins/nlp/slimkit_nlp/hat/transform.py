@@ -33,6 +33,10 @@ def _gpt2_parts(model):
     base = getattr(model, "transformer", model)
     if not hasattr(base, "h") or not hasattr(base, "wte"):
         raise UnsupportedModelError(f"{type(model).__name__} has no GPT-2 blocks (.h, .wte); pass a GPT2LMHeadModel")
+    head = getattr(model, "lm_head", None)
+    if head is not None and head.weight is not base.wte.weight and not torch.equal(head.weight, base.wte.weight):
+        raise UnsupportedModelError("hat needs GPT-2's output head tied to its token embeddings "
+                                    "(tie_word_embeddings=True); this model has a separate lm_head")
     return cfg, base
 
 
@@ -59,15 +63,17 @@ def space_for_gpt2(cfg, options: HatConfig) -> HatSpace:
     bad = [h for h in heads if n % h]
     if bad:
         raise ConfigError(f"head count {bad[0]} does not divide n_embd {n}; choose heads that divide it")
+    def tok(v):  # special ids outside a (tiny) vocabulary fall back to its last id
+        return min(v, cfg.vocab_size - 1) if isinstance(v, int) else 0
+
     return HatSpace(
         task="decoder", vocab_size=cfg.vocab_size, max_positions=cfg.n_positions,
         decoder_embed_choices=_choices(options.embed_choices, [n // 2, (3 * n) // 4], n, "embed dim"),
         decoder_layer_choices=_choices(options.layer_choices, list(range(math.ceil(L / 2), L + 1)), L, "layer count"),
         decoder_ffn_choices=_choices(options.ffn_choices, [inner // 4, inner // 2], inner, "FFN dim"),
         decoder_head_choices=heads, qkv_dim=n, activation=act, layer_norm_eps=cfg.layer_norm_epsilon,
-        dropout=options.dropout, pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0,
-        bos_token_id=cfg.bos_token_id if cfg.bos_token_id is not None else 0,
-        eos_token_id=cfg.eos_token_id if cfg.eos_token_id is not None else 0)
+        dropout=options.dropout, pad_token_id=tok(cfg.pad_token_id), bos_token_id=tok(cfg.bos_token_id),
+        eos_token_id=tok(cfg.eos_token_id))
 
 
 @torch.no_grad()
