@@ -44,3 +44,21 @@ def delegate_hooks(namespace: dict, parts: Sequence[str]) -> None:
     def register_commands(cli: Any) -> None:
         _call_parts(parts, "register_commands", cli)
     namespace["register_commands"] = hookimpl(register_commands)
+
+
+def lazy(target: str):
+    """A callable standing for ``"package.module:function"``, imported on first call.
+
+    Registration modules use it so that ``slimkit plugins`` and the CLI start without importing
+    heavy dependencies (transformers, decord) that only the technique's work needs.
+    """
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise ValueError(f"lazy target must look like 'package.module:function', got {target!r}")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = attr
+    call.__doc__ = f"Calls {target} (imported on first use)."
+    return call
