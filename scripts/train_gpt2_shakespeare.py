@@ -101,7 +101,8 @@ def main() -> None:
     prev = {}
     if args.init is not None and (args.init / "training.json").exists():
         prev = json.loads((args.init / "training.json").read_text())
-    info = {"previous_runs": [prev] + prev.get("previous_runs", []) if prev else [],
+    earlier = prev.pop("previous_runs", []) + [prev] if prev else []
+    info = {"previous_runs": earlier,
             "train_seconds": round(time.time() - t0, 1), "params": sum(p.numel() for p in model.parameters()),
             **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
     (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
