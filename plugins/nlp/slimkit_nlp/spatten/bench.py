@@ -145,8 +145,9 @@ def plot_encoder(result: dict, png) -> None:
 
 
 # -- spatten-decoder -------------------------------------------------------------------------------
-DEC_POLICIES = ("spatten", "h2o", "streaming", "random", "spatten+recent16")
-DEC_OPTIONS = {"spatten+recent16": dict(policy="spatten", protect_recent=16)}
+DEC_POLICIES = ("spatten", "h2o", "streaming", "random", "spatten+recent16", "spatten+recent64")
+DEC_OPTIONS = {"spatten+recent16": dict(policy="spatten", protect_recent=16),
+               "spatten+recent64": dict(policy="spatten", protect_recent=64)}
 
 
 def _teacher_forced(model, prompt: torch.Tensor, cont: torch.Tensor):
