@@ -53,3 +53,16 @@ def test_importing_slimkit_is_light():
     code = "import sys, slimkit; print(','.join(m for m in ('transformers', 'decord', 'slimkit_video') if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == ""
+
+
+def test_listing_plugins_techniques_benchmarks_and_commands_stays_light():
+    """`slimkit plugins` and the CLI start without importing the heavy extras (lazy registration)."""
+    code = (
+        "import sys, slimkit, slimkit.bench\n"
+        "from slimkit.cli import _load_plugin_commands\n"
+        "slimkit.techniques(); slimkit.plugins(); slimkit.bench.benchmarks(); slimkit.models(); slimkit.sources()\n"
+        "_load_plugin_commands()\n"
+        "print(','.join(m for m in ('transformers', 'decord', 'accelerate', 'datasets', 'av', 'cv2') if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == ""

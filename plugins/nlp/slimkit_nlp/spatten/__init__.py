@@ -6,11 +6,21 @@
     model.spatten_stats           # per layer: tokens / heads kept, Mult-Adds saved
 
 Encoders (BERT, RoBERTa) and decoders (GPT-2, Llama; ``generate()`` with cache eviction).
-"""
-from .config import SpattenConfig
-from .schedule import keep_schedule
-from .stats import LayerStats, SpattenStats
-from .transform import apply_spatten, load_pretrained, remove_spatten, restore, spatten_config
 
-__all__ = ["SpattenConfig", "apply_spatten", "remove_spatten", "restore", "load_pretrained", "spatten_config",
-           "keep_schedule", "SpattenStats", "LayerStats"]
+Names are imported lazily, so registering the technique does not import transformers.
+"""
+import importlib
+
+_EXPORTS = {
+    "SpattenConfig": "config", "keep_schedule": "schedule", "LayerStats": "stats", "SpattenStats": "stats",
+    "apply_spatten": "transform", "load_pretrained": "transform", "remove_spatten": "transform",
+    "restore": "transform", "spatten_config": "transform",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,10 +5,11 @@ from __future__ import annotations
 def register_techniques(register) -> None:
     from slimkit import Technique
 
-    from .config import SpattenConfig
-    from .transform import apply_spatten
+    from slimkit.parts import lazy
 
-    register(Technique("spatten", SpattenConfig, apply_spatten,
+    from .config import SpattenConfig
+
+    register(Technique("spatten", SpattenConfig, lazy("slimkit_nlp.spatten.transform:apply_spatten"),
                        "SpAtten cascade token and head pruning for HF encoders and decoders (real removal)"))
 
 
