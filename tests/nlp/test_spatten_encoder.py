@@ -238,3 +238,33 @@ def test_stats_match_counted_mult_adds():
     assert pruned < dense
     # the counter sees the real (sliced, shrunk) work; stats estimate the same saving
     assert abs((dense - pruned) - st.macs_saved) <= 0.02 * st.dense_macs
+
+
+def test_full_hidden_state_scatters_kept_and_freezes_pruned():
+    """``full_hidden_state (B, L, H)``: kept positions hold the pruned model's final states, pruned
+    positions the state they had when removed, padding zeros; keep 1.0 equals the dense model."""
+    ids, am, lens = ids_batch()
+    B, L = ids.shape
+    with torch.no_grad():
+        dense = tiny_bert()(input_ids=ids, attention_mask=am, output_hidden_states=True)
+        one = slimkit.apply(tiny_bert(), "spatten", token_keep=1.0)(input_ids=ids, attention_mask=am)
+        # only the last layer (index 5) prunes: pruned tokens keep the dense state entering layer 5
+        m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, token_start=0.8)
+        out = m(input_ids=ids, attention_mask=am)
+    assert m.spatten_stats.layers[4].tokens_in > m.spatten_stats.layers[5].tokens_in
+    real = am.bool()
+    torch.testing.assert_close(one.full_hidden_state[real], dense.last_hidden_state[real], atol=1e-5, rtol=1e-5)
+    full = out.full_hidden_state
+    assert full.shape == (B, L, 32) and out.last_hidden_state.shape[1] < L
+    n_pruned = 0
+    for b in range(B):
+        kept = out.kept_indices[b][out.kept_attention_mask[b].bool()]
+        torch.testing.assert_close(full[b, kept], out.last_hidden_state[b, :len(kept)])
+        pruned = torch.ones(L, dtype=torch.bool)
+        pruned[kept] = False
+        pruned[lens[b]:] = False
+        n_pruned += int(pruned.sum())
+        torch.testing.assert_close(full[b, pruned], dense.hidden_states[5][b, pruned], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(full[b, kept], dense.last_hidden_state[b, kept], atol=1e-4)
+        assert (full[b, lens[b]:] == 0).all()
+    assert n_pruned > 0
