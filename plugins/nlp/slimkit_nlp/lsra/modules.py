@@ -54,7 +54,22 @@ def _conv_padding(kernel_size: int, causal: bool, past: int) -> tuple[int, int]:
     return kernel_size // 2, kernel_size - 1 - kernel_size // 2
 
 
-class LightweightConv(nn.Module):
+class _HeadGroupConv(nn.Module):
+    """Shared settings of the depthwise convolutions whose kernels are shared by ``heads`` channel groups."""
+
+    def __init__(self, channels: int, kernel_size: int, heads: int, causal: bool,
+                 weight_softmax: bool, weight_dropout: float):
+        super().__init__()
+        if channels % heads:
+            raise ShapeError(f"conv channels ({channels}) must be divisible by conv heads ({heads}); change conv_heads")
+        self.channels, self.kernel_size, self.heads, self.causal = channels, kernel_size, heads, causal
+        self.weight_softmax, self.weight_dropout = weight_softmax, weight_dropout
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel_size={self.kernel_size}, heads={self.heads}, causal={self.causal}"
+
+
+class LightweightConv(_HeadGroupConv):
     """Depthwise conv with a softmax-normalised kernel shared across head groups. ``[B, T, C] -> [B, T, C]``.
 
     Channel ``c`` uses kernel row ``c // (C / heads)``. ``causal``: output ``t`` reads inputs
@@ -63,11 +78,7 @@ class LightweightConv(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int, heads: int = 4, causal: bool = True,
                  weight_softmax: bool = True, weight_dropout: float = 0.0, bias: bool = False):
-        super().__init__()
-        if channels % heads:
-            raise ShapeError(f"conv channels ({channels}) must be divisible by conv heads ({heads}); change conv_heads")
-        self.channels, self.kernel_size, self.heads, self.causal = channels, kernel_size, heads, causal
-        self.weight_softmax, self.weight_dropout = weight_softmax, weight_dropout
+        super().__init__(channels, kernel_size, heads, causal, weight_softmax, weight_dropout)
         self.weight = nn.Parameter(torch.empty(heads, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
         nn.init.xavier_uniform_(self.weight)
@@ -90,11 +101,8 @@ class LightweightConv(nn.Module):
         out = out.transpose(1, 2)
         return out + self.bias if self.bias is not None else out
 
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, kernel_size={self.kernel_size}, heads={self.heads}, causal={self.causal}"
 
-
-class DynamicConv(nn.Module):
+class DynamicConv(_HeadGroupConv):
     """Depthwise conv whose kernel ``[heads, K]`` is predicted at every position from its input.
 
     ``[B, T, C] -> [B, T, C]``; kernel = softmax(``Linear(C -> heads*K)(x_t)``) over K, shared by the
@@ -103,11 +111,7 @@ class DynamicConv(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int, heads: int = 4, causal: bool = True,
                  weight_softmax: bool = True, weight_dropout: float = 0.0, bias: bool = False):
-        super().__init__()
-        if channels % heads:
-            raise ShapeError(f"conv channels ({channels}) must be divisible by conv heads ({heads}); change conv_heads")
-        self.channels, self.kernel_size, self.heads, self.causal = channels, kernel_size, heads, causal
-        self.weight_softmax, self.weight_dropout = weight_softmax, weight_dropout
+        super().__init__(channels, kernel_size, heads, causal, weight_softmax, weight_dropout)
         self.weight_linear = nn.Linear(channels, heads * kernel_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
 
@@ -126,9 +130,6 @@ class DynamicConv(nn.Module):
         win = win.reshape(B, H, C // H, T, K)
         out = torch.einsum("bhctk,bthk->bthc", win, w).reshape(B, T, C)
         return out + self.bias if self.bias is not None else out
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, kernel_size={self.kernel_size}, heads={self.heads}, causal={self.causal}"
 
 
 class ConvBranch(nn.Module):
