@@ -136,3 +136,54 @@ def test_minilm_real_text_stays_close(minilm_path):
     st = pq_stats(m)
     assert st.rows == 6 * 12 * enc["input_ids"].numel() and 0 <= st.recompute_rate < 0.5
     assert len(out.attentions) == 6 and out.attentions[0].shape[1] == 12
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert"])
+def test_expected_kl_criterion_keeps_the_threshold_extremes_and_selects_rows(kind):
+    base = tiny(kind)
+    ids = torch.randint(3, 60, (2, 12))
+    opts = dict(msb_bits=4, lsb_bits=4, criterion="expected_kl")
+    never = slimkit.apply(copy.deepcopy(base), "progressive-quant", threshold=0.0, kl_threshold=0.0, **opts)
+    always = slimkit.apply(copy.deepcopy(base), "progressive-quant", threshold=1.0, kl_threshold=1e9, **opts)
+    run(never, ids), run(always, ids)
+    assert pq_stats(never).recomputed_rows == 0 and pq_stats(always).recompute_rate == 1.0
+    rates = []
+    for k in (0.0, 1e-4, 1e9):  # lower KL threshold -> more rows recomputed
+        m = slimkit.apply(copy.deepcopy(base), "progressive-quant", threshold=0.5, kl_threshold=k, **opts)
+        run(m, ids)
+        rates.append(pq_stats(m).recompute_rate)
+    # kl_threshold 0 recomputes every row with any error: all but a causal model's first query,
+    # which sees one key (probability 1 whatever the key)
+    assert rates[0] == pytest.approx(11 / 12 if kind == "gpt2" else 1.0)
+    assert rates[0] >= rates[1] >= rates[2] == 0.0
+
+
+def test_expected_msb_kl_matches_the_measured_kl_and_ranks_rows():
+    """The estimate (no LSB reads) is calibrated against the KL really caused by MSB-only keys and
+    queries, and ranks rows: large queries over coarse keys carry the error, not flat rows."""
+    from slimkit_nlp.pq.attention import expected_msb_kl
+    from slimkit_nlp.pq.quant import dequantize_msb, quantize, split_planes
+
+    g = torch.Generator().manual_seed(0)
+    b, h, lq, t, d, msb, lsb = 2, 4, 64, 64, 32, 4, 4
+    q = torch.randn(b, h, lq, d, generator=g) * torch.rand(b, h, lq, 1, generator=g) * 3  # mixed query norms
+    k = torch.randn(b, h, t, d, generator=g) * (0.3 + torch.rand(b, h, t, 1, generator=g))
+    s = d ** -0.5
+
+    def msb_only(x):
+        c, sc, z = quantize(x, msb + lsb, lsb)
+        return dequantize_msb(split_planes(c, lsb)[0], lsb, sc, z), sc
+
+    qm, qs = msb_only(q)
+    km, ks = msb_only(k)
+    p = (q @ k.transpose(-1, -2) * s).softmax(-1)
+    pm = (qm @ km.transpose(-1, -2) * s).softmax(-1)
+    kl = (p * (p.log() - pm.log())).sum(-1)
+    est_keys = expected_msb_kl(pm, qm, ks, s, lsb)
+    est = expected_msb_kl(pm, qm, ks, s, lsb, qs, km)
+    assert (est >= est_keys).all()
+    assert 0.5 < float(est.mean() / kl.mean()) < 2.0  # calibrated on average
+    # ranking: the quarter of rows with the largest estimate carries well over a quarter of the KL
+    top = est.flatten().topk(est.numel() // 4).indices
+    assert float(kl.flatten()[top].sum() / kl.sum()) > 0.5
+    assert torch.corrcoef(torch.stack([est.flatten(), kl.flatten()]))[0, 1] > 0.5

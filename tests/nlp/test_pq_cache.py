@@ -35,11 +35,13 @@ def test_cache_holds_packed_integer_planes_of_the_expected_size():
     assert k.shape == (b, hkv, t, d) and k.dtype == torch.float32
 
 
-def test_cached_prefill_equals_uncached_forward_and_lsb_reads_follow_the_threshold():
+@pytest.mark.parametrize("criterion", ["max_prob", "expected_kl"])
+def test_cached_prefill_equals_uncached_forward_and_lsb_reads_follow_the_threshold(criterion):
     base = tiny("gpt2")
     ids = torch.randint(3, 60, (2, 16))
     for thr in (0.0, 0.3, 1.0):
-        m = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=4, lsb_bits=4, threshold=thr)
+        m = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=4, lsb_bits=4, threshold=thr,
+                          criterion=criterion, kl_threshold=1e-6)
         with torch.no_grad():
             ref = m(ids).logits
             st_ref = copy.deepcopy(pq_stats(m))

@@ -56,3 +56,11 @@ def test_unsupported_model_lists_families():
     with pytest.raises(UnsupportedModelError) as e:
         slimkit.apply(nn.Linear(3, 3), "progressive-quant")
     assert "gpt2" in str(e.value) and "llama" in str(e.value)
+
+
+def test_expected_kl_config_checks_and_round_trips():
+    with pytest.raises(ConfigError, match="kl_threshold"):
+        slimkit.make_config("progressive-quant", criterion="expected_kl", kl_threshold=-1.0)
+    cfg = slimkit.make_config("progressive-quant", msb_bits=4, lsb_bits=4, criterion="expected_kl", kl_threshold=0.01)
+    again = slimkit.load_config(cfg.to_dict())
+    assert again == cfg and again.criterion == "expected_kl"

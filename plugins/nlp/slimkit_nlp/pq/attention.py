@@ -7,7 +7,9 @@ Same call and return convention as the eager attention of transformers 5:
 
 Keys (and queries when ``Lq > 1``, i.e. encoders and the prefill) are quantized per head and
 token at ``msb+lsb`` bits; probabilities come from the MSB planes; rows whose largest
-probability is under the threshold are recomputed from MSB+LSB; values use ``value_bits``.
+probability is under the threshold (or, with ``criterion="expected_kl"``, whose estimated KL
+divergence from the exact row is above ``kl_threshold``) are recomputed from MSB+LSB; values
+use ``value_bits``.
 Modules without progressive-quant state (e.g. cross-attention) run plain eager attention.
 """
 from __future__ import annotations
@@ -30,6 +32,42 @@ def _softmax(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Tenso
     if mask is not None:
         s = s + mask[..., : k.shape[-2]].to(s.dtype)
     return torch.softmax(s, dim=-1)
+
+
+def expected_msb_kl(p: torch.Tensor, q: torch.Tensor, k_scale: torch.Tensor, scaling: float, lsb_bits: int,
+                    q_scale: torch.Tensor | None = None, k_msb: torch.Tensor | None = None) -> torch.Tensor:
+    """Expected KL(exact || MSB-only) of each attention row, nats: ``[B, H, Lq]``. Reads no LSBs.
+
+    ``p [B, H, Lq, T]``: MSB-only probabilities; ``q [B, H, Lq, D]``: the queries used;
+    ``k_scale [B, Hkv, T, 1]``: per-token key scale (one step of the ``msb+lsb`` grid, so an
+    MSB step is ``k_scale * 2**lsb_bits``); ``q_scale [B, H, Lq, 1]`` and ``k_msb [B, Hkv, T, D]``
+    (MSB-only keys) when the queries were quantized too.
+
+    With independent errors uniform over one MSB step per element, the KL is ``1/2 Var_p`` of
+    the score errors: the key part ``sum_j p_j (1 - p_j) s^2 |q|^2 dk_j^2 / 12``, the query part
+    ``s^2 dq^2 / 12 * sum_j p_j |k_j - kbar|^2`` (``kbar = sum_j p_j k_j``, ``s = scaling``).
+    """
+    groups = p.shape[1] // k_scale.shape[1]
+    msb_step = float(1 << lsb_bits)
+    step2 = _repeat_kv((k_scale.float() * msb_step).square(), groups)                    # [B, H, T, 1]
+    var = torch.matmul(p * (1.0 - p), step2).squeeze(-1) * q.float().square().sum(-1)    # [B, H, Lq]
+    if q_scale is not None and k_msb is not None:
+        k = _repeat_kv(k_msb.float(), groups)
+        spread = (torch.matmul(p, k.square().sum(-1, keepdim=True)).squeeze(-1)
+                  - torch.matmul(p, k).square().sum(-1)).clamp_min(0.0)
+        var = var + (q_scale.float().squeeze(-1) * msb_step).square() * spread
+    return var * (0.5 * scaling * scaling / 12.0)
+
+
+def _needs_lsb(cfg, p: torch.Tensor, q: torch.Tensor, k_scale: torch.Tensor, scaling: float,
+               q_scale: torch.Tensor | None = None, k_msb: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows to recompute with MSB+LSB, bool ``[B, H, Lq]`` (call only when ``threshold > 0``):
+    all rows at ``threshold >= 1``; else the max-probability test or ``expected_msb_kl``."""
+    if cfg.threshold >= 1.0:
+        return torch.ones(p.shape[:-1], dtype=torch.bool, device=p.device)
+    if cfg.criterion == "max_prob":
+        return p.amax(-1) < cfg.threshold
+    return expected_msb_kl(p, q, k_scale, scaling, cfg.lsb_bits, q_scale, k_msb) > cfg.kl_threshold
 
 
 def eager_reference(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -70,9 +108,10 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
         q_full = dequantize(q_codes, qs, qz) if lsb_bits else q_msb
     else:
         q_msb = q_full = query.float()
+        qs = None
 
     if isinstance(key, PackedKV):  # packed cache: read the MSB plane, and LSB rows only where needed
-        p, out, recomputed = _attend_packed(rt, key.layer, q_msb, q_full, attention_mask, scaling)
+        p, out, recomputed = _attend_packed(rt, key.layer, q_msb, q_full, attention_mask, scaling, qs)
         rt.stats.add(module.__dict__.get("slimkit_pq_layer", -1), b * h * lq, recomputed)
         return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
 
@@ -85,10 +124,7 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
     p = _softmax(q_msb, _repeat_kv(k_msb, groups), scaling, attention_mask)
     recomputed = 0
     if lsb_bits > 0 and cfg.threshold > 0.0:
-        if cfg.threshold >= 1.0:
-            need = torch.ones(p.shape[:-1], dtype=torch.bool, device=p.device)
-        else:
-            need = p.amax(-1) < cfg.threshold  # [B, H, Lq]
+        need = _needs_lsb(cfg, p, q_msb, ks, scaling, qs, k_msb)  # [B, H, Lq]
         recomputed = int(need.sum())
         if recomputed:
             k_full = dequantize(k_codes, ks, kz)
@@ -101,7 +137,7 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
     return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
 
 
-def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling):
+def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling, q_scale=None):
     """Attention on a ``PQLayer``: -> ``(probabilities [B, H, Lq, T], output [B, H, Lq, D], rows recomputed)``.
 
     Queries are grouped per key/value head (``[B, Hkv, G*Lq, D]``) so GQA needs no key copies;
@@ -134,8 +170,10 @@ def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling):
     p = finish(s_msb)
     recomputed = 0
     if lsb_bits > 0 and cfg.threshold > 0.0:
-        need = (torch.ones(p.shape[:-1], dtype=torch.bool, device=p.device) if cfg.threshold >= 1.0
-                else p.amax(-1) < cfg.threshold)                            # [B, H, Lq]
+        k_msb = None
+        if q_scale is not None and cfg.criterion == "expected_kl" and cfg.threshold < 1.0:
+            k_msb = msb * (ks * float(1 << lsb_bits)) + (ks * mid + kz)      # MSB-only keys, for the query term
+        need = _needs_lsb(cfg, p, q_msb, layer.k_scale, scaling, q_scale, k_msb)  # [B, H, Lq]
         recomputed = int(need.sum())
         rt.stats.lsb_bytes_stored += layer.k_lsb.numel()
         if recomputed:

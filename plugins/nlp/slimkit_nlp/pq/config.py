@@ -13,7 +13,13 @@ class ProgressiveQuantConfig(TechniqueConfig):
     point over ``head_dim``) to ``msb_bits + lsb_bits`` bits and split into an MSB plane and
     an LSB plane. Probabilities come from the MSB plane; rows (head, query) whose largest
     probability is below ``threshold`` are recomputed with MSB+LSB (``threshold=1.0``: all
-    rows, ``0.0``: none). Values are quantized to ``value_bits``. ``lsb_bits=0`` is plain
+    rows, ``0.0``: none). ``criterion="expected_kl"`` replaces the max-probability test by an
+    error estimate: a row is recomputed when the expected KL divergence (nats) between its
+    exact and its MSB-only probabilities, ``1/2 * sum_j p_j (1 - p_j) * scaling**2 * |q|**2 *
+    step_j**2 / 12`` (``step_j``: key ``j``'s MSB step), exceeds ``kl_threshold``; it needs no
+    LSB reads and follows where the error is (large queries, coarse keys), which on trained
+    models is mostly in confident rows that the max-probability test skips. ``threshold``
+    1.0 and 0.0 keep their meaning (always / never) under both criteria. Values are quantized to ``value_bits``. ``lsb_bits=0`` is plain
     static quantization at ``msb_bits``. ``grid``: ``"msb"`` aligns the ``msb+lsb``-bit grid
     so that the MSB plane alone equals static ``msb``-bit quantization (see
     ``quant.quantize``); ``"minmax"`` is the plain fixed-point grid from row minimum to
@@ -29,6 +35,8 @@ class ProgressiveQuantConfig(TechniqueConfig):
     lsb_bits: int = 4
     threshold: float = 0.1
     value_bits: int = 8
+    criterion: Literal["max_prob", "expected_kl"] = "max_prob"
+    kl_threshold: float = 1e-3
     grid: Literal["msb", "minmax"] = "msb"
     quantize_queries: bool = True
     cache: bool = True
@@ -47,6 +55,10 @@ class ProgressiveQuantConfig(TechniqueConfig):
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}; use e.g. threshold=0.1 "
                               f"(1.0 always recomputes with the LSBs, 0.0 never)")
+
+        if not self.kl_threshold >= 0.0:
+            raise ConfigError(f"kl_threshold must be >= 0 (nats per attention row), got {self.kl_threshold}; "
+                              f"use e.g. kl_threshold=1e-3")
 
     @property
     def align_bits(self) -> int:

@@ -9,7 +9,8 @@ class PQStats:
     """Counts since the last reset (each forward, or each ``generate`` call as a whole).
 
     ``rows``: attention rows (batch x query head x query) computed; ``recomputed_rows``: rows
-    whose largest MSB probability was under the threshold, recomputed with MSB+LSB;
+    that failed the recompute test (largest MSB probability under ``threshold``, or expected
+    KL above ``kl_threshold``), recomputed with MSB+LSB;
     ``key_bits_per_element``: average key bits read per key element and row
     (``msb + lsb * recompute_rate``); ``cache_bytes``: bytes held by the packed low-bit KV
     cache after the call (``None`` when no ``PQCache`` was used), with ``cache_fp32_bytes`` and
