@@ -360,11 +360,16 @@ def run_cache(ctx) -> dict:
     goals = [
         slimkit.goal("cache bytes vs fp32 (pq 6+4)", main["cache_fp32_bytes"] / main["cache_bytes"], 2.0, unit="x"),
         slimkit.goal("cache bytes vs bf16 (pq 6+4)", main["cache_bf16_bytes"] / main["cache_bytes"], 1.0, unit="x"),
-        slimkit.goal("tokens/s vs fp32 eager (pq 6+4)", main["tokens_per_s"] / rows[0]["tokens_per_s"], 1.0,
-                     unit="x"),
     ]
+    # the issue asks for tokens/s to be reported, with no target: on a CPU the bit planes are
+    # unpacked by torch ops every step, which costs more than reading the smaller cache saves
+    speed = {r["name"]: r["tokens_per_s"] / rows[0]["tokens_per_s"] for r in rows}
     return {"model": source, "cached_tokens": last[rows[2]["name"]][1].get_seq_length(), "generated_tokens": new,
-            "threads": ctx.threads, "timing": f"best of {reps} round-robin run(s) per variant", "rows": rows,
+            "threads": ctx.threads, "timing": f"best of {reps} round-robin run(s) per variant",
+            "tokens_per_s_vs_fp32_eager": speed,
+            "speed_note": "reported, not a goal: bit planes are unpacked with torch ops on the CPU each step "
+                          "(no fused low-bit kernel), which costs more than the smaller cache saves",
+            "rows": rows,
             "goals": goals}
 
 

@@ -14,7 +14,8 @@ def register_techniques(register) -> None:
     from .config import ProgressiveQuantConfig
 
     register(Technique("progressive-quant", ProgressiveQuantConfig, _apply,
-                       "SpAtten progressive quantization: MSB-first attention, LSB recompute for flat rows, "
+                       "SpAtten progressive quantization: MSB-first attention, LSB recompute for flat rows "
+                       "(or by an expected-KL test), "
                        "packed low-bit KV cache"))
 
 
