@@ -4,6 +4,7 @@
     model = slimkit.apply(model, "spatten", token_keep=0.5, head_keep=1.0)
     out = model(**batch)          # last_hidden_state (B, L_kept, H), kept_indices, kept_attention_mask
     model.spatten_stats           # per layer: tokens / heads kept, Mult-Adds saved
+    distill(model, train_ids)     # encoders: short fine-tune toward the unpruned embeddings
 
 Encoders (BERT, RoBERTa) and decoders (GPT-2, Llama; ``generate()`` with cache eviction).
 
@@ -14,7 +15,7 @@ import importlib
 _EXPORTS = {
     "SpattenConfig": "config", "keep_schedule": "schedule", "LayerStats": "stats", "SpattenStats": "stats",
     "apply_spatten": "transform", "load_pretrained": "transform", "remove_spatten": "transform",
-    "restore": "transform", "spatten_config": "transform",
+    "restore": "transform", "spatten_config": "transform", "distill": "finetune",
 }
 
 __all__ = sorted(_EXPORTS)

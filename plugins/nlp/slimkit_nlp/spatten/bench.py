@@ -93,14 +93,15 @@ def run_encoder(ctx) -> dict:
                                  "ms": t, "dense_ms": t_dense,
                                  "macs_ratio": macs_ratio})
     longest = max(lengths)
+    rows += _distilled_rows(ctx, tok, dense, longest, (0.5,) if ctx.quick else DISTILL_KEEPS, n_pass, rounds)
     at = [r for r in rows if r["length"] == longest]
 
-    def best_speed(policy):
-        ok = [r["speedup"] for r in at if r["policy"] == policy and r["cosine"] >= 0.98]
+    def best_speed(*policies):
+        ok = [r["speedup"] for r in at if r["policy"] in policies and r["cosine"] >= 0.98]
         return max(ok) if ok else 0.0
 
-    def cos_at_speed(policy, s=1.8):
-        ok = [r["cosine"] for r in at if r["policy"] == policy and r["speedup"] >= s]
+    def cos_at_speed(*policies, s=1.8):
+        ok = [r["cosine"] for r in at if r["policy"] in policies and r["speedup"] >= s]
         return max(ok) if ok else 0.0
 
     def mean_cos(policy, key="cosine"):
@@ -111,15 +112,25 @@ def run_encoder(ctx) -> dict:
     margin_tok = mean_cos("spatten", "kept_token_cosine") - max(mean_cos("per_layer", "kept_token_cosine"),
                                                                  mean_cos("random", "kept_token_cosine"))
     goals = [
-        slimkit.goal(f"speed-up at cosine>=0.98 ({longest} tok)", best_speed("spatten"), 1.8, unit="x"),
-        slimkit.goal(f"cosine at >=1.8x speed-up ({longest} tok)", cos_at_speed("spatten"), 0.98),
+        slimkit.goal(f"speed-up at cosine>=0.98 ({longest} tok, with or without distill)",
+                     best_speed("spatten", "spatten+distill"), 1.8, unit="x"),
+        slimkit.goal(f"cosine at >=1.8x speed-up ({longest} tok, with or without distill)",
+                     cos_at_speed("spatten", "spatten+distill"), 0.98),
         slimkit.goal(f"cumulative - best baseline, mean-pooled cosine ({longest} tok)", margin, 0.0),
         slimkit.goal(f"cumulative - best baseline, kept-token cosine ({longest} tok)", margin_tok, 0.0),
     ]
     full_at = {p: max([r["full_length_cosine"] for r in at if r["policy"] == p and r["speedup"] >= 1.8],
                       default=0.0) for p in ENC_POLICIES}
     from .config import SpattenConfig
+    distilled = [r for r in at if r["policy"] == "spatten+distill"]
     return {"model": "all-MiniLM-L6-v2", "passages_per_length": n_pass, "token_slope": SpattenConfig().token_slope,
+            "distill": {"what": "slimkit_nlp.spatten.distill: short fine-tune of the pruned model toward the unpruned "
+                                "mean-pooled embedding (1 - cosine), on passages of the training plays; evaluated on "
+                                "the validation plays like every other row",
+                        "passages": distilled[0]["distill_passages"] if distilled else 0,
+                        "steps": distilled[0]["distill_steps"] if distilled else 0,
+                        "cosine_before_after": {r["token_keep"]: [r["cosine_before_distill"], r["cosine"]]
+                                                for r in distilled}},
             "fidelity": "cosine: mean-pooled embedding (pruned: mean over kept tokens) vs the unpruned model; "
                         "cls_cosine: first-token state; kept_token_cosine: each kept token's final state vs "
                         "the unpruned model's state of the same token (mean); full_length_cosine: mean over all "
@@ -131,6 +142,42 @@ def run_encoder(ctx) -> dict:
             "full_length_cosine_at_1.8x": full_at,
             "full_length_cosine_mean": {p: mean_cos(p, "full_length_cosine") for p in ENC_POLICIES},
             "rows": rows, "goals": goals}
+
+
+DISTILL_KEEPS = (0.5, 0.6)
+
+
+def _distilled_rows(ctx, tok, dense, L: int, keeps, n_pass: int, rounds: int) -> list[dict]:
+    """``spatten`` rows after ``distill`` (the paper's short fine-tune), at length ``L``."""
+    from .finetune import distill
+    from .textdata import mean_pool, wordpiece_passages
+
+    steps, n_train = (10, 8) if ctx.quick else (200, 160)
+    train = wordpiece_passages(tok, L, n_train, split="train")
+    ids = wordpiece_passages(tok, L, n_pass)
+    with torch.inference_mode():
+        ref = [dense(input_ids=x[None]).last_hidden_state.mean(1) for x in ids]
+    rows = []
+    for keep in keeps:
+        m = _minilm(token_keep=keep)
+
+        def cosine():
+            with torch.inference_mode():
+                cs = [float(torch.cosine_similarity(mean_pool(o.last_hidden_state, o.kept_attention_mask), r))
+                      for o, r in ((m(input_ids=x[None]), r) for x, r in zip(ids, ref))]
+            return sum(cs) / len(cs), min(cs)
+
+        before, _ = cosine()
+        info = distill(m, train, steps=steps, show_progress=ctx.show_progress, seed=ctx.seed)
+        after, worst = cosine()
+        speedup, t_dense, t = _paired_speedup(ctx, lambda: dense(input_ids=ids[:1]), lambda: m(input_ids=ids[:1]),
+                                              rounds)
+        rows.append({"length": L, "policy": "spatten+distill", "token_keep": keep, "cosine": after,
+                     "cosine_min": worst, "cosine_before_distill": before, "speedup": speedup, "ms": t,
+                     "dense_ms": t_dense, "macs_ratio": m.spatten_stats.macs_ratio, "distill_steps": steps,
+                     "distill_passages": n_train, "distill_seconds": info["seconds"],
+                     "distill_loss_last": info["loss_last"]})
+    return rows
 
 
 def plot_encoder(result: dict, png) -> None:
@@ -148,6 +195,11 @@ def plot_encoder(result: dict, png) -> None:
             if policy == "spatten" and rs and "full_length_cosine" in rs[0]:
                 ax.plot([r["speedup"] for r in rs], [r["full_length_cosine"] for r in rs], "x-", color="grey",
                         label="spatten, full-length mean")
+        rs = sorted([r for r in result["rows"] if r["length"] == L and r["policy"] == "spatten+distill"],
+                    key=lambda r: r["token_keep"])
+        if rs:
+            ax.plot([r["speedup"] for r in rs], [r["cosine"] for r in rs], "D", color="C3",
+                    label="spatten + distill")
         ax.axhline(0.98, color="grey", lw=0.8)
         ax.axvline(1.8, color="grey", lw=0.8)
         ax.set_title(f"MiniLM, {L} tokens")

@@ -1,0 +1,54 @@
+"""spatten: the short fine-tune after pruning (``distill``) on real MiniLM and tiny models."""
+import pytest
+import torch
+
+import slimkit
+from slimkit import SlimkitError
+from slimkit_nlp.spatten import distill
+
+from .test_spatten_decoder import tiny
+from .test_spatten_encoder import tiny_bert
+
+
+def _pooled_cos(model, dense, ids):
+    with torch.inference_mode():
+        o = model(input_ids=ids)
+        m = o.kept_attention_mask.unsqueeze(-1).float()
+        e = (o.last_hidden_state * m).sum(1) / m.sum(1)
+        r = dense(input_ids=ids).last_hidden_state.mean(1)
+    return float(torch.cosine_similarity(e, r).mean())
+
+
+def test_distill_moves_the_pruned_embedding_toward_the_unpruned_one(minilm_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from slimkit_nlp.spatten.textdata import wordpiece_passages
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    train = wordpiece_passages(tok, 128, 16, split="train")
+    val = wordpiece_passages(tok, 128, 4)
+    dense = AutoModel.from_pretrained(minilm_path, attn_implementation="eager").eval()
+    m = slimkit.apply(AutoModel.from_pretrained(minilm_path, attn_implementation="eager").eval(), "spatten",
+                      token_keep=0.3)
+    frozen = {n: p.detach().clone() for n, p in dense.named_parameters()}
+    before = _pooled_cos(m, dense, val)
+    info = distill(m, train, steps=30, batch_size=4, lr=1e-4, show_progress=False)
+    after = _pooled_cos(m, dense, val)
+    assert info["loss_last"] < info["loss_first"]
+    assert after > before + 0.005, (before, after)          # held-out passages improve too
+    assert not m.training
+    # still a spatten model (tokens removed), and the teacher was a copy: dense weights untouched
+    assert m(input_ids=val[:1]).last_hidden_state.shape[1] < 128
+    assert all(torch.equal(p, frozen[n]) for n, p in dense.named_parameters())
+
+
+def test_distill_rejects_what_it_cannot_train():
+    with pytest.raises(SlimkitError, match="spatten model"):
+        distill(tiny_bert(), torch.randint(5, 50, (4, 16)))
+    with pytest.raises(SlimkitError, match="decoder"):
+        distill(slimkit.apply(tiny("gpt2"), "spatten", token_keep=0.5), torch.randint(5, 50, (4, 16)))
+    m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5)
+    with pytest.raises(SlimkitError, match=r"\(passages, length\)"):
+        distill(m, torch.randint(5, 50, (16,)))
+    with pytest.raises(SlimkitError, match="attention_mask"):
+        distill(m, torch.randint(5, 50, (4, 16)), torch.ones(4, 15, dtype=torch.long))
