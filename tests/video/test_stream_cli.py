@@ -108,21 +108,30 @@ def test_a_silent_source_times_out_instead_of_hanging():
 
 
 def test_ctrl_c_stops_cleanly_with_a_summary():
-    """A real SIGINT to this process while the loop runs: it stops, the summary is complete."""
-    from slimkit_video.online.live import load_online_model, run_stream
-    from slimkit_video.sources.openers import SyntheticSource
+    """A real SIGINT to a real `slimkit stream` process while the loop runs: it stops, the summary
+    is complete. (A subprocess, so the signal reaches the main thread that runs the loop whatever
+    thread pytest runs tests in.)"""
+    import subprocess
+    import sys
 
+    cmd = [sys.executable, "-c", "from slimkit.cli import main; main()", "stream", "--source", "synthetic",
+           "--seconds", "60", "--print-every", "1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines = []
-
-    def echo(line):
-        lines.append(line)
-        if len(lines) == 3:  # the loop is running: press Ctrl-C
-            os.kill(os.getpid(), signal.SIGINT)
-
-    model = load_online_model()
-    summary = run_stream(model, SyntheticSource("synthetic", size=model.size, fps=50.0), print_every=1,
-                         echo=echo, tty=False, seconds=30)
-    assert summary.interrupted and summary.ended == "Ctrl-C"
-    assert summary.frames_processed >= 3 and summary.seconds < 20
-    text = "\n".join(summary.lines())
-    assert "stopped by Ctrl-C" in text and "latency per frame" in text
+    try:
+        t0 = time.perf_counter()
+        for line in proc.stdout:
+            lines.append(line)
+            if sum(ln.startswith("frame") for ln in lines) >= 3:   # the loop is running: press Ctrl-C
+                proc.send_signal(signal.SIGINT)
+                break
+            assert time.perf_counter() - t0 < 120, "".join(lines)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines) + out
+    assert proc.returncode == 0, text
+    assert "stopped by Ctrl-C" in text and "latency per frame" in text, text
+    assert time.perf_counter() - t0 < 60, "the stream did not stop at Ctrl-C"
