@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import os
 import statistics
+import signal
 import sys
 import threading
 import time
@@ -301,6 +302,11 @@ def run_stream(model: OnlineModel, source, *, seconds: Optional[float] = None, s
     t_start = time.perf_counter()
     last_seq = -1
     summary.ended = "the end of the source"
+    # Ctrl-C must stop the loop even when the parent started us with SIGINT ignored (a background
+    # job of a non-interactive shell, nohup, some test runners): handle it for the loop's duration
+    previous_sigint = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             now = time.perf_counter()
@@ -347,6 +353,8 @@ def run_stream(model: OnlineModel, source, *, seconds: Optional[float] = None, s
         summary.interrupted = True
         summary.ended = "Ctrl-C"
     finally:
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
         reader.stop()
         if window is not None:
             try:
