@@ -64,12 +64,13 @@ def run_encoder(ctx) -> dict:
     n_pass = 2 if ctx.quick else 6
     rounds = 3 if ctx.quick else 7
     dense = _minilm()
-    rows = []
+    rows, passages = [], {}
     with torch.inference_mode():
         for L in lengths:
             ids = wordpiece_passages(tok, L, n_pass)
             full = [dense(input_ids=x[None]).last_hidden_state[0] for x in ids]
             ref = [h.mean(0, keepdim=True) for h in full]
+            passages[L] = (ids, ref)
             for policy in ENC_POLICIES:
                 for keep in ctx.progress(keeps, desc=f"L={L} {policy}"):
                     m = _minilm(token_keep=keep, policy=policy)
@@ -93,7 +94,8 @@ def run_encoder(ctx) -> dict:
                                  "ms": t, "dense_ms": t_dense,
                                  "macs_ratio": macs_ratio})
     longest = max(lengths)
-    rows += _distilled_rows(ctx, tok, dense, longest, (0.5,) if ctx.quick else DISTILL_KEEPS, n_pass, rounds)
+    rows += _distilled_rows(ctx, tok, dense, longest, (0.5,) if ctx.quick else DISTILL_KEEPS, *passages[longest],
+                            rounds)
     at = [r for r in rows if r["length"] == longest]
 
     def best_speed(*policies):
@@ -147,16 +149,14 @@ def run_encoder(ctx) -> dict:
 DISTILL_KEEPS = (0.5, 0.6)
 
 
-def _distilled_rows(ctx, tok, dense, L: int, keeps, n_pass: int, rounds: int) -> list[dict]:
-    """``spatten`` rows after ``distill`` (the paper's short fine-tune), at length ``L``."""
+def _distilled_rows(ctx, tok, dense, L: int, keeps, ids, ref, rounds: int) -> list[dict]:
+    """``spatten`` rows after ``distill`` (the paper's short fine-tune), at length ``L``, scored on
+    the validation passages ``ids (N, L)`` against the unpruned mean-pooled embeddings ``ref``."""
     from .finetune import distill
     from .textdata import mean_pool, wordpiece_passages
 
     steps, n_train = (10, 8) if ctx.quick else (200, 160)
     train = wordpiece_passages(tok, L, n_train, split="train")
-    ids = wordpiece_passages(tok, L, n_pass)
-    with torch.inference_mode():
-        ref = [dense(input_ids=x[None]).last_hidden_state.mean(1) for x in ids]
     rows = []
     for keep in keeps:
         m = _minilm(token_keep=keep)

@@ -15,10 +15,7 @@ import torch
 from slimkit import SlimkitError
 from slimkit.errors import ShapeError
 
-
-def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+from .textdata import mean_pool
 
 
 def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, steps: int = 200,
@@ -58,7 +55,7 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     teacher.eval()
     with torch.inference_mode():
         targets = torch.cat([
-            _mean_pool(t_backbone(input_ids=input_ids[i:i + 8], attention_mask=attention_mask[i:i + 8])
+            mean_pool(t_backbone(input_ids=input_ids[i:i + 8], attention_mask=attention_mask[i:i + 8])
                        .last_hidden_state, attention_mask[i:i + 8])
             for i in range(0, input_ids.shape[0], 8)])
 
@@ -77,7 +74,7 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
         for step in bar:
             idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=gen)
             out = backbone(input_ids=input_ids[idx], attention_mask=attention_mask[idx])
-            emb = _mean_pool(out.last_hidden_state, out.kept_attention_mask)
+            emb = mean_pool(out.last_hidden_state, out.kept_attention_mask)
             loss = (1 - torch.cosine_similarity(emb, targets[idx], dim=-1)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
