@@ -6,6 +6,7 @@ import torch
 
 import slimkit
 from slimkit.errors import ConfigError, UnsupportedModelError
+from slimkit_nlp.compat import cache_kwargs
 
 
 def _gpt2():
@@ -37,8 +38,8 @@ def test_convert_tiny_gpt2_keeps_attention_half_and_decodes_incrementally(tmp_pa
         full = m(x, use_cache=False).logits
         assert torch.isfinite(full).all()
         cache = DynamicCache(config=m.config)
-        steps = [m(x[:, :4], past_key_values=cache, use_cache=True).logits]
-        steps += [m(x[:, t:t + 1], past_key_values=cache, use_cache=True).logits for t in range(4, 12)]
+        steps = [m(x[:, :4], **cache_kwargs(cache), use_cache=True).logits]
+        steps += [m(x[:, t:t + 1], **cache_kwargs(cache), use_cache=True).logits for t in range(4, 12)]
     assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
     # slimkit save / restore onto a fresh base model (the conversion is deterministic)
     slimkit.save_pretrained(m, tmp_path)

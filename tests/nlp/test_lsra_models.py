@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from slimkit.errors import ConfigError
+from slimkit_nlp.compat import cache_kwargs, output_cache
 from slimkit_nlp.lsra import (LiteTransformerConfig, LiteTransformerForCausalLM,
                               LiteTransformerForConditionalGeneration)
 
@@ -30,9 +31,9 @@ def test_causal_lm_incremental_decoding_equals_full_forward(conv_type):
         full = m(x, attention_mask=mask, use_cache=False).logits
         cache = DynamicCache(config=m.config)
         assert type(cache.layers[0]).__name__ == "LinearAttentionAndFullAttentionLayer"
-        steps = [m(x[:, :5], attention_mask=mask[:, :5], past_key_values=cache, use_cache=True).logits]
+        steps = [m(x[:, :5], attention_mask=mask[:, :5], **cache_kwargs(cache), use_cache=True).logits]
         for t in range(5, 16):
-            steps.append(m(x[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache, use_cache=True).logits)
+            steps.append(m(x[:, t:t + 1], attention_mask=mask[:, :t + 1], **cache_kwargs(cache), use_cache=True).logits)
     inc = torch.cat(steps, 1)
     assert (inc[0] - full[0]).abs().max() <= 1e-5
     assert (inc[1, 4:] - full[1, 4:]).abs().max() <= 1e-5
@@ -75,10 +76,10 @@ def test_encoder_decoder_incremental_decoding_and_generate():
     with torch.no_grad():
         full = m(input_ids=src, attention_mask=src_mask, decoder_input_ids=dec, use_cache=False).logits
         o = m(input_ids=src, attention_mask=src_mask, decoder_input_ids=dec[:, :4], use_cache=True)
-        steps, cache, enc = [o.logits], o.past_key_values, (o.encoder_last_hidden_state,)
+        steps, cache, enc = [o.logits], output_cache(o), (o.encoder_last_hidden_state,)
         for t in range(4, 9):
             o = m(encoder_outputs=enc, attention_mask=src_mask, decoder_input_ids=dec[:, t:t + 1],
-                  past_key_values=cache, use_cache=True)
+                  **cache_kwargs(cache), use_cache=True)
             steps.append(o.logits)
         assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
         # padded source positions are ignored

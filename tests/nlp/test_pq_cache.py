@@ -7,6 +7,7 @@ from transformers import DynamicCache
 
 import slimkit
 from slimkit import SlimkitError
+from slimkit_nlp.compat import cache_kwargs
 from slimkit_nlp.pq import PQCache, pq_stats
 from slimkit_nlp.pq.quant import packed_width
 
@@ -18,7 +19,7 @@ def test_cache_holds_packed_integer_planes_of_the_expected_size():
     ids = torch.randint(3, 60, (2, 11))
     cache = PQCache(m)
     with torch.no_grad():
-        m(ids, past_key_values=cache, use_cache=True)
+        m(ids, **cache_kwargs(cache), use_cache=True)
     b, hkv, t, d = 2, 2, 11, 8
     assert len(cache.layers) == 2 and cache.get_seq_length() == t
     layer = cache.layers[0]
@@ -46,7 +47,7 @@ def test_cached_prefill_equals_uncached_forward_and_lsb_reads_follow_the_thresho
             ref = m(ids).logits
             st_ref = copy.deepcopy(pq_stats(m))
             cache = PQCache(m)
-            out = m(ids, past_key_values=cache, use_cache=True).logits
+            out = m(ids, **cache_kwargs(cache), use_cache=True).logits
         st = pq_stats(m)
         assert torch.allclose(out, ref, atol=1e-5), thr
         assert st.recomputed_rows == st_ref.recomputed_rows
@@ -77,11 +78,11 @@ def test_generate_uses_the_low_bit_cache(kind):
     cache = PQCache(m)
     with torch.no_grad():
         again = m.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0,
-                           past_key_values=cache)
+                           **cache_kwargs(cache))
     assert torch.equal(out, again) and cache.get_seq_length() == 19
     with torch.no_grad():
         plain = m.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0,
-                           past_key_values=DynamicCache(config=m.config))
+                           **cache_kwargs(DynamicCache(config=m.config)))
     assert plain.shape == (2, 20) and pq_stats(m).cache_bytes is None
 
 
@@ -105,7 +106,7 @@ def test_packed_states_refuse_other_attention():
     m = slimkit.apply(tiny("gpt2"), "progressive-quant")
     cache = PQCache(m)
     with torch.no_grad():
-        m(torch.randint(3, 60, (1, 5)), past_key_values=cache, use_cache=True)
+        m(torch.randint(3, 60, (1, 5)), **cache_kwargs(cache), use_cache=True)
     k, v = cache.layers[0].update(torch.randn(1, 4, 1, 8), torch.randn(1, 4, 1, 8))
     assert k.shape == (1, 4, 6, 8)
     with pytest.raises(SlimkitError, match="slimkit_pq"):
@@ -115,7 +116,7 @@ def test_packed_states_refuse_other_attention():
     # a cache built for a model without progressive-quant returns dequantized tensors instead
     plain = PQCache(tiny("gpt2"))
     with torch.no_grad():
-        tiny("gpt2")(torch.randint(3, 60, (1, 5)), past_key_values=plain, use_cache=True)
+        tiny("gpt2")(torch.randint(3, 60, (1, 5)), **cache_kwargs(plain), use_cache=True)
     assert plain.get_seq_length() == 5 and plain.layers[0].k_msb.dtype == torch.uint8
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import slimkit
+from slimkit_nlp.compat import cache_kwargs
 from slimkit_nlp.pq import PQCache, pq_stats
 
 from .test_pq_attention import tiny
@@ -60,7 +61,7 @@ def test_generation_evicts_from_the_low_bit_cache(order):
     ids = torch.randint(3, 60, (1, 20))
     cache = PQCache(m)
     with torch.no_grad():
-        out = m.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0, past_key_values=cache)
+        out = m.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0, **cache_kwargs(cache))
     assert out.shape == (1, 28)
     lens = [layer.length for layer in cache.layers]
     assert lens[-1] < 27 and all(layer.k_msb.dtype == torch.uint8 for layer in cache.layers)

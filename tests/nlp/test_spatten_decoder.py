@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import slimkit
+from slimkit_nlp.compat import cache_kwargs, output_cache
 
 
 def tiny(kind, seed=0):
@@ -62,7 +63,7 @@ def test_generation_with_pruning_positions_and_batches(kind):
     seen = _record_positions(m, kind)
     with torch.no_grad():
         out = m.generate(input_ids=ids, attention_mask=am, return_dict_in_generate=True, **GEN)
-    cache = out.past_key_values
+    cache = output_cache(out)
     real = am.sum(1)                                                # 30 and 21 real prompt tokens
     # decode steps: every new token gets its original absolute position (real tokens before it),
     # although the cache of the pruned layers holds far fewer tokens
@@ -103,10 +104,10 @@ def test_cache_filled_without_spatten_is_refused():
     ids, _ = prompts()
     cache = DynamicCache(config=m.config)
     with torch.no_grad():
-        m(input_ids=ids[:, :5], past_key_values=cache)
+        m(input_ids=ids[:, :5], **cache_kwargs(cache))
     slimkit.apply(m, "spatten", token_keep=0.5)
     with pytest.raises(slimkit.SlimkitError, match="empty cache"):
-        m(input_ids=ids[:, 5:6], past_key_values=cache, attention_mask=torch.ones(2, 6, dtype=torch.long))
+        m(input_ids=ids[:, 5:6], **cache_kwargs(cache), attention_mask=torch.ones(2, 6, dtype=torch.long))
 
 
 @pytest.mark.parametrize("policy", ["h2o", "streaming", "random", "per_layer"])

@@ -265,6 +265,7 @@ def test_full_hidden_state_scatters_kept_and_freezes_pruned():
         pruned[lens[b]:] = False
         n_pruned += int(pruned.sum())
         torch.testing.assert_close(full[b, pruned], dense.hidden_states[5][b, pruned], atol=1e-5, rtol=1e-5)
+        assert (out.pruned_at_layer[b, pruned] == 5).all() and (out.pruned_at_layer[b, kept] == 6).all()
         assert not torch.allclose(full[b, kept], dense.last_hidden_state[b, kept], atol=1e-4)
         assert (full[b, lens[b]:] == 0).all()
     assert n_pruned > 0

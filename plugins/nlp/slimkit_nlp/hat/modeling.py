@@ -24,6 +24,15 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast, Seq2SeqLMOutput
 
 MODEL_TYPE = "slimkit_hat"
+# transformers 5.24 renamed the ``past_key_values`` argument / output field to ``cache``; accept both
+# (this file stands alone in exports, so it does not import slimkit_nlp.compat)
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _pick_cache(cache, past_key_values):
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the KV cache once: as cache= (transformers >= 5.24) or past_key_values=, not both")
+    return cache if cache is not None else past_key_values
 
 
 # ------------------------------------------------------------------------------------
@@ -303,13 +312,13 @@ class HatForCausalLM(HatPreTrainedModel, GenerationMixin):
         return self.decoder.embed_tokens
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None,
-                labels=None, **kwargs):
-        cache = None
-        if use_cache or past_key_values is not None:
-            cache = past_key_values if past_key_values is not None else DynamicCache()
+                labels=None, cache=None, **kwargs):
+        cache = _pick_cache(cache, past_key_values)
+        if use_cache and cache is None:
+            cache = DynamicCache()
         logits = self.decoder(input_ids, attention_mask, cache=cache)
         loss = _lm_loss(logits, labels) if labels is not None else None
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache})
 
 
 class _EncoderWrapper(nn.Module):
@@ -349,7 +358,8 @@ class HatForConditionalGeneration(HatPreTrainedModel, GenerationMixin):
         return self.encoder(input_ids, attention_mask, keep_last=self.keep)
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
-                past_key_values=None, use_cache=None, labels=None, decoder_attention_mask=None, **kwargs):
+                past_key_values=None, use_cache=None, labels=None, decoder_attention_mask=None, cache=None,
+                **kwargs):
         if encoder_outputs is None:
             states = self.encode(input_ids, attention_mask)
         elif isinstance(encoder_outputs, (list, tuple)) and not isinstance(encoder_outputs, BaseModelOutput):
@@ -363,14 +373,14 @@ class HatForConditionalGeneration(HatPreTrainedModel, GenerationMixin):
                 raise ValueError("pass decoder_input_ids or labels to HatForConditionalGeneration")
             start = torch.full_like(labels[:, :1], self.config.decoder_start_token_id)
             decoder_input_ids = torch.cat([start, labels[:, :-1].clamp_min(0)], dim=1)
-        cache = None
-        if use_cache or past_key_values is not None:
-            cache = past_key_values if past_key_values is not None else EncoderDecoderCache(DynamicCache(), DynamicCache())
+        cache = _pick_cache(cache, past_key_values)
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         logits = self.decoder(decoder_input_ids, decoder_attention_mask, states, attention_mask, cache)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        return Seq2SeqLMOutput(loss=loss, logits=logits, past_key_values=cache,
+        return Seq2SeqLMOutput(loss=loss, logits=logits, **{_CACHE_FIELD: cache},
                                encoder_last_hidden_state=states[-1])
 
 

@@ -24,6 +24,8 @@ from transformers.modeling_outputs import (BaseModelOutput, CausalLMOutputWithPa
 
 from slimkit.errors import ConfigError
 
+from ..compat import cache_kwargs, pick_cache
+
 from .modules import (ConvBranch, CrossAttention, DynamicConv, FeedForward, LightweightConv, LSRA,
                       attention_masks)
 
@@ -50,7 +52,7 @@ class LiteTransformerConfig(PreTrainedConfig):
     """
 
     model_type = "lite_transformer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     attribute_map = {"hidden_size": "d_model", "num_attention_heads": "n_head",
                      "num_hidden_layers": "decoder_layers"}
 
@@ -150,7 +152,7 @@ class LiteTransformerPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
     _no_split_modules = ["LiteTransformerLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -231,7 +233,9 @@ class LiteTransformerForCausalLM(LiteTransformerPreTrainedModel, GenerationMixin
     def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 past_key_values: Optional[Cache] = None, position_ids: Optional[torch.LongTensor] = None,
                 inputs_embeds: Optional[torch.Tensor] = None, labels: Optional[torch.LongTensor] = None,
-                use_cache: Optional[bool] = None, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+                use_cache: Optional[bool] = None, logits_to_keep: int = 0, cache: Optional[Cache] = None,
+                **kwargs) -> CausalLMOutputWithPast:
+        past_key_values = pick_cache(cache, past_key_values)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
@@ -242,7 +246,7 @@ class LiteTransformerForCausalLM(LiteTransformerPreTrainedModel, GenerationMixin
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = _lm_loss(logits, labels) if labels is not None else None
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **cache_kwargs(past_key_values if use_cache else None))
 
 
 class LiteTransformerModel(LiteTransformerPreTrainedModel):
@@ -319,7 +323,8 @@ class LiteTransformerForConditionalGeneration(LiteTransformerPreTrainedModel, Ge
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None,
-                decoder_position_ids=None, labels=None, use_cache=None, **kwargs) -> Seq2SeqLMOutput:
+                decoder_position_ids=None, labels=None, use_cache=None, cache=None, **kwargs) -> Seq2SeqLMOutput:
+        past_key_values = pick_cache(cache, past_key_values)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
@@ -340,7 +345,7 @@ class LiteTransformerForConditionalGeneration(LiteTransformerPreTrainedModel, Ge
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
-        return Seq2SeqLMOutput(loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None,
+        return Seq2SeqLMOutput(loss=loss, logits=logits, **cache_kwargs(past_key_values if use_cache else None),
                                encoder_last_hidden_state=memory)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor):

@@ -17,6 +17,7 @@ from torch import nn
 
 from slimkit.errors import ConfigError, UnsupportedModelError
 
+from ..compat import pick_cache
 from .config import LSRAConfig
 from .modeling import kernel_sizes_for
 from .modules import LSRA, param_init_
@@ -82,8 +83,8 @@ class GPT2LSRAAttention(_HFLSRAMixin, nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, hidden_states, past_key_values=None, attention_mask=None, encoder_hidden_states=None,
-                encoder_attention_mask=None, output_attentions=False, **kwargs):
-        out = self._run(hidden_states, attention_mask, past_key_values)
+                encoder_attention_mask=None, output_attentions=False, cache=None, **kwargs):
+        out = self._run(hidden_states, attention_mask, pick_cache(cache, past_key_values))
         return self.resid_dropout(out), None
 
 
@@ -96,8 +97,8 @@ class BertLSRAAttention(_HFLSRAMixin, nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                past_key_values=None, **kwargs):
-        out = self._run(hidden_states, attention_mask, past_key_values)
+                past_key_values=None, cache=None, **kwargs):
+        out = self._run(hidden_states, attention_mask, pick_cache(cache, past_key_values))
         return self.LayerNorm(self.dropout(out) + hidden_states), None
 
 

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 import slimkit
 
+from ..compat import cache_kwargs
+
 SWEEP_MSB = (4, 6, 8)
 SWEEP_THRESHOLDS = (0.05, 0.1, 0.2)
 SWEEP_KL = (0.002, 0.005, 0.01)  # criterion="expected_kl": nats per attention row
@@ -326,7 +328,7 @@ def run_cache(ctx) -> dict:
     def generate(model, cache, n):
         with torch.no_grad():
             return model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
-                                  past_key_values=cache)
+                                  **cache_kwargs(cache))
 
     for _, model, _, make in variants:  # warm-up
         generate(model, make(), 8)

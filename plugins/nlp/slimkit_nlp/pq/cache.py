@@ -252,7 +252,7 @@ class PQCache(Cache):
 
     ``PQCache(model)`` takes the bits from the ``progressive-quant`` config applied to
     ``model``; or give ``msb_bits``, ``lsb_bits``, ``value_bits`` (and ``num_layers``)
-    directly. ``model.generate(ids, past_key_values=PQCache(model))``; after
+    directly. ``model.generate(ids, cache=PQCache(model))`` (``past_key_values=`` before transformers 5.24); after
     ``progressive-quant`` with ``cache=True`` (default) generate uses one by itself.
     """
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from slimkit.errors import SlimkitError, UnsupportedModelError
+from slimkit_nlp.compat import cache_name, output_cache, pick_cache
 from slimkit_nlp.families import resolve_family
 
 from .attention import NAME, register
@@ -73,9 +74,9 @@ def _record_cache(rt: PQRuntime, cache) -> None:
 def _output_hook(module, args, kwargs, output):
     rt = runtime_of(module)
     if rt is not None and not rt.in_generate:
-        cache = kwargs.get("past_key_values", None)
+        cache = pick_cache(kwargs.get("cache"), kwargs.get("past_key_values"))
         if cache is None:
-            cache = getattr(output, "past_key_values", None)
+            cache = output_cache(output)
         _record_cache(rt, cache)
 
 
@@ -91,17 +92,17 @@ def _pq_generate(self, *args, **kwargs):
         out = type(self).generate(self, *args, **kwargs)
     finally:
         rt.in_generate = False
-    _record_cache(rt, kwargs.get("past_key_values") or rt.last_cache)
+    _record_cache(rt, pick_cache(kwargs.get("cache"), kwargs.get("past_key_values")) or rt.last_cache)
     return out
 
 
 def _pq_prepare_cache(self, generation_config, model_kwargs, *args, **kwargs):
     """Give ``generate`` a ``PQCache`` unless the caller passed a cache or a cache implementation."""
     rt = runtime_of(self)
-    if (rt is not None and rt.config.cache and model_kwargs.get("past_key_values") is None
-            and generation_config.use_cache is not False and generation_config.cache_implementation is None):
+    if (rt is not None and rt.config.cache and pick_cache(model_kwargs.get("cache"), model_kwargs.get("past_key_values"))
+            is None and generation_config.use_cache is not False and generation_config.cache_implementation is None):
         from .cache import PQCache
-        model_kwargs["past_key_values"] = rt.last_cache = PQCache(self)
+        model_kwargs[cache_name()] = rt.last_cache = PQCache(self)
     return type(self)._prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs)
 
 

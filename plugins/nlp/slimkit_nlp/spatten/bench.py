@@ -12,6 +12,8 @@ import torch
 
 import slimkit
 
+from ..compat import cache_kwargs, output_cache
+
 ENC_KEEPS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ENC_POLICIES = ("spatten", "per_layer", "random")
 
@@ -221,12 +223,12 @@ def _teacher_forced(model, prompt: torch.Tensor, cont: torch.Tensor):
     """Prefill ``prompt (1, P)`` then feed ``cont (1, N)`` one token at a time through the cache
     (the generation stage, as in ``generate()``); returns next-token log-probs ``(N, V)``."""
     out = model(input_ids=prompt, use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     logps = [out.logits[0, -1].log_softmax(-1)]
     seq = prompt.shape[1]
     for t in range(cont.shape[1] - 1):
         seq += 1
-        out = model(input_ids=cont[:, t:t + 1], past_key_values=cache, use_cache=True,
+        out = model(input_ids=cont[:, t:t + 1], **cache_kwargs(cache), use_cache=True,
                     attention_mask=torch.ones(1, seq, dtype=torch.long))
         logps.append(out.logits[0, -1].log_softmax(-1))
     return torch.stack(logps), cache

@@ -13,17 +13,16 @@ is a position in a (pruned) tensor; ``valid`` marks slots holding real tokens.
 """
 from __future__ import annotations
 
-import math
 import warnings
-import weakref
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 from slimkit.errors import ShapeError, SlimkitError
 
+from ..compat import cache_kwargs, pick_cache
 from .schedule import count_for, keep_schedule, select_slots
 from .stats import LayerStats, SpattenStats
 
@@ -31,25 +30,22 @@ STATE_ATTR = "_spatten_state"
 
 
 @dataclass
-class SpattenModelOutput(ModelOutput):
+class SpattenModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
     """The backbone output with pruning information.
 
     last_hidden_state ``(B, L_kept, H)``; kept_indices ``(B, L_kept)``: positions in this forward's
     input (-1 = padding slot); kept_attention_mask ``(B, L_kept)``: 1 for real tokens.
     full_hidden_state ``(B, L, H)`` (encoders): every input token's last computed state, i.e. the
-    final state of kept tokens and, for pruned tokens, their state when they were removed
-    (useful for mean pooling over the whole input).
+    final state of kept tokens and, for pruned tokens, their state when they were removed.
+    pruned_at_layer ``(B, L)`` (encoders): the layer that no longer saw each token (the number of
+    layers for tokens kept to the end, and for padding). The KV cache field is ``cache`` or ``past_key_values``,
+    as the installed transformers names it.
     """
 
-    last_hidden_state: torch.Tensor | None = None
-    pooler_output: torch.Tensor | None = None
-    past_key_values: Any = None
-    hidden_states: tuple | None = None
-    attentions: tuple | None = None
-    cross_attentions: tuple | None = None
     kept_indices: torch.Tensor | None = None
     kept_attention_mask: torch.Tensor | None = None
     full_hidden_state: torch.Tensor | None = None
+    pruned_at_layer: torch.Tensor | None = None
 
 
 class PruneState:
@@ -217,7 +213,7 @@ def _protected(state: PruneState, cfg, cols, k, causal: bool) -> torch.Tensor:
 
 def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                     inputs_embeds=None, past_key_values=None, use_cache=None, encoder_hidden_states=None,
-                    **kwargs):
+                    cache=None, **kwargs):
     """The backbone's forward with cascade pruning (bound to the backbone by ``apply``)."""
     rt: SpattenRuntime = self._spatten_runtime
     fam, cfg = rt.family, rt.config
@@ -234,14 +230,16 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     dev = ref.device
 
     # -- cache and state ---------------------------------------------------------------------------
-    cache = None
+    cache = pick_cache(cache, past_key_values)
     if causal:
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache:
-            if past_key_values is None:
-                from transformers import DynamicCache
-                past_key_values = DynamicCache(config=self.config)
-            cache = past_key_values
+        if use_cache and cache is None:
+            from transformers import DynamicCache
+            cache = DynamicCache(config=self.config)
+        elif not use_cache:
+            cache = None
+    else:
+        cache = None
     state: PruneState | None = getattr(cache, STATE_ATTR, None) if cache is not None else None
     if cache is not None and state is None and cache.get_seq_length() > 0:
         raise SlimkitError("this cache was filled without spatten; start generation with an empty cache "
@@ -407,9 +405,9 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     rt.publish(stats)
     pooler = fam.pooler(self)
     pooled = pooler(h) if pooler is not None else None
-    return SpattenModelOutput(last_hidden_state=h, pooler_output=pooled,
-                              past_key_values=cache if cache is not None else None,
-                              kept_indices=kept, kept_attention_mask=valid.long(), full_hidden_state=full)
+    return SpattenModelOutput(last_hidden_state=h, pooler_output=pooled, **cache_kwargs(cache),
+                              kept_indices=kept, kept_attention_mask=valid.long(), full_hidden_state=full,
+                              pruned_at_layer=None if causal else state.evicted_at[:, t_prev:].clone())
 
 
 def _accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: bool) -> None:
