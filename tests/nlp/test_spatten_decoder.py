@@ -1,4 +1,6 @@
 """SpAtten on decoders: generate() with cache eviction, original positions, left padding, keep 1.0 exactness."""
+import math
+
 import pytest
 import torch
 
@@ -141,3 +143,60 @@ def test_beam_search_follows_the_cache_reordering():
                                                                                 **gen)
     assert torch.equal(same, ref)
     assert pruned.shape == ref.shape
+
+
+def _state_with_scores(n, heavy):
+    from slimkit_nlp.spatten.runtime import PruneState
+
+    st = PruneState(1, 2, 1, "cpu", 0)
+    prot = torch.zeros(1, n, dtype=torch.bool)
+    prot[0, 0] = True                                         # the first token (sink)
+    st.extend(torch.ones(1, n, dtype=torch.bool), prot)
+    st.score[0] = 0.01
+    st.score[0, heavy] = 1.0                                  # heavy hitters by cumulative attention
+    st.count[0] = 1.0
+    return st
+
+
+@pytest.mark.parametrize("where,wide", [("newest", True), ("heavy", False)])
+def test_auto_recent_share_follows_where_the_attention_goes(where, wide):
+    """recent_share='auto': attention of the newest queries on the newest tokens -> a wide window;
+    on old tokens with high cumulative scores -> those tokens, a narrow window."""
+    from slimkit_nlp.spatten.config import SpattenConfig
+    from slimkit_nlp.spatten.runtime import _measure_recent_share
+
+    n, heavy = 40, [5, 9, 13, 17]
+    st = _state_with_scores(n, heavy)
+    probs = torch.zeros(1, 2, 8, n)
+    if where == "newest":
+        probs[..., n - 12:] = 1.0 / 12
+    else:
+        probs[..., heavy] = 0.2
+        probs[..., n - 1] = 0.2
+    share = _measure_recent_share(st, SpattenConfig(policy="spatten"), probs, torch.arange(n)[None],
+                                  torch.ones(1, n, dtype=torch.bool), torch.tensor([16]))
+    if wide:
+        assert float(share) == 1.0
+    else:       # the widest window that still leaves room for the 4 heavy hitters (16 = 2 always kept + window + 4)
+        room = 16 - 2
+        assert float(share) < 1.0 and math.floor(room * float(share)) - 1 + 2 + len(heavy) <= 16, float(share)
+
+
+def test_sinks_window_and_budget_in_generation():
+    from slimkit_nlp.spatten.runtime import RECENT_GRID, count_for
+
+    ids, am = prompts()
+    m = slimkit.apply(tiny("gpt2"), "spatten", token_keep=0.5)
+    with torch.no_grad():
+        out = m.generate(input_ids=ids, attention_mask=am, return_dict_in_generate=True, **GEN)
+    state = output_cache(out)._spatten_state
+    rt = m.transformer._spatten_runtime
+    total = am.sum(1) + GEN["max_new_tokens"] - 1
+    for li, (cols, valid) in enumerate(state.slots):
+        if rt.token_ratios[li] < 1.0:
+            assert state.recent[li] is not None and all(float(s) in RECENT_GRID for s in state.recent[li])
+            budget = count_for(rt.token_ratios[li], total)
+            assert (valid.sum(1) <= budget).all()             # the window and the sinks fit in the budget
+        for b in range(2):
+            first = ids.shape[1] - int(am[b].sum())           # left padding
+            assert set(range(first, first + 4)) <= set(cols[b][valid[b]].tolist())   # 4 attention sinks kept

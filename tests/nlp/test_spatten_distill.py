@@ -52,3 +52,33 @@ def test_distill_rejects_what_it_cannot_train():
         distill(m, torch.randint(5, 50, (16,)))
     with pytest.raises(SlimkitError, match="attention_mask"):
         distill(m, torch.randint(5, 50, (4, 16)), torch.ones(4, 15, dtype=torch.long))
+
+
+def test_low_rank_distill_merges_deltas_that_save_and_load(tmp_path):
+    """rank=r trains B @ A deltas (merge mode, per-token term on), folds them into the weights, and the
+    saved deltas rebuild the same model from the original weights."""
+    import torch.nn.utils.parametrize as parametrize
+
+    from slimkit_nlp.spatten import load_deltas, save_deltas
+
+    ids = torch.randint(5, 64, (12, 24), generator=torch.Generator().manual_seed(0))
+    m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, pruned_tokens="merge")
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    info = distill(m, ids, steps=25, batch_size=4, rank=4, token_loss=1.0, show_progress=False)
+    assert info["loss_last"] < info["loss_first"]
+    lin = m.encoder.layer[0].attention.self.query
+    assert not parametrize.is_parametrized(lin) and all(p.requires_grad for p in m.parameters())
+    assert set(n for n, _ in m.named_parameters()) == set(before)
+    b, a = info["deltas"]["encoder.layer.0.attention.self.query"]
+    assert b.shape == (32, 4) and a.shape == (4, 32)
+    torch.testing.assert_close(lin.weight, before["encoder.layer.0.attention.self.query.weight"] + b @ a)
+    assert torch.equal(m.embeddings.word_embeddings.weight, before["embeddings.word_embeddings.weight"])
+    path = save_deltas(info["deltas"], tmp_path / "d.safetensors", dtype=torch.float32)
+    fresh = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, pruned_tokens="merge")
+    assert load_deltas(fresh, path) == len(info["deltas"]) == 6 * 6     # q, k, v, out, intermediate, output
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(input_ids=ids).last_hidden_state, m(input_ids=ids).last_hidden_state)
+    with pytest.raises(SlimkitError, match="does not have"):
+        load_deltas(tiny_bert(layers=2), path)
+    with pytest.raises(SlimkitError, match="no delta file"):
+        load_deltas(fresh, tmp_path / "missing.safetensors")

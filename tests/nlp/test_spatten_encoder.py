@@ -74,8 +74,9 @@ def test_protect_tokens_never_pruned():
         assert want <= set(out.kept_indices[b].tolist())
 
 
-def test_padded_batch_equals_single_runs():
-    m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, head_keep=0.5)
+@pytest.mark.parametrize("pruned_tokens", ["drop", "merge"])
+def test_padded_batch_equals_single_runs(pruned_tokens):
+    m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, head_keep=0.5, pruned_tokens=pruned_tokens)
     ids, am, lens = ids_batch()
     with torch.no_grad():
         out = m(input_ids=ids, attention_mask=am)
@@ -84,6 +85,11 @@ def test_padded_batch_equals_single_runs():
             k = one.last_hidden_state.shape[1]
             assert torch.equal(one.kept_indices[0], out.kept_indices[b, :k])
             torch.testing.assert_close(one.last_hidden_state[0], out.last_hidden_state[b, :k], atol=2e-5, rtol=1e-4)
+            assert torch.equal(one.kept_token_weights[0], out.kept_token_weights[b, :k])
+            assert float(out.kept_token_weights[b].sum()) == (n if pruned_tokens == "merge" else k)
+            own = out.token_owner[b]                                   # composed over the cascade of prunes
+            counts = torch.bincount(own[own >= 0], minlength=out.kept_token_weights.shape[1]).float()
+            assert torch.equal(counts, out.kept_token_weights[b])
 
 
 def tiny_roberta_cls():
@@ -269,3 +275,67 @@ def test_full_hidden_state_scatters_kept_and_freezes_pruned():
         assert not torch.allclose(full[b, kept], dense.last_hidden_state[b, kept], atol=1e-4)
         assert (full[b, lens[b]:] == 0).all()
     assert n_pruned > 0
+
+
+def test_merge_equals_manual_merge_and_proportional_attention():
+    """``pruned_tokens="merge"`` written two ways: only the last layer prunes, so its input must be the
+    dense states entering it with every pruned token averaged (size-weighted) into its most similar
+    kept, unprotected token, and the layer must attend with log(size) added to the keys' logits."""
+    ids, am, lens = ids_batch()
+    dense_model = tiny_bert()
+    with torch.no_grad():
+        dense = dense_model(input_ids=ids, attention_mask=am, output_hidden_states=True)
+        drop = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, token_start=0.8)(input_ids=ids, attention_mask=am)
+        m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, token_start=0.8, pruned_tokens="merge")
+        out = m(input_ids=ids, attention_mask=am)
+    assert torch.equal(out.kept_indices, drop.kept_indices)        # merging does not change the selection
+    last = dense_model.encoder.layer[5]
+    n_merged = 0
+    for b, n in enumerate(lens):
+        k = int(out.kept_attention_mask[b].sum())
+        kept = out.kept_indices[b, :k]
+        h = dense.hidden_states[5][b, :n]
+        pruned = [i for i in range(n) if i not in set(kept.tolist())]
+        targets = [j for j, c in enumerate(kept.tolist()) if c not in (0, n - 1)]     # CLS and SEP stay pure
+        hk, size = h[kept].clone(), torch.ones(k)
+        acc, add = torch.zeros_like(hk), torch.zeros(k)
+        hn = torch.nn.functional.normalize(h, dim=-1)
+        owner = torch.full((ids.shape[1],), -1)
+        owner[kept] = torch.arange(k)
+        for p in pruned:
+            t = max(targets, key=lambda j: float(hn[p] @ hn[kept[j]]))
+            acc[t] += h[p]
+            add[t] += 1
+            owner[p] = t
+        assert torch.equal(out.token_owner[b], owner)                 # who stands for each input token
+        assert (drop.token_owner[b, pruned] == -1).all() and torch.equal(drop.token_owner[b, kept], torch.arange(k))
+        hk = torch.where((add > 0)[:, None], (hk + acc) / (1 + add)[:, None], hk)
+        size = size + add
+        n_merged += int(add.sum())
+        assert torch.equal(out.kept_token_weights[b, :k], size) and float(size.sum()) == n
+        with torch.no_grad():
+            want = last(hk[None], attention_mask=size.log()[None, None, None, :])
+        want = want[0] if isinstance(want, tuple) else want
+        torch.testing.assert_close(out.last_hidden_state[b, :k], want[0], atol=2e-5, rtol=1e-4)
+    assert n_merged > 0
+
+
+def test_merge_is_for_encoders():
+    import transformers as tf
+    cfg = tf.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64, attn_implementation="eager")
+    with pytest.raises(slimkit.ConfigError, match="pruned_tokens='merge' is for encoders"):
+        slimkit.apply(tf.GPT2LMHeadModel(cfg), "spatten", pruned_tokens="merge")
+
+
+def test_version_one_config_keeps_its_meaning():
+    v1 = {"type": "spatten", "version": 1, "token_keep": 0.5, "policy": "spatten", "recent_share": 0.5,
+          "sink_tokens": 4}
+    cfg = SpattenConfig.from_dict(v1)
+    assert cfg.recent_share == 0.0 and cfg.sink_tokens == 1 and cfg.pruned_tokens == "drop"
+    h2o = SpattenConfig.from_dict({**v1, "policy": "h2o", "recent_share": 0.3})
+    assert h2o.recent_share == 0.3 and h2o.sink_tokens == 4
+    assert SpattenConfig.from_dict(SpattenConfig(recent_share="auto").to_dict()).recent_share == "auto"
+    with pytest.raises(slimkit.ConfigError, match="recent_share"):
+        SpattenConfig(recent_share=1.5)
+    with pytest.raises(slimkit.ConfigError, match="recent_share"):
+        SpattenConfig(recent_share="wide")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal, Optional, Union
 
 from slimkit import ConfigError, TechniqueConfig
 
@@ -31,16 +31,27 @@ class SpattenConfig(TechniqueConfig):
         and ``h2o`` (accumulated attention + recent window) are baselines for the benchmarks.
     protect_recent: decoders: the newest ``protect_recent`` tokens are never evicted (0 = only the
         newest token, which predicts the next one).
-    sink_tokens: first real tokens always kept by ``streaming``.
-    recent_share: share of the budget given to the most recent tokens by ``h2o``.
+    sink_tokens: decoders: the first real tokens always kept by ``spatten`` and ``streaming`` (attention
+        sinks, as in StreamingLLM; encoders keep the first and last token).
+    recent_share: decoders: share of each layer's budget kept for the newest tokens (a local window);
+        the rest goes by the policy's score. ``"auto"`` measures it per layer and per input at prefill:
+        of several shares, the one whose kept set receives the most attention from the newest 32
+        prompt queries wins (local models get a wide window, models with heavy hitters a narrow one).
+        None = the policy's default: ``"auto"`` for ``spatten``, 0.5 for ``h2o`` (as in H2O), 0 for the
+        others (``streaming`` is a window by definition).
     generation_pruning: evict cached keys/values during ``generate()`` to stay within budget.
     evict_chunk: when a layer's cache exceeds its budget, evict down to ``budget - evict_chunk + 1``
         tokens at once, so the ranking runs about once every ``evict_chunk`` steps (1 = every step).
     seed: seed of the ``random`` policy.
+    pruned_tokens: what happens to a pruned token in encoders: ``drop`` (SpAtten: it is gone) or
+        ``merge`` (it is still gone from later layers, but first folded into its most similar kept
+        token, size-weighted as in ToMe, Bolya et al. 2023; later layers add log(size) to the
+        attention logits of merged keys, and ``kept_token_weights`` counts the tokens each kept token
+        stands for, so a mean-pooled embedding keeps the pruned tokens' share). Decoders always drop.
     """
 
     technique: ClassVar[str] = "spatten"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2          # 2: pruned_tokens; recent_share for every policy (auto for spatten)
 
     token_keep: float = 0.5
     head_keep: float = 1.0
@@ -52,17 +63,29 @@ class SpattenConfig(TechniqueConfig):
     policy: Literal["spatten", "per_layer", "random", "streaming", "h2o"] = "spatten"
     protect_recent: int = 0
     sink_tokens: int = 4
-    recent_share: float = 0.5
+    recent_share: Union[float, Literal["auto"], None] = None
     generation_pruning: bool = True
     evict_chunk: int = 8
     seed: int = 0
+    pruned_tokens: Literal["drop", "merge"] = "drop"
+
+    @classmethod
+    def migrate(cls, data: dict, from_version: int) -> dict:
+        if from_version < 2:              # version 1: recent_share (0.5) and sink_tokens applied to h2o / streaming only
+            data = dict(data)
+            policy = data.get("policy", "spatten")
+            data["recent_share"] = data.get("recent_share", 0.5) if policy == "h2o" else 0.0
+            if policy == "spatten":
+                data["sink_tokens"] = 1   # version 1 protected only the first token
+        return data
 
     def validate(self) -> None:
         for name in ("token_keep", "head_keep", "value_keep"):
             v = getattr(self, name)
             if not 0.0 < v <= 1.0:
                 raise ConfigError(f"{name} must be in (0, 1] (the share kept), got {v}; use e.g. {name}=0.5")
-        for name in ("token_start", "head_start", "recent_share", "token_slope"):
+        for name in ("token_start", "head_start", "token_slope") + (
+                ("recent_share",) if isinstance(self.recent_share, float) else ()):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v}")

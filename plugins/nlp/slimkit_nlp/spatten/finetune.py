@@ -1,16 +1,21 @@
 """Short fine-tune after pruning (SpAtten prunes, then fine-tunes briefly to recover accuracy).
 
-``distill`` trains a spatten encoder so that its mean-pooled embedding (mean over the kept
-tokens, what a sentence-embedding user computes from ``kept_attention_mask``) matches the
-unpruned model's mean-pooled embedding (over all real tokens): loss ``1 - cosine``. The
-teacher is a frozen copy of the model with spatten removed, so no labels are needed.
+``distill`` trains a spatten encoder so that its mean-pooled embedding (weighted by
+``kept_token_weights``, what a sentence-embedding user computes) matches the unpruned model's
+mean-pooled embedding over all real tokens: loss ``1 - cosine``; optionally plus a per-token term
+that matches every input token's representative (``token_owner``) to the unpruned model's state
+of that token. The teacher is a frozen copy of the model with spatten removed, so no labels are
+needed. ``rank`` trains low-rank weight deltas instead of every weight (small enough to ship:
+``save_deltas`` / ``load_deltas``).
 """
 from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from slimkit import SlimkitError
 from slimkit.errors import ShapeError
@@ -18,15 +23,40 @@ from slimkit.errors import ShapeError
 from .textdata import mean_pool
 
 
+class LowRankDelta(nn.Module):
+    """Weight parametrization ``W + B @ A`` with ``A (r, in)``, ``B (out, r)``; ``B`` starts at zero."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, generator: torch.Generator):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(rank, in_features, generator=generator) / in_features ** 0.5)
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.B @ self.A
+
+
+def _layer_linears(model) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules inside the backbone's transformer layers, by qualified name."""
+    from slimkit_nlp.families import resolve_family
+
+    family = resolve_family(model)
+    inside = {id(m) for layer in family.layers(family.backbone(model)) for m in layer.modules()}
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and id(mod) in inside}
+
+
 def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, steps: int = 200,
-            lr: float = 1e-4, batch_size: int = 4, teacher=None, seed: int = 0, show_progress: bool = True) -> dict:
+            lr: float | None = None, batch_size: int = 4, rank: int | None = None, token_loss: float = 0.0,
+            teacher=None, seed: int = 0, show_progress: bool = True) -> dict:
     """Fine-tune the spatten encoder ``model`` in place toward its unpruned self.
 
     ``input_ids (N, L)`` (and ``attention_mask (N, L)``): unlabeled training passages, sampled
-    ``batch_size`` at a time for ``steps`` AdamW steps at learning rate ``lr``. ``teacher``:
-    the unpruned model (default: a frozen copy of ``model`` with spatten removed).
-    Returns ``{"steps", "seconds", "loss_first", "loss_last", "history"}`` (loss = 1 - cosine,
-    mean of each 10 steps in ``history``). Dropout stays off (eval mode) while training.
+    ``batch_size`` at a time for ``steps`` AdamW steps (linear warm-up over 20 steps, linear decay).
+    ``rank``: None trains every weight (``lr`` default 5e-5); an integer trains low-rank deltas of the
+    layers' linear weights (``lr`` default 1e-3), merged into the weights at the end and returned
+    under ``"deltas"`` (``save_deltas`` writes them). ``token_loss``: weight of the per-token term.
+    ``teacher``: the unpruned model (default: a frozen copy of ``model`` with spatten removed).
+    Returns ``{"steps", "seconds", "loss_first", "loss_last", "history", "deltas"}`` (loss history:
+    mean of each 10 steps). Dropout stays off (eval mode) while training.
     """
     from slimkit_nlp.families import resolve_family
 
@@ -46,46 +76,123 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.shape != input_ids.shape:
         raise ShapeError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
-    if steps < 1 or batch_size < 1 or not lr > 0:
-        raise SlimkitError(f"steps and batch_size must be >= 1 and lr > 0, got {steps}, {batch_size}, {lr}")
+    if steps < 1 or batch_size < 1 or (lr is not None and not lr > 0) or token_loss < 0:
+        raise SlimkitError(f"steps and batch_size must be >= 1, lr > 0 and token_loss >= 0, got {steps}, "
+                           f"{batch_size}, {lr}, {token_loss}")
+    if rank is not None and rank < 1:
+        raise SlimkitError(f"rank must be a positive integer (or None to train every weight), got {rank}")
 
     if teacher is None:
         teacher = remove_spatten(copy.deepcopy(model))
     t_backbone = resolve_family(teacher).backbone(teacher)
     teacher.eval()
     with torch.inference_mode():
-        targets = torch.cat([
-            mean_pool(t_backbone(input_ids=input_ids[i:i + 8], attention_mask=attention_mask[i:i + 8])
-                       .last_hidden_state, attention_mask[i:i + 8])
-            for i in range(0, input_ids.shape[0], 8)])
+        states = [t_backbone(input_ids=input_ids[i:i + 8], attention_mask=attention_mask[i:i + 8]).last_hidden_state
+                  for i in range(0, input_ids.shape[0], 8)]
+        targets = torch.cat([mean_pool(s, attention_mask[i * 8:(i + 1) * 8]) for i, s in enumerate(states)])
+        token_targets = torch.cat(states) if token_loss > 0 else None
+        del states
 
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / steps))
     gen = torch.Generator().manual_seed(seed)
+    deltas: dict[str, LowRankDelta] = {}
+    frozen = []
+    if rank is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        lr = 5e-5 if lr is None else lr
+    else:
+        import torch.nn.utils.parametrize as parametrize
+
+        for p in model.parameters():
+            if p.requires_grad:
+                frozen.append(p)
+                p.requires_grad_(False)
+        for name, lin in _layer_linears(model).items():
+            d = LowRankDelta(lin.out_features, lin.in_features, rank, gen)
+            parametrize.register_parametrization(lin, "weight", d)
+            deltas[name] = d
+        params = [p for d in deltas.values() for p in d.parameters()]
+        lr = 1e-3 if lr is None else lr
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
     history, window = [], []
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc="spatten distill", disable=not show_progress, leave=False)
-    with torch.enable_grad():
-        for step in bar:
-            idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=gen)
-            out = backbone(input_ids=input_ids[idx], attention_mask=attention_mask[idx])
-            emb = mean_pool(out.last_hidden_state, out.kept_attention_mask)
-            loss = (1 - torch.cosine_similarity(emb, targets[idx], dim=-1)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            window.append(loss.detach().item())
-            if len(window) == 10 or step == steps - 1:
-                history.append(sum(window) / len(window))
-                window = []
-                bar.set_postfix(loss=f"{history[-1]:.4f}")
-    model.train(was_training)
+    try:
+        with torch.enable_grad():
+            for step in bar:
+                idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=gen)
+                out = backbone(input_ids=input_ids[idx], attention_mask=attention_mask[idx])
+                emb = mean_pool(out.last_hidden_state, out.kept_token_weights)
+                loss = (1 - torch.cosine_similarity(emb, targets[idx], dim=-1)).mean()
+                if token_loss > 0:
+                    own = out.token_owner
+                    rec = out.last_hidden_state.gather(1, own.clamp(min=0)[..., None].expand(
+                        -1, -1, out.last_hidden_state.shape[-1]))
+                    ok = (own >= 0).to(rec.dtype)
+                    tok = (1 - torch.cosine_similarity(rec, token_targets[idx], dim=-1)) * ok
+                    loss = loss + token_loss * tok.sum() / ok.sum().clamp(min=1.0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                window.append(loss.detach().item())
+                if len(window) == 10 or step == steps - 1:
+                    history.append(sum(window) / len(window))
+                    window = []
+                    bar.set_postfix(loss=f"{history[-1]:.4f}")
+    finally:
+        if deltas:
+            import torch.nn.utils.parametrize as parametrize
+
+            for name, lin in _layer_linears(model).items():
+                if parametrize.is_parametrized(lin, "weight"):
+                    parametrize.remove_parametrizations(lin, "weight", leave_parametrized=True)
+            for p in frozen:
+                p.requires_grad_(True)
+        model.train(was_training)
+    factors = {name: (d.B.detach().clone(), d.A.detach().clone()) for name, d in deltas.items()}
     return {"steps": steps, "seconds": time.perf_counter() - t0, "loss_first": history[0], "loss_last": history[-1],
-            "history": history}
+            "history": history, "deltas": factors}
+
+
+def save_deltas(deltas: dict, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``distill(..., rank=r)["deltas"]`` (``{linear name: (B, A)}``) as one safetensors file."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, (b, a) in deltas.items():
+        tensors[f"{name}.B"] = b.to(dtype).contiguous()
+        tensors[f"{name}.A"] = a.to(dtype).contiguous()
+    save_file(tensors, str(p), metadata={"format": "slimkit-lowrank-deltas", "version": "1"})
+    return p
+
+
+@torch.no_grad()
+def load_deltas(model, path: str | Path) -> int:
+    """Add the low-rank deltas saved by ``save_deltas`` to ``model``'s linear weights (``W += B @ A``).
+
+    Returns the number of weights changed; a delta whose layer is missing or has another shape is an error.
+    """
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.exists():
+        raise SlimkitError(f"no delta file at {str(p)!r}; make one with distill(..., rank=r) and save_deltas")
+    modules = dict(model.named_modules())
+    with safe_open(str(p), framework="pt") as f:
+        names = sorted({k.rsplit(".", 1)[0] for k in f.keys()})
+        for name in names:
+            lin = modules.get(name)
+            b, a = f.get_tensor(f"{name}.B").float(), f.get_tensor(f"{name}.A").float()
+            if not isinstance(lin, nn.Linear) or lin.weight.shape != (b.shape[0], a.shape[1]):
+                raise SlimkitError(f"{str(p)!r} has a delta for {name!r} of shape {(b.shape[0], a.shape[1])}, which "
+                                   f"this model does not have; load it into the model it was trained on")
+            lin.weight += (b @ a).to(lin.weight.dtype)
+    return len(names)

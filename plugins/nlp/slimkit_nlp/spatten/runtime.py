@@ -13,6 +13,7 @@ is a position in a (pruned) tensor; ``valid`` marks slots holding real tokens.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -35,6 +36,12 @@ class SpattenModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
 
     last_hidden_state ``(B, L_kept, H)``; kept_indices ``(B, L_kept)``: positions in this forward's
     input (-1 = padding slot); kept_attention_mask ``(B, L_kept)``: 1 for real tokens.
+    kept_token_weights ``(B, L_kept)`` float: how many input tokens each kept token stands for
+    (1 per real token; with ``pruned_tokens="merge"`` a kept token also counts the pruned tokens
+    merged into it; 0 for padding). Mean pooling over the input: ``sum(w * h) / sum(w)``.
+    token_owner ``(B, L)`` (encoders): for each input token, the slot of ``last_hidden_state`` that
+    stands for it (itself if kept, the token it was merged into, -1 if dropped or padding), so
+    ``last_hidden_state.gather(1, token_owner)`` gives a full-length output.
     full_hidden_state ``(B, L, H)`` (encoders): every input token's last computed state, i.e. the
     final state of kept tokens and, for pruned tokens, their state when they were removed.
     pruned_at_layer ``(B, L)`` (encoders): the layer that no longer saw each token (the number of
@@ -44,6 +51,8 @@ class SpattenModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
 
     kept_indices: torch.Tensor | None = None
     kept_attention_mask: torch.Tensor | None = None
+    kept_token_weights: torch.Tensor | None = None
+    token_owner: torch.Tensor | None = None
     full_hidden_state: torch.Tensor | None = None
     pruned_at_layer: torch.Tensor | None = None
 
@@ -61,6 +70,7 @@ class PruneState:
         self.evicted_at = z(torch.long)              # first layer without the token (n_layers = none)
         self.slots: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
         self.heads: list[Optional[torch.Tensor]] = [None] * n_layers
+        self.recent: list[Optional[torch.Tensor]] = [None] * n_layers   # (B,) recent-window share per layer
         self.head_score = torch.zeros(batch, n_units, device=device)
         self.n_layers = n_layers
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -74,6 +84,7 @@ class PruneState:
         self.slots = [None if s is None else (s[0].index_select(0, index), s[1].index_select(0, index))
                       for s in self.slots]
         self.heads = [None if h is None else h.index_select(0, index) for h in self.heads]
+        self.recent = [None if r is None else r.index_select(0, index) for r in self.recent]
 
     def attach(self, cache) -> None:
         """Ride on ``cache``; follow its beam reordering."""
@@ -124,6 +135,9 @@ class SpattenRuntime:
         # Mult-Adds bookkeeping: per-token weight work of each layer, and its attention projections
         self.layer_weights = [sum(p.numel() for p in layer.parameters() if p.dim() == 2) for layer in layers]
         self.attn_weights = [family.attn_weight_numel(layer) for layer in layers]
+        share = config.recent_share if config.recent_share is not None else (
+            "auto" if config.policy == "spatten" else None)
+        self.auto_recent = share == "auto"
         self.prunes_after = [any(r < 1.0 for r in self.token_ratios[i + 1:]) for i in range(self.n_layers)]
         self.stats = SpattenStats()
         self.owners: list = []
@@ -200,15 +214,88 @@ def _rank(state: PruneState, cfg, cols: torch.Tensor, causal: bool) -> torch.Ten
     raise SlimkitError(f"unknown policy {p!r}")  # pragma: no cover - validated by the config
 
 
-def _protected(state: PruneState, cfg, cols, k, causal: bool) -> torch.Tensor:
-    prot = state.protected.gather(1, cols)
-    if causal:
-        newest = max(1, cfg.protect_recent)               # the newest token predicts the next one
-        prot = prot | (cols >= state.n_cols - newest)
-    if cfg.policy == "h2o":
-        recent = torch.floor(k.to(torch.float32) * cfg.recent_share).to(torch.long)
-        prot = prot | (cols >= (state.n_cols - recent).unsqueeze(1))
-    return prot
+def _recent_share(state: PruneState, cfg, layer: int, batch: int, device) -> torch.Tensor:
+    """``(B,)`` share of ``layer``'s budget kept for the newest tokens (decoders)."""
+    share = cfg.recent_share
+    if share is None:
+        share = "auto" if cfg.policy == "spatten" else (0.5 if cfg.policy == "h2o" else 0.0)
+    if share == "auto":
+        r = state.recent[layer]
+        return r if r is not None else torch.ones(batch, device=device)
+    return torch.full((batch,), float(share), device=device)
+
+
+def _always_kept(state: PruneState, cfg, cols) -> torch.Tensor:
+    """Protected tokens (special, sinks, ``protect_tokens``) and the newest ``max(1, protect_recent)``."""
+    return state.protected.gather(1, cols) | (cols >= state.n_cols - max(1, cfg.protect_recent))
+
+
+def _window_mask(state: PruneState, cols, k, share, always) -> torch.Tensor:
+    """The newest ``share`` (a float or ``(B,)``) of the budget ``k (B,)`` left after the always-kept
+    tokens, as a mask over ``cols (B, n)``."""
+    room = (k - (always & state.col_valid.gather(1, cols)).sum(1)).clamp(min=0)
+    w = torch.floor(room.to(torch.float32) * share).to(torch.long)
+    return cols >= (state.n_cols - w).unsqueeze(1)
+
+
+def _protected(state: PruneState, cfg, cols, k, causal: bool, layer: int) -> torch.Tensor:
+    """Slots that must stay: special / protected tokens and, in decoders, the newest tokens (at least
+    the newest one, which predicts the next token; ``protect_recent``; and the recent window: a share
+    of what the budget ``k`` leaves, ``recent_share`` or measured for ``layer`` under ``"auto"``)."""
+    if not causal:
+        return state.protected.gather(1, cols)
+    always = _always_kept(state, cfg, cols)
+    share = _recent_share(state, cfg, layer, cols.shape[0], cols.device)
+    return always | _window_mask(state, cols, k, share, always)
+
+
+RECENT_GRID = (0.0, 0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375, 1.0)
+OBSERVED_QUERIES = 32
+
+
+def _observed_attention(backbone, rt, layer, h, pos, cols, valid, heads) -> torch.Tensor:
+    """Attention probabilities ``(B, heads, obs, n)`` of the newest ``OBSERVED_QUERIES`` slots of this
+    layer over all current slots (causal), computed before the layer is pruned (prefill only)."""
+    fam = rt.family
+    rot = fam.rotary(backbone, h, pos) if fam.positions == "rotary" else None
+    q, k, _ = fam.project_qkv(layer, fam.attn_input(layer, h), heads, rot)
+    obs = min(OBSERVED_QUERIES, q.shape[2])
+    q = q[:, :, -obs:]
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    logits = (q @ k.transpose(-1, -2)).float() * fam.attention(layer).scaling
+    ok = valid[:, None, :] & (cols[:, None, :] <= cols[:, -obs:, None]) & valid[:, -obs:, None]
+    logits = logits.masked_fill(~ok[:, None], -math.inf)
+    return torch.nan_to_num(logits.softmax(-1), nan=0.0)
+
+
+def _measure_recent_share(state: PruneState, cfg, probs, cols, valid, k: torch.Tensor) -> torch.Tensor:
+    """``recent_share="auto"``: the share of a layer's budget ``k`` to give to the newest tokens.
+
+    ``probs (B, heads, obs, n)``: this layer's attention of the newest prompt queries, which stand
+    for the queries to come. For each share in ``RECENT_GRID`` the kept set is the always-kept
+    tokens, the newest ``share`` of the rest of the budget, and the remainder filled by the
+    technique's score (cumulative attention); the share whose set receives the most of the observed
+    attention wins (ties: the wider window). Local models (byte-level LMs) get a wide window, models
+    with heavy hitters a narrow one. Returns ``(B,)``.
+    """
+    B = probs.shape[0]
+    mass = probs.sum((1, 2)) * valid                                        # (B, n)
+    rank = _rank(state, cfg, cols, True).to(torch.float64)
+    always = _always_kept(state, cfg, cols) & valid
+    best = torch.full((B,), -math.inf, device=probs.device)
+    share = torch.ones(B, device=probs.device)
+    for s in RECENT_GRID:
+        base = always | (_window_mask(state, cols, k, s, always) & valid)
+        rest = (k - base.sum(1)).clamp(min=0)
+        top = rank.masked_fill(base | ~valid, -math.inf).topk(min(int(k.max()), rank.shape[1]), dim=1)
+        take = (torch.arange(top.indices.shape[1], device=probs.device)[None, :] < rest[:, None]) & \
+            torch.isfinite(top.values)
+        got = (mass * base).sum(1) + (mass.gather(1, top.indices) * take).sum(1)
+        better = got >= best - 1e-6
+        best = torch.where(better, torch.maximum(got, best), best)
+        share = torch.where(better, torch.full_like(share, s), share)
+    return share
 
 
 def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -276,7 +363,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     if not causal:                                             # last real token: SEP
         n_real = valid.sum(1, keepdim=True)
         prot |= valid & (real_rank == n_real)
-    if cfg.policy == "streaming":
+    if causal and cfg.policy in ("streaming", "spatten"):     # attention sinks (StreamingLLM)
         prot |= valid & (real_rank <= cfg.sink_tokens)
     state.extend(valid, prot)
     total_real = am.sum(1)                                     # real tokens so far, per sample
@@ -289,14 +376,21 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     stats = SpattenStats(input_tokens=float(valid.sum()) / B)
     heads_cur: Optional[torch.Tensor] = None                   # None = all units
     full = torch.zeros_like(h) if not causal else None
+    merge = cfg.pruned_tokens == "merge" and not causal
+    size = valid.to(h.dtype)                                   # input tokens each slot stands for
+    log_size = None                                            # additive attention bias once tokens merged
+    owner = torch.where(valid, torch.arange(n_new, device=dev).expand(B, n_new), -1) if not causal else None
     rotary, rotary_pos = None, None
 
     for li, layer in enumerate(fam.layers(self)):
         # 1. token pruning of the hidden set (a fresh input: prefill or encoder)
         if first and rt.token_ratios[li] < 1.0:
             k = count_for(rt.token_ratios[li], n_real_new)
+            if causal and rt.auto_recent:                      # measure this layer's locality first
+                probs_obs = _observed_attention(self, rt, layer, h, pos, cols, valid, heads_cur)
+                state.recent[li] = _measure_recent_share(state, cfg, probs_obs, cols, valid, k)
             rank = _rank(state, cfg, cols, causal)
-            sel = select_slots(rank, valid, _protected(state, cfg, cols, k, causal), k, cols, pad_first=causal)
+            sel = select_slots(rank, valid, _protected(state, cfg, cols, k, causal, li), k, cols, pad_first=causal)
             if sel is not None:
                 index, new_valid = sel
                 gone = valid & ~torch.zeros_like(valid).scatter(1, index, new_valid)
@@ -307,7 +401,18 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                                                                torch.full_like(gc, li))
                 if full is not None and gone.any():
                     full[gone.nonzero(as_tuple=True)[0], (cols - t_prev)[gone]] = h[gone]
-                h = _gather(h, index)
+                targets = new_valid & ~state.protected.gather(1, cols.gather(1, index))
+                slot_map = torch.full_like(cols, -1).scatter(
+                    1, index, torch.where(new_valid, torch.arange(index.shape[1], device=dev), -1))
+                if merge and gone.any() and targets.any():
+                    h, size, merged_into = _merge_pruned(h, size, gone, index, targets)
+                    slot_map = torch.where(gone, merged_into, slot_map)
+                    log_size = _log_size(size, new_valid)
+                else:
+                    h, size = _gather(h, index), size.gather(1, index)
+                    log_size = None if log_size is None else _log_size(size, new_valid)
+                if owner is not None:
+                    owner = torch.where(owner >= 0, slot_map.gather(1, owner.clamp(min=0)), -1)
                 cols, pos, valid = cols.gather(1, index), pos.gather(1, index), new_valid
         # 2. head units of this layer
         if first:
@@ -344,7 +449,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                 if bool(over.any()):                    # per sample: evict a chunk only where over budget
                     target = torch.where(over, torch.clamp(budget - (cfg.evict_chunk - 1), min=1), n_alive)
                     rank = _rank(state, cfg, k_cols, causal)
-                    prot_k = _protected(state, cfg, k_cols, target, causal)
+                    prot_k = _protected(state, cfg, k_cols, target, causal, li)
                     sel = select_slots(rank, alive, prot_k, target, k_cols, pad_first=True)
                 if sel is None and bool((k_valid & ~alive).any()):
                     sel = _compact(alive, k_cols)
@@ -367,6 +472,8 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
             keys, values, k_cols, k_valid = k_, v, cols, valid
         # 5. attention through the active implementation (it must return probabilities)
         mask = None if (not causal and bool(k_valid.all())) else _mask(cols, k_cols, k_valid, causal, q.dtype)
+        if log_size is not None:                               # proportional attention (merged tokens)
+            mask = log_size if mask is None else mask + log_size
         ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling)
         if probs is None:
             raise SlimkitError(f"the attention implementation {impl!r} returns no attention probabilities; "
@@ -406,8 +513,41 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     pooler = fam.pooler(self)
     pooled = pooler(h) if pooler is not None else None
     return SpattenModelOutput(last_hidden_state=h, pooler_output=pooled, **cache_kwargs(cache),
-                              kept_indices=kept, kept_attention_mask=valid.long(), full_hidden_state=full,
+                              kept_indices=kept, kept_attention_mask=valid.long(),
+                              kept_token_weights=size * valid, token_owner=owner, full_hidden_state=full,
                               pruned_at_layer=None if causal else state.evicted_at[:, t_prev:].clone())
+
+
+def _merge_pruned(h, size, gone, index, targets):
+    """Merge every pruned token into its most similar kept token (ToMe-style, encoders).
+
+    h ``(B, n, D)`` and size ``(B, n)`` before pruning; gone ``(B, n)`` the pruned real slots; index
+    ``(B, k)`` the kept slots; targets ``(B, k)`` kept slots that may absorb (real, not protected:
+    CLS/SEP stay pure for task heads). Each pruned token goes to the target with the highest cosine
+    similarity of hidden states; the target becomes the size-weighted mean. Returns the kept
+    ``(h (B, k, D), size (B, k))`` and ``merged_into (B, n)``: each pruned slot's target in the kept
+    slots (-1 elsewhere).
+    """
+    hk, sk = _gather(h, index), size.gather(1, index)
+    n_gone = gone.sum(1)
+    gmax = int(n_gone.max())
+    g_idx = gone.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :gmax]   # (B, g) gone slots first
+    g_ok = torch.arange(gmax, device=h.device)[None, :] < n_gone[:, None]
+    hg, sg = _gather(h, g_idx), size.gather(1, g_idx) * g_ok
+    sim = torch.nn.functional.normalize(hg, dim=-1) @ torch.nn.functional.normalize(hk, dim=-1).transpose(1, 2)
+    tgt = sim.masked_fill(~targets[:, None, :], -torch.inf).argmax(-1)                    # (B, g)
+    sg = torch.where(targets.any(1, keepdim=True), sg, torch.zeros_like(sg))
+    add = torch.zeros_like(sk).scatter_add(1, tgt, sg)
+    acc = torch.zeros_like(hk).scatter_add(1, tgt[..., None].expand_as(hg), hg * sg[..., None])
+    new_size = sk + add
+    merged = (hk * sk[..., None] + acc) / new_size.clamp(min=1e-6)[..., None]
+    merged_into = torch.full_like(size, -1, dtype=torch.long).scatter(1, g_idx, torch.where(sg > 0, tgt, -1))
+    return torch.where((add > 0)[..., None], merged, hk), new_size, merged_into
+
+
+def _log_size(size, valid):
+    """Additive attention bias ``(B, 1, 1, n)``: log of each key's size (0 for padding, masked anyway)."""
+    return torch.where(valid, size.clamp(min=1e-6).log(), torch.zeros_like(size))[:, None, None, :]
 
 
 def _accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: bool) -> None:

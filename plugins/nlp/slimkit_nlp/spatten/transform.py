@@ -11,7 +11,7 @@ import types
 import weakref
 from typing import Any
 
-from slimkit.errors import UnsupportedModelError
+from slimkit.errors import ConfigError, UnsupportedModelError
 
 from ..families import NO_WEIGHTS_IMPLEMENTATIONS, resolve_family
 from .config import SpattenConfig
@@ -40,6 +40,9 @@ def apply_spatten(model: Any, config: SpattenConfig) -> Any:
     if getattr(backbone.config, "add_cross_attention", False):
         raise UnsupportedModelError(f"{type(model).__name__} has cross-attention layers, which spatten does "
                                     f"not prune; use an encoder-only or decoder-only model")
+    if family.causal and config.pruned_tokens == "merge":
+        raise ConfigError(f"pruned_tokens='merge' is for encoders; {type(model).__name__} is a decoder, whose "
+                          f"pruned tokens are evicted from the KV cache: use pruned_tokens='drop' (the default)")
     _ensure_weights(model, backbone)
     rt = SpattenRuntime(family, backbone, config)
     rt.owners = [weakref.ref(backbone)] + ([weakref.ref(model)] if model is not backbone else [])
