@@ -82,3 +82,30 @@ def test_low_rank_distill_merges_deltas_that_save_and_load(tmp_path):
         load_deltas(tiny_bert(layers=2), path)
     with pytest.raises(SlimkitError, match="no delta file"):
         load_deltas(fresh, tmp_path / "missing.safetensors")
+
+
+def test_shipped_distilled_minilm_beats_the_untrained_one(minilm_path):
+    """The shipped deltas (scripts/distill_minilm_spatten.py) load into MiniLM and move held-out
+    mean-pooled embeddings closer to the unpruned model than the same spatten config without them."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from slimkit_nlp.assets import MINILM_SPATTEN, load_minilm_spatten
+    from slimkit_nlp.spatten import SpattenConfig, mean_pool
+    from slimkit_nlp.spatten.textdata import wordpiece_passages
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    val = wordpiece_passages(tok, 256, 2)
+    dense = AutoModel.from_pretrained(minilm_path, attn_implementation="eager").eval()
+    plain = slimkit.apply(AutoModel.from_pretrained(minilm_path, attn_implementation="eager").eval(),
+                          SpattenConfig.from_pretrained(MINILM_SPATTEN))
+    shipped = load_minilm_spatten()
+    assert shipped.config.slimkit_spatten["pruned_tokens"] == "merge"
+    q = "encoder.layer.3.attention.self.query.weight"
+    assert not torch.equal(shipped.state_dict()[q], dense.state_dict()[q])
+
+    def cos(m):
+        with torch.inference_mode():
+            o = m(input_ids=val)
+            ref = dense(input_ids=val).last_hidden_state.mean(1)
+            return float(torch.cosine_similarity(mean_pool(o.last_hidden_state, o.kept_token_weights), ref).mean())
+    assert cos(shipped) > cos(plain) + 0.01

@@ -339,3 +339,30 @@ def test_version_one_config_keeps_its_meaning():
         SpattenConfig(recent_share=1.5)
     with pytest.raises(slimkit.ConfigError, match="recent_share"):
         SpattenConfig(recent_share="wide")
+
+
+def test_encoder_attention_equals_eager_reference():
+    """The encoder fast path (bias channel, head blocks, sdpa when no scores are needed) computes the same
+    context as eager attention with an additive key mask, and ``received`` = probabilities summed over
+    heads and real queries."""
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+
+    from slimkit_nlp.spatten.runtime import _encoder_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, H, L, d = 2, 5, 7, 8
+    q, k, v = (torch.randn(B, H, L, d, generator=g) for _ in range(3))
+    bias = torch.randn(B, L, generator=g)
+    bias[1, 5:] = -1e9                                               # padding keys of sample 1
+    q_valid = torch.ones(B, L, dtype=torch.bool)
+    q_valid[1, 5:] = False
+
+    class Att(torch.nn.Module):
+        pass
+    want, probs = eager_attention_forward(Att().eval(), q, k, v, bias[:, None, None, :], scaling=d ** -0.5)
+    ctx, received = _encoder_attention(q, k, v, bias, d ** -0.5, q_valid, True)
+    torch.testing.assert_close(ctx, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(received, (probs * q_valid[:, None, :, None]).sum((1, 2)), atol=1e-5, rtol=1e-5)
+    fused, none = _encoder_attention(q, k, v, bias, d ** -0.5, q_valid, False)
+    assert none is None
+    torch.testing.assert_close(fused, want, atol=1e-5, rtol=1e-5)

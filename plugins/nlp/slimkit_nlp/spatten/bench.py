@@ -18,34 +18,25 @@ ENC_KEEPS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ENC_POLICIES = ("spatten", "per_layer", "random")
 
 
-def _minilm(**spatten):
+def _minilm(attn: str = "eager", **spatten):
     from transformers import AutoModel
 
     from .textdata import minilm_path
 
-    model = AutoModel.from_pretrained(minilm_path(), attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(minilm_path(), attn_implementation=attn).eval()
     if spatten:
         model = slimkit.apply(model, "spatten", **spatten)
     return model
 
 
-def _paired_speedup(ctx, dense_fn, pruned_fn, rounds: int) -> tuple[float, float, float]:
-    """Dense and pruned timed alternately (one call each per round, after warm-up) so that load
-    changes on a shared machine hit both alike; returns (speed-up of medians, dense ms, pruned ms)."""
-    import statistics
-    import time
-
-    from slimkit.measure import fixed_threads
-
-    td, tp = [], []
-    with fixed_threads(ctx.threads), torch.inference_mode():
-        dense_fn(), pruned_fn()
-        for _ in range(rounds):
-            t0 = time.perf_counter(); dense_fn(); t1 = time.perf_counter(); pruned_fn(); t2 = time.perf_counter()
-            td.append(t1 - t0)
-            tp.append(t2 - t1)
-    d, p = statistics.median(td) * 1000, statistics.median(tp) * 1000
-    return d / p, d, p
+def _speedups(ctx, eager, sdpa, pruned, x, rounds: int) -> dict:
+    """Round-robin timing of the dense model (eager and its default ``sdpa``) and the pruned one on
+    ``x (1, L)``: medians and speed-ups against both."""
+    lat = ctx.latencies({"eager": lambda: eager(input_ids=x), "sdpa": lambda: sdpa(input_ids=x),
+                         "pruned": lambda: pruned(input_ids=x)}, warmup=1, runs=rounds, desc="timing")
+    t = {k: v.median_ms for k, v in lat.items()}
+    return {"ms": t["pruned"], "dense_eager_ms": t["eager"], "dense_sdpa_ms": t["sdpa"],
+            "speedup": t["sdpa"] / t["pruned"], "speedup_vs_eager": t["eager"] / t["pruned"]}
 
 
 def _tokenizer():
@@ -56,130 +47,90 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(minilm_path())
 
 
+def _fidelity(model, ids, full) -> dict:
+    """Mean-pooled cosine (pooling weighted by ``kept_token_weights``), first-token and kept-token
+    cosine of ``model`` on passages ``ids (N, L)`` against the unpruned final states ``full``."""
+    from .textdata import mean_pool
+
+    cos, cos_cls, cos_tok = [], [], []
+    for x, hd in zip(ids, full):
+        o = model(input_ids=x[None])
+        hk, kept = o.last_hidden_state[0], o.kept_indices[0]
+        cos.append(float(torch.cosine_similarity(mean_pool(o.last_hidden_state, o.kept_token_weights)[0],
+                                                 hd.mean(0), 0)))
+        cos_cls.append(float(torch.cosine_similarity(hk[0], hd[0], 0)))
+        cos_tok.append(float(torch.cosine_similarity(hk, hd[kept], -1).mean()))
+    return {"cosine": sum(cos) / len(cos), "cosine_min": min(cos), "cls_cosine": sum(cos_cls) / len(cos_cls),
+            "kept_token_cosine": sum(cos_tok) / len(cos_tok), "macs_ratio": model.spatten_stats.macs_ratio}
+
+
 # -- spatten-encoder -------------------------------------------------------------------------------
 def run_encoder(ctx) -> dict:
-    from .textdata import mean_pool, wordpiece_passages
+    from slimkit_nlp.assets import MINILM_SPATTEN, load_minilm_spatten
+
+    from .textdata import wordpiece_passages
 
     tok = _tokenizer()
     lengths = (128, 512) if ctx.quick else (128, 256, 512)
     keeps = (0.5,) if ctx.quick else ENC_KEEPS
-    n_pass = 2 if ctx.quick else 6
+    n_pass = 2 if ctx.quick else 12
     rounds = 3 if ctx.quick else 7
-    dense = _minilm()
-    rows, passages = [], {}
+    eager, sdpa = _minilm(), _minilm("sdpa")
+    distilled = load_minilm_spatten()
+    rows = []
     with torch.inference_mode():
         for L in lengths:
             ids = wordpiece_passages(tok, L, n_pass)
-            full = [dense(input_ids=x[None]).last_hidden_state[0] for x in ids]
-            ref = [h.mean(0, keepdim=True) for h in full]
-            passages[L] = (ids, ref)
-            for policy in ENC_POLICIES:
-                for keep in ctx.progress(keeps, desc=f"L={L} {policy}"):
-                    m = _minilm(token_keep=keep, policy=policy)
-                    cos, cos_cls, cos_tok, cos_full = [], [], [], []
-                    for x, r, hd in zip(ids, ref, full):
-                        o = m(input_ids=x[None])
-                        hk, kept = o.last_hidden_state[0], o.kept_indices[0]
-                        cos.append(float(torch.cosine_similarity(mean_pool(o.last_hidden_state,
-                                                                           o.kept_attention_mask), r)))
-                        cos_full.append(float(torch.cosine_similarity(
-                            mean_pool(o.full_hidden_state, torch.ones(1, x.shape[0])), r)))
-                        cos_cls.append(float(torch.cosine_similarity(hk[0], hd[0], 0)))
-                        cos_tok.append(float(torch.cosine_similarity(hk, hd[kept], -1).mean()))
-                    macs_ratio = m.spatten_stats.macs_ratio
-                    speedup, t_dense, t = _paired_speedup(ctx, lambda: dense(input_ids=ids[:1]),
-                                                          lambda: m(input_ids=ids[:1]), rounds)
-                    rows.append({"length": L, "policy": policy, "token_keep": keep, "cosine": sum(cos) / len(cos),
-                                 "cosine_min": min(cos), "cls_cosine": sum(cos_cls) / len(cos_cls),
-                                 "kept_token_cosine": sum(cos_tok) / len(cos_tok),
-                                 "full_length_cosine": sum(cos_full) / len(cos_full), "speedup": speedup,
-                                 "ms": t, "dense_ms": t_dense,
-                                 "macs_ratio": macs_ratio})
+            full = [eager(input_ids=x[None]).last_hidden_state[0] for x in ids]
+            for mode in ENC_MODES:
+                for policy in ENC_POLICIES:
+                    for keep in ctx.progress(keeps, desc=f"L={L} {mode} {policy}"):
+                        m = _minilm(token_keep=keep, policy=policy, pruned_tokens=mode)
+                        rows.append({"length": L, "policy": policy, "pruned_tokens": mode, "token_keep": keep,
+                                     **_fidelity(m, ids, full), **_speedups(ctx, eager, sdpa, m, ids[:1], rounds)})
+            cfg = distilled.config.slimkit_spatten
+            rows.append({"length": L, "policy": "spatten+distill", "pruned_tokens": cfg["pruned_tokens"],
+                         "token_keep": cfg["token_keep"], **_fidelity(distilled, ids, full),
+                         **_speedups(ctx, eager, sdpa, distilled, ids[:1], rounds)})
     longest = max(lengths)
-    rows += _distilled_rows(ctx, tok, dense, longest, (0.5,) if ctx.quick else DISTILL_KEEPS, *passages[longest],
-                            rounds)
     at = [r for r in rows if r["length"] == longest]
 
-    def best_speed(*policies):
-        ok = [r["speedup"] for r in at if r["policy"] in policies and r["cosine"] >= 0.98]
+    def best_speed(key):
+        ok = [r[key] for r in at if r["policy"].startswith("spatten") and r["cosine"] >= 0.98]
         return max(ok) if ok else 0.0
 
-    def cos_at_speed(*policies, s=1.8):
-        ok = [r["cosine"] for r in at if r["policy"] in policies and r["speedup"] >= s]
-        return max(ok) if ok else 0.0
+    def margin(mode, key="cosine"):
+        mean = {p: sum(r[key] for r in at if r["policy"] == p and r["pruned_tokens"] == mode) / len(keeps)
+                for p in ENC_POLICIES}
+        return mean["spatten"] - max(mean["per_layer"], mean["random"])
 
-    def mean_cos(policy, key="cosine"):
-        v = [r[key] for r in at if r["policy"] == policy]
-        return sum(v) / len(v)
-
-    margin = mean_cos("spatten") - max(mean_cos("per_layer"), mean_cos("random"))
-    margin_tok = mean_cos("spatten", "kept_token_cosine") - max(mean_cos("per_layer", "kept_token_cosine"),
-                                                                 mean_cos("random", "kept_token_cosine"))
     goals = [
-        slimkit.goal(f"speed-up at cosine>=0.98 ({longest} tok, with or without distill)",
-                     best_speed("spatten", "spatten+distill"), 1.8, unit="x"),
-        slimkit.goal(f"cosine at >=1.8x speed-up ({longest} tok, with or without distill)",
-                     cos_at_speed("spatten", "spatten+distill"), 0.98),
-        slimkit.goal(f"cumulative - best baseline, mean-pooled cosine ({longest} tok)", margin, 0.0),
-        slimkit.goal(f"cumulative - best baseline, kept-token cosine ({longest} tok)", margin_tok, 0.0),
-    ]
-    full_at = {p: max([r["full_length_cosine"] for r in at if r["policy"] == p and r["speedup"] >= 1.8],
-                      default=0.0) for p in ENC_POLICIES}
-    from .config import SpattenConfig
-    distilled = [r for r in at if r["policy"] == "spatten+distill"]
-    return {"model": "all-MiniLM-L6-v2", "passages_per_length": n_pass, "token_slope": SpattenConfig().token_slope,
-            "distill": {"what": "slimkit_nlp.spatten.distill: short fine-tune of the pruned model toward the unpruned "
-                                "mean-pooled embedding (1 - cosine), on passages of the training plays; evaluated on "
-                                "the validation plays like every other row",
-                        "passages": distilled[0]["distill_passages"] if distilled else 0,
-                        "steps": distilled[0]["distill_steps"] if distilled else 0,
-                        "cosine_before_after": {r["token_keep"]: [r["cosine_before_distill"], r["cosine"]]
-                                                for r in distilled}},
-            "fidelity": "cosine: mean-pooled embedding (pruned: mean over kept tokens) vs the unpruned model; "
-                        "cls_cosine: first-token state; kept_token_cosine: each kept token's final state vs "
-                        "the unpruned model's state of the same token (mean); full_length_cosine: mean over all "
-                        "input tokens of out.full_hidden_state (kept tokens' final states scattered back to "
-                        "their positions, pruned tokens frozen at the layer that removed them) vs the unpruned "
-                        "model (timing always includes building full_hidden_state)",
-            "goal_metric": "cosine (mean over kept tokens); full_length_cosine is reported, not used by the goals "
-                           "(it is lower: MiniLM's intermediate states point elsewhere than its final ones)",
-            "full_length_cosine_at_1.8x": full_at,
-            "full_length_cosine_mean": {p: mean_cos(p, "full_length_cosine") for p in ENC_POLICIES},
+        slimkit.goal(f"speed-up vs dense sdpa (the default) at cosine>=0.98 ({longest} tok)", best_speed("speedup"),
+                     1.8, unit="x"),
+        slimkit.goal(f"speed-up vs dense eager (same attention kernel) at cosine>=0.98 ({longest} tok)",
+                     best_speed("speedup_vs_eager"), 1.8, unit="x"),
+    ] + [slimkit.goal(f"cumulative - best baseline, mean-pooled cosine, {mode} ({longest} tok)", margin(mode), 0.0)
+         for mode in ENC_MODES]
+    import json
+
+    training = json.loads((MINILM_SPATTEN / "training.json").read_text())
+    return {"model": "all-MiniLM-L6-v2", "passages_per_length": n_pass, "timing_rounds": rounds,
+            "distilled": {"what": "the shipped slimkit_nlp.assets.load_minilm_spatten(): spatten (merge) plus the "
+                                  "paper's short fine-tune (distill: low-rank deltas, mean-pooled and per-token "
+                                  "cosine to the unpruned model) on passages of the training plays; every row here "
+                                  "is scored on the validation plays",
+                          "made_by": training["script"], "settings": training["settings"],
+                          "train_seconds": training["seconds"]},
+            "fidelity": "cosine: mean-pooled embedding (weighted by kept_token_weights: 1 per kept token for drop, "
+                        "the merged count for merge) vs the unpruned model's mean over all tokens; cls_cosine: "
+                        "first-token state; kept_token_cosine: each kept token's final state vs the unpruned state "
+                        "of the same token (mean)",
+            "speed": "speedup: dense model with its default attention (sdpa) / pruned; speedup_vs_eager: dense "
+                     "eager / pruned (spatten needs eager probabilities); medians of round-robin timing, batch 1",
             "rows": rows, "goals": goals}
 
 
-DISTILL_KEEPS = (0.5, 0.6)
-
-
-def _distilled_rows(ctx, tok, dense, L: int, keeps, ids, ref, rounds: int) -> list[dict]:
-    """``spatten`` rows after ``distill`` (the paper's short fine-tune), at length ``L``, scored on
-    the validation passages ``ids (N, L)`` against the unpruned mean-pooled embeddings ``ref``."""
-    from .finetune import distill
-    from .textdata import mean_pool, wordpiece_passages
-
-    steps, n_train = (10, 8) if ctx.quick else (200, 160)
-    train = wordpiece_passages(tok, L, n_train, split="train")
-    rows = []
-    for keep in keeps:
-        m = _minilm(token_keep=keep)
-
-        def cosine():
-            with torch.inference_mode():
-                cs = [float(torch.cosine_similarity(mean_pool(o.last_hidden_state, o.kept_attention_mask), r))
-                      for o, r in ((m(input_ids=x[None]), r) for x, r in zip(ids, ref))]
-            return sum(cs) / len(cs), min(cs)
-
-        before, _ = cosine()
-        info = distill(m, train, steps=steps, show_progress=ctx.show_progress, seed=ctx.seed)
-        after, worst = cosine()
-        speedup, t_dense, t = _paired_speedup(ctx, lambda: dense(input_ids=ids[:1]), lambda: m(input_ids=ids[:1]),
-                                              rounds)
-        rows.append({"length": L, "policy": "spatten+distill", "token_keep": keep, "cosine": after,
-                     "cosine_min": worst, "cosine_before_distill": before, "speedup": speedup, "ms": t,
-                     "dense_ms": t_dense, "macs_ratio": m.spatten_stats.macs_ratio, "distill_steps": steps,
-                     "distill_passages": n_train, "distill_seconds": info["seconds"],
-                     "distill_loss_last": info["loss_last"]})
-    return rows
+ENC_MODES = ("drop", "merge")
 
 
 def plot_encoder(result: dict, png) -> None:
@@ -188,35 +139,37 @@ def plot_encoder(result: dict, png) -> None:
     import matplotlib.pyplot as plt
 
     lengths = sorted({r["length"] for r in result["rows"]})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4.4 * len(lengths), 4.0), squeeze=False)
+    styles = {"drop": "--", "merge": "-"}
+    marks = {"spatten": "o", "per_layer": "s", "random": "^"}
     for ax, L in zip(axes[0], lengths):
-        for policy, mk in zip(ENC_POLICIES, ("o-", "s--", "^:")):
-            rs = sorted([r for r in result["rows"] if r["length"] == L and r["policy"] == policy],
-                        key=lambda r: r["token_keep"])
-            ax.plot([r["speedup"] for r in rs], [r["cosine"] for r in rs], mk, label=policy)
-            if policy == "spatten" and rs and "full_length_cosine" in rs[0]:
-                ax.plot([r["speedup"] for r in rs], [r["full_length_cosine"] for r in rs], "x-", color="grey",
-                        label="spatten, full-length mean")
-        rs = sorted([r for r in result["rows"] if r["length"] == L and r["policy"] == "spatten+distill"],
-                    key=lambda r: r["token_keep"])
-        if rs:
-            ax.plot([r["speedup"] for r in rs], [r["cosine"] for r in rs], "D", color="C3",
-                    label="spatten + distill")
+        for mode in ENC_MODES:
+            for i, policy in enumerate(ENC_POLICIES):
+                rs = sorted([r for r in result["rows"] if r["length"] == L and r["policy"] == policy
+                             and r["pruned_tokens"] == mode], key=lambda r: r["token_keep"])
+                ax.plot([r["speedup"] for r in rs], [r["cosine"] for r in rs], styles[mode] + marks[policy],
+                        color=f"C{i}", ms=4, alpha=1.0 if mode == "merge" else 0.55, label=f"{policy}, {mode}")
+        for r in result["rows"]:
+            if r["length"] == L and r["policy"] == "spatten+distill":
+                ax.plot([r["speedup"]], [r["cosine"]], "D", color="C3", ms=7, label="spatten, merge + distill")
+                ax.plot([r["speedup_vs_eager"]], [r["cosine"]], "D", mfc="none", color="C3", ms=7,
+                        label="same, vs dense eager")
         ax.axhline(0.98, color="grey", lw=0.8)
         ax.axvline(1.8, color="grey", lw=0.8)
         ax.set_title(f"MiniLM, {L} tokens")
-        ax.set_xlabel("measured speed-up (x)")
+        ax.set_xlabel("measured speed-up vs dense (sdpa, default) (x)")
         ax.set_ylabel("cosine to unpruned (mean-pooled)")
-        ax.legend(fontsize=8)
+        ax.set_ylim(max(0.6, ax.get_ylim()[0]), 1.0)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
 
 # -- spatten-decoder -------------------------------------------------------------------------------
-DEC_POLICIES = ("spatten", "h2o", "streaming", "random", "spatten+recent16", "spatten+recent64")
-DEC_OPTIONS = {"spatten+recent16": dict(policy="spatten", protect_recent=16),
-               "spatten+recent64": dict(policy="spatten", protect_recent=64)}
+DEC_POLICIES = ("spatten", "spatten, score only", "h2o", "streaming", "random")
+DEC_BASELINES = ("h2o", "streaming", "random")
+DEC_OPTIONS = {"spatten, score only": dict(policy="spatten", recent_share=0.0, sink_tokens=1)}
 
 
 def _teacher_forced(model, prompt: torch.Tensor, cont: torch.Tensor):
@@ -245,7 +198,7 @@ def run_decoder(ctx) -> dict:
     from .textdata import byte_passages
 
     P, N = (512, 32) if ctx.quick else (512, 128)
-    n_prompts = 1 if ctx.quick else 6
+    n_prompts = 1 if ctx.quick else 12
     budgets = (0.25, 0.5)
     data = byte_passages(P + N, n_prompts)
     dense = load_shakespeare_gpt2()
@@ -261,9 +214,10 @@ def run_decoder(ctx) -> dict:
             for policy in ctx.progress(DEC_POLICIES, desc=f"budget {budget}"):
                 opts = DEC_OPTIONS.get(policy, dict(policy=policy))
                 m = slimkit.apply(load_shakespeare_gpt2(), "spatten", token_keep=budget, **opts)
-                agree, nll, kv, kl = [], [], [], []
+                agree, nll, kv, kl, shares = [], [], [], [], []
                 for x, (rlp, _) in zip(data, ref):
                     lp, cache = _teacher_forced(m, x[None, :P], x[None, P:])
+                    shares.append([None if r is None else float(r.mean()) for r in cache._spatten_state.recent])
                     agree.append((lp.argmax(-1) == rlp.argmax(-1)).float().mean().item())
                     kl.append((rlp.exp() * (rlp - lp)).sum(-1).mean().item())
                     nll.append(-lp.gather(1, x[P:, None]).mean().item())
@@ -274,23 +228,32 @@ def run_decoder(ctx) -> dict:
                 rows.append({"budget": budget, "policy": policy, "top1_agreement": sum(agree) / len(agree),
                              "kl_to_dense": sum(kl) / len(kl),
                              "perplexity": math.exp(d_nll), "kv_bytes": sum(kv) / len(kv),
-                             "kv_share": sum(kv) / len(kv) / dense_bytes, "tokens_per_s": N / (t / 1000.0)})
+                             "kv_share": sum(kv) / len(kv) / dense_bytes, "tokens_per_s": N / (t / 1000.0),
+                             "recent_share_per_layer": [None if v[0] is None else sum(v) / len(v)
+                                                        for v in zip(*shares)]})
     dense_ppl = math.exp(sum(dense_nll) / len(dense_nll))
     for r in rows:
         r["perplexity_change"] = r["perplexity"] / dense_ppl - 1.0
     goals = []
     for budget in budgets:
         at = {r["policy"]: r for r in rows if r["budget"] == budget}
-        best = max(at[p]["top1_agreement"] for p in ("h2o", "streaming", "random"))
+        best = max(at[p]["top1_agreement"] for p in DEC_BASELINES)
         goals.append(slimkit.goal(f"top-1 agreement: spatten - best baseline, budget {budget:.0%}",
                                   at["spatten"]["top1_agreement"] - best, 0.0))
+        best_kl = min(at[p]["kl_to_dense"] for p in DEC_BASELINES)
+        goals.append(slimkit.goal(f"KL to dense: spatten / best baseline, budget {budget:.0%}",
+                                  at["spatten"]["kl_to_dense"] / max(best_kl, 1e-12), 1.0, higher_is_better=False,
+                                  unit="x"))
     return {"model": "shipped byte-level GPT-2 (4x256)", "prompt_tokens": P, "generated_tokens": N,
             "prompts": n_prompts, "dense_perplexity": dense_ppl, "dense_kv_bytes": dense_bytes,
             "dense_tokens_per_s": N / (t_dense / 1000.0),
             "note": "teacher-forced on the real continuation through the generation-stage cache (top-1 agreement, "
                     "KL(dense || pruned) of the next-token distribution, perplexity of the real text); all policies "
                     "share the same per-layer budgets (cascade schedule), only the score differs; kv_share is the "
-                    "cache size relative to the unpruned cache (the first layer is never pruned)",
+                    "cache size relative to the unpruned cache (the first layer is never pruned); spatten: the "
+                    "default config (cumulative score, 4 attention sinks, recent window measured per layer at "
+                    "prefill: recent_share_per_layer); 'spatten, score only': the paper's score with no window and "
+                    "only the first token protected",
             "rows": rows, "goals": goals}
 
 
@@ -326,7 +289,7 @@ def run_heads(ctx) -> dict:
     keeps = (1.0, 0.5) if ctx.quick else (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
     ids = wordpiece_passages(tok, L, 2 if ctx.quick else 6)
     rounds = 3 if ctx.quick else 7
-    dense = _minilm()
+    dense, sdpa = _minilm(), _minilm("sdpa")
     rows = []
     with torch.inference_mode():
         ref = [mean_pool(dense(input_ids=x[None]).last_hidden_state, torch.ones(1, L)) for x in ids]
@@ -336,14 +299,15 @@ def run_heads(ctx) -> dict:
                    zip(ids, ref)]
             st = m.spatten_stats
             heads = sum(s.heads_kept for s in st.layers) / sum(s.heads_total for s in st.layers)
-            speedup, _, _ = _paired_speedup(ctx, lambda: dense(input_ids=ids[:1]), lambda: m(input_ids=ids[:1]),
-                                            rounds)
             rows.append({"head_keep": hk, "heads_pruned_share": 1 - heads, "cosine": sum(cos) / len(cos),
                          "macs": st.macs, "dense_macs": st.dense_macs, "macs_ratio": st.macs_ratio,
-                         "speedup": speedup})
+                         **_speedups(ctx, dense, sdpa, m, ids[:1], rounds)})
     ok = [r["macs_ratio"] for r in rows if r["cosine"] >= 0.98]
-    goals = [slimkit.goal("Mult-Adds reduction from heads at cosine>=0.98", max(ok) if ok else 0.0, 1.1, unit="x")]
-    return {"model": "all-MiniLM-L6-v2", "tokens": L, "rows": rows, "goals": goals}
+    return {"model": "all-MiniLM-L6-v2", "tokens": L, "rows": rows,
+            "macs_ratio_at_cosine_0.98": max(ok) if ok else 1.0,
+            "note": "the issue asks for this trade-off to be reported and sets no target for it; head pruning here "
+                    "is without fine-tuning (token_keep 1.0)",
+            "goals": []}
 
 
 def plot_heads(result: dict, png) -> None:

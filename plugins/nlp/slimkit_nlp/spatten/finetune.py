@@ -46,7 +46,7 @@ def _layer_linears(model) -> dict[str, nn.Linear]:
 
 def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, steps: int = 200,
             lr: float | None = None, batch_size: int = 4, rank: int | None = None, token_loss: float = 0.0,
-            teacher=None, seed: int = 0, show_progress: bool = True) -> dict:
+            teacher=None, seed: int = 0, bf16: bool = False, show_progress: bool = True) -> dict:
     """Fine-tune the spatten encoder ``model`` in place toward its unpruned self.
 
     ``input_ids (N, L)`` (and ``attention_mask (N, L)``): unlabeled training passages, sampled
@@ -55,6 +55,8 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     layers' linear weights (``lr`` default 1e-3), merged into the weights at the end and returned
     under ``"deltas"`` (``save_deltas`` writes them). ``token_loss``: weight of the per-token term.
     ``teacher``: the unpruned model (default: a frozen copy of ``model`` with spatten removed).
+    ``bf16``: run the student's forward and backward under bfloat16 autocast (about 1.8x faster on
+    CPUs with bf16 matmul; weights, deltas and optimizer state stay float32).
     Returns ``{"steps", "seconds", "loss_first", "loss_last", "history", "deltas"}`` (loss history:
     mean of each 10 steps). Dropout stays off (eval mode) while training.
     """
@@ -125,12 +127,13 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
         with torch.enable_grad():
             for step in bar:
                 idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=gen)
-                out = backbone(input_ids=input_ids[idx], attention_mask=attention_mask[idx])
-                emb = mean_pool(out.last_hidden_state, out.kept_token_weights)
+                with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = backbone(input_ids=input_ids[idx], attention_mask=attention_mask[idx])
+                emb = mean_pool(out.last_hidden_state.float(), out.kept_token_weights.float())
                 loss = (1 - torch.cosine_similarity(emb, targets[idx], dim=-1)).mean()
                 if token_loss > 0:
                     own = out.token_owner
-                    rec = out.last_hidden_state.gather(1, own.clamp(min=0)[..., None].expand(
+                    rec = out.last_hidden_state.float().gather(1, own.clamp(min=0)[..., None].expand(
                         -1, -1, out.last_hidden_state.shape[-1]))
                     ok = (own >= 0).to(rec.dtype)
                     tok = (1 - torch.cosine_similarity(rec, token_targets[idx], dim=-1)) * ok

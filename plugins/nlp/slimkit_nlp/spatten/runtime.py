@@ -471,11 +471,19 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
         else:
             keys, values, k_cols, k_valid = k_, v, cols, valid
         # 5. attention through the active implementation (it must return probabilities)
-        mask = None if (not causal and bool(k_valid.all())) else _mask(cols, k_cols, k_valid, causal, q.dtype)
-        if log_size is not None:                               # proportional attention (merged tokens)
-            mask = log_size if mask is None else mask + log_size
-        ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling)
-        if probs is None:
+        need_probs = cache is not None or rt.prunes_after[li] or cfg.value_keep < 1.0
+        if not causal and impl == "eager" and cfg.value_keep >= 1.0:   # encoders: same result, fewer passes
+            mask = None
+            ctx, received = _encoder_attention(q, keys, values, _key_bias(k_valid, log_size), att.scaling, valid,
+                                               need_probs)
+            probs = None
+        else:
+            received = None
+            mask = None if (not causal and bool(k_valid.all())) else _mask(cols, k_cols, k_valid, causal, q.dtype)
+            if log_size is not None:                               # proportional attention (merged tokens)
+                mask = log_size if mask is None else mask + log_size
+            ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling)
+        if probs is None and received is None and need_probs:
             raise SlimkitError(f"the attention implementation {impl!r} returns no attention probabilities; "
                                f"spatten needs them: use attn_implementation='eager' or a custom function "
                                f"that returns (output, probabilities)")
@@ -484,7 +492,10 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
             ctx, fetched = _value_prune(probs, values, mask, cfg.value_keep)
         # 6. importance scores (only needed if a later layer or a later generation step prunes)
         if cache is not None or rt.prunes_after[li]:
-            _accumulate(state, probs, cols, valid, k_cols, k_valid, causal)
+            if probs is None:
+                _add_scores(state, received, q.shape[1], cols, valid, k_cols, k_valid, causal)
+            else:
+                _accumulate(state, probs, cols, valid, k_cols, k_valid, causal)
         if first and rt.config.head_keep < 1.0:
             mag = (ctx.float().abs() * valid[:, :, None, None]).sum((1, 3))        # (B, heads)
             mag = mag.view(B, units, rt.group).sum(-1)
@@ -516,6 +527,50 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                               kept_indices=kept, kept_attention_mask=valid.long(),
                               kept_token_weights=size * valid, token_owner=owner, full_hidden_state=full,
                               pruned_at_layer=None if causal else state.evicted_at[:, t_prev:].clone())
+
+
+HEAD_CHUNK = 2          # heads per block in the encoder attention (keeps a block's probabilities in cache)
+
+
+def _encoder_attention(q, k, v, key_bias, scaling: float, q_valid, need_scores: bool):
+    """Eager attention for encoders: ``(context (B, L, H, d), received (B, S) or None)``.
+
+    ``q (B, H, L, d)``, ``k``/``v (B, Hkv, S, d)``; ``key_bias (B, S)`` or None: added to every
+    query's logit for that key (log of merged sizes; a large negative number for padding). Encoder
+    masks depend on the key only, so the bias rides in one extra channel of ``q`` (ones) and ``k``
+    (the bias) and costs no pass over ``L x S``; the scaling is folded into ``q`` likewise. Heads run
+    in blocks of ``HEAD_CHUNK`` so each block's probabilities stay in cache; ``received`` is the
+    attention each key got, summed over heads and the real queries of ``q_valid (B, L)``.
+    Layers whose scores nobody reads (no later pruning) run PyTorch's fused ``sdpa`` instead.
+    """
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    if not need_scores:
+        mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
+        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+        return ctx.transpose(1, 2), None
+    q = q * scaling
+    if key_bias is not None:
+        q = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)
+        k = torch.cat([k, key_bias[:, None, :, None].to(k.dtype).expand(-1, k.shape[1], -1, 1)], dim=-1)
+    weights = q_valid.to(torch.float32)[:, None, None, :]                    # (B, 1, 1, L)
+    ctx = torch.empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1], dtype=v.dtype, device=v.device)
+    received = torch.zeros(q.shape[0], k.shape[2], dtype=torch.float32, device=q.device)
+    for h in range(0, q.shape[1], HEAD_CHUNK):
+        p = torch.softmax(torch.matmul(q[:, h:h + HEAD_CHUNK], k[:, h:h + HEAD_CHUNK].transpose(-1, -2)), dim=-1)
+        ctx[:, :, h:h + HEAD_CHUNK] = torch.matmul(p, v[:, h:h + HEAD_CHUNK]).transpose(1, 2)
+        received += torch.matmul(weights.to(p.dtype), p).sum((1, 2)).float()
+    return ctx, received
+
+
+def _key_bias(k_valid, log_size):
+    """``(B, S)`` additive logit bias of each key for encoders (None when there is none)."""
+    bias = None if log_size is None else log_size[:, 0, 0, :]
+    if not bool(k_valid.all()):
+        pad = torch.zeros(k_valid.shape, dtype=torch.float32, device=k_valid.device).masked_fill(~k_valid, -1e9)
+        bias = pad if bias is None else bias + pad
+    return bias
 
 
 def _merge_pruned(h, size, gone, index, targets):
@@ -566,6 +621,11 @@ def _accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: 
         contrib = probs.sum((1, 2), dtype=torch.float32)                    # (B, Lk)
     else:
         contrib = (probs.float() * valid[:, None, :, None]).sum((1, 2))
+    _add_scores(state, contrib, heads, cols, valid, k_cols, k_valid, causal)
+
+
+def _add_scores(state: PruneState, contrib, heads: int, cols, valid, k_cols, k_valid, causal: bool) -> None:
+    """Add ``contrib (B, Lk)`` (attention received, summed over heads and real queries) to the scores."""
     if causal:
         seen = k_valid[:, None, :] & valid[:, :, None] & (k_cols[:, None, :] <= cols[:, :, None])
         cnt = seen.sum(1).float() * heads
