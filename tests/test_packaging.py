@@ -19,6 +19,9 @@ def test_wheel_layout_and_registry(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"slimkit", "slimkit_video", "slimkit_nlp"}, "never a top-level core or plugins module"
     assert "slimkit/registry.toml" in names
+    for shipped in ("gpt2-shakespeare/model.safetensors", "minilm-spatten/deltas.safetensors",
+                    "minilm-spatten/slimkit_config.json"):                     # models the project trained
+        assert f"slimkit_nlp/assets/{shipped}" in names, shipped
     meta = zipfile.ZipFile(wheel)
     eps = meta.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "[slimkit.plugins]" in eps and "video = slimkit_video.plugin" in eps and "nlp = slimkit_nlp.plugin" in eps

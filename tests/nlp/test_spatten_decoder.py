@@ -163,7 +163,7 @@ def test_auto_recent_share_follows_where_the_attention_goes(where, wide):
     """recent_share='auto': attention of the newest queries on the newest tokens -> a wide window;
     on old tokens with high cumulative scores -> those tokens, a narrow window."""
     from slimkit_nlp.spatten.config import SpattenConfig
-    from slimkit_nlp.spatten.runtime import _measure_recent_share
+    from slimkit_nlp.spatten.window import measure_recent_share
 
     n, heavy = 40, [5, 9, 13, 17]
     st = _state_with_scores(n, heavy)
@@ -173,7 +173,7 @@ def test_auto_recent_share_follows_where_the_attention_goes(where, wide):
     else:
         probs[..., heavy] = 0.2
         probs[..., n - 1] = 0.2
-    share = _measure_recent_share(st, SpattenConfig(policy="spatten"), probs, torch.arange(n)[None],
+    share = measure_recent_share(st, SpattenConfig(policy="spatten"), probs, torch.arange(n)[None],
                                   torch.ones(1, n, dtype=torch.bool), torch.tensor([16]))
     if wide:
         assert float(share) == 1.0
@@ -183,7 +183,8 @@ def test_auto_recent_share_follows_where_the_attention_goes(where, wide):
 
 
 def test_sinks_window_and_budget_in_generation():
-    from slimkit_nlp.spatten.runtime import RECENT_GRID, count_for
+    from slimkit_nlp.spatten.schedule import count_for
+    from slimkit_nlp.spatten.window import RECENT_GRID
 
     ids, am = prompts()
     m = slimkit.apply(tiny("gpt2"), "spatten", token_keep=0.5)

@@ -347,7 +347,7 @@ def test_encoder_attention_equals_eager_reference():
     heads and real queries."""
     from transformers.models.bert.modeling_bert import eager_attention_forward
 
-    from slimkit_nlp.spatten.runtime import _encoder_attention
+    from slimkit_nlp.spatten.attention import encoder_attention
 
     g = torch.Generator().manual_seed(0)
     B, H, L, d = 2, 5, 7, 8
@@ -360,9 +360,9 @@ def test_encoder_attention_equals_eager_reference():
     class Att(torch.nn.Module):
         pass
     want, probs = eager_attention_forward(Att().eval(), q, k, v, bias[:, None, None, :], scaling=d ** -0.5)
-    ctx, received = _encoder_attention(q, k, v, bias, d ** -0.5, q_valid, True)
+    ctx, received = encoder_attention(q, k, v, bias, d ** -0.5, q_valid, True)
     torch.testing.assert_close(ctx, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(received, (probs * q_valid[:, None, :, None]).sum((1, 2)), atol=1e-5, rtol=1e-5)
-    fused, none = _encoder_attention(q, k, v, bias, d ** -0.5, q_valid, False)
+    fused, none = encoder_attention(q, k, v, bias, d ** -0.5, q_valid, False)
     assert none is None
     torch.testing.assert_close(fused, want, atol=1e-5, rtol=1e-5)

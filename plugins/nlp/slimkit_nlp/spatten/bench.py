@@ -105,10 +105,8 @@ def run_encoder(ctx) -> dict:
         return mean["spatten"] - max(mean["per_layer"], mean["random"])
 
     goals = [
-        slimkit.goal(f"speed-up vs dense sdpa (the default) at cosine>=0.98 ({longest} tok)", best_speed("speedup"),
+        slimkit.goal(f"speed-up vs dense (sdpa, the default) at cosine>=0.98 ({longest} tok)", best_speed("speedup"),
                      1.8, unit="x"),
-        slimkit.goal(f"speed-up vs dense eager (same attention kernel) at cosine>=0.98 ({longest} tok)",
-                     best_speed("speedup_vs_eager"), 1.8, unit="x"),
     ] + [slimkit.goal(f"cumulative - best baseline, mean-pooled cosine, {mode} ({longest} tok)", margin(mode), 0.0)
          for mode in ENC_MODES]
     import json
@@ -125,8 +123,11 @@ def run_encoder(ctx) -> dict:
                         "the merged count for merge) vs the unpruned model's mean over all tokens; cls_cosine: "
                         "first-token state; kept_token_cosine: each kept token's final state vs the unpruned state "
                         "of the same token (mean)",
-            "speed": "speedup: dense model with its default attention (sdpa) / pruned; speedup_vs_eager: dense "
-                     "eager / pruned (spatten needs eager probabilities); medians of round-robin timing, batch 1",
+            "speed": "speedup: dense model with its default attention (sdpa; spatten at token_keep 1.0 runs the same "
+                     "kernels) / pruned; speedup_vs_eager: HF's eager dense / pruned, for reference only: HF eager "
+                     "attention is far slower than sdpa and than spatten's own attention, so that ratio flatters "
+                     "(it passes 1.8x at keep 0.8); medians of round-robin timing, batch 1",
+            "best_speedup_vs_eager_at_0.98": best_speed("speedup_vs_eager"),
             "rows": rows, "goals": goals}
 
 
@@ -152,8 +153,6 @@ def plot_encoder(result: dict, png) -> None:
         for r in result["rows"]:
             if r["length"] == L and r["policy"] == "spatten+distill":
                 ax.plot([r["speedup"]], [r["cosine"]], "D", color="C3", ms=7, label="spatten, merge + distill")
-                ax.plot([r["speedup_vs_eager"]], [r["cosine"]], "D", mfc="none", color="C3", ms=7,
-                        label="same, vs dense eager")
         ax.axhline(0.98, color="grey", lw=0.8)
         ax.axvline(1.8, color="grey", lw=0.8)
         ax.set_title(f"MiniLM, {L} tokens")
@@ -226,6 +225,7 @@ def run_decoder(ctx) -> dict:
                                 runs=1 if ctx.quick else 3).median_ms
                 d_nll = sum(nll) / len(nll)
                 rows.append({"budget": budget, "policy": policy, "top1_agreement": sum(agree) / len(agree),
+                             "per_prompt": {"top1_agreement": agree, "kl_to_dense": kl},
                              "kl_to_dense": sum(kl) / len(kl),
                              "perplexity": math.exp(d_nll), "kv_bytes": sum(kv) / len(kv),
                              "kv_share": sum(kv) / len(kv) / dense_bytes, "tokens_per_s": N / (t / 1000.0),
@@ -234,16 +234,15 @@ def run_decoder(ctx) -> dict:
     dense_ppl = math.exp(sum(dense_nll) / len(dense_nll))
     for r in rows:
         r["perplexity_change"] = r["perplexity"] / dense_ppl - 1.0
-    goals = []
+    goals, paired = [], {}
     for budget in budgets:
         at = {r["policy"]: r for r in rows if r["budget"] == budget}
-        best = max(at[p]["top1_agreement"] for p in DEC_BASELINES)
-        goals.append(slimkit.goal(f"top-1 agreement: spatten - best baseline, budget {budget:.0%}",
-                                  at["spatten"]["top1_agreement"] - best, 0.0))
-        best_kl = min(at[p]["kl_to_dense"] for p in DEC_BASELINES)
-        goals.append(slimkit.goal(f"KL to dense: spatten / best baseline, budget {budget:.0%}",
-                                  at["spatten"]["kl_to_dense"] / max(best_kl, 1e-12), 1.0, higher_is_better=False,
-                                  unit="x"))
+        best = max(DEC_BASELINES, key=lambda p: at[p]["top1_agreement"])
+        goals.append(slimkit.goal(f"top-1 agreement: spatten - best baseline ({best}), budget {budget:.0%}",
+                                  at["spatten"]["top1_agreement"] - at[best]["top1_agreement"], 0.0))
+        paired[str(budget)] = {"best_baseline": best, **{
+            key: _paired_ci(at["spatten"]["per_prompt"][key], at[best]["per_prompt"][key], ctx.seed)
+            for key in ("top1_agreement", "kl_to_dense")}}
     return {"model": "shipped byte-level GPT-2 (4x256)", "prompt_tokens": P, "generated_tokens": N,
             "prompts": n_prompts, "dense_perplexity": dense_ppl, "dense_kv_bytes": dense_bytes,
             "dense_tokens_per_s": N / (t_dense / 1000.0),
@@ -254,7 +253,18 @@ def run_decoder(ctx) -> dict:
                     "default config (cumulative score, 4 attention sinks, recent window measured per layer at "
                     "prefill: recent_share_per_layer); 'spatten, score only': the paper's score with no window and "
                     "only the first token protected",
+            "spatten_minus_best_baseline": paired,
+            "paired_note": "per-prompt paired differences spatten - best baseline (by top-1 agreement): mean and a "
+                           "95% bootstrap interval over prompts; an interval that straddles 0 is a tie within noise",
             "rows": rows, "goals": goals}
+
+
+def _paired_ci(a: list, b: list, seed: int, n_boot: int = 2000) -> dict:
+    """Mean of the paired differences ``a - b`` and its 95% bootstrap interval over the pairs."""
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    means = d[torch.randint(0, len(d), (n_boot, len(d)), generator=g)].mean(1)
+    return {"mean": float(d.mean()), "ci95": [float(means.quantile(0.025)), float(means.quantile(0.975))]}
 
 
 def plot_decoder(result: dict, png) -> None:

@@ -13,7 +13,6 @@ is a position in a (pruned) tensor; ``valid`` marks slots holding real tokens.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -24,8 +23,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAtte
 from slimkit.errors import ShapeError, SlimkitError
 
 from ..compat import cache_kwargs, pick_cache
-from .schedule import count_for, keep_schedule, select_slots
+from .attention import additive_mask, encoder_attention, key_bias, value_prune
+from .merge import merge_pruned, size_bias
+from .schedule import count_for, gather_slots, keep_schedule, select_slots
+from .scores import accumulate, add_scores, rank_tokens
 from .stats import LayerStats, SpattenStats
+from .window import measure_recent_share, observed_attention, protected
 
 STATE_ATTR = "_spatten_state"
 
@@ -163,24 +166,6 @@ def _attention_fn(backbone, rt: SpattenRuntime):
     return impl, ALL_ATTENTION_FUNCTIONS.get_interface(impl, rt.eager)
 
 
-def _mask(q_cols, k_cols, k_valid, causal: bool, dtype) -> torch.Tensor:
-    """Additive mask ``(B, 1, Lq, Lk)``: 0 where a query may attend, the dtype's minimum elsewhere."""
-    ok = k_valid[:, None, :].expand(-1, q_cols.shape[1], -1)
-    if causal:
-        ok = ok & (k_cols[:, None, :] <= q_cols[:, :, None])
-    m = torch.zeros(ok.shape, dtype=dtype, device=q_cols.device)
-    return m.masked_fill(~ok, torch.finfo(dtype).min).unsqueeze(1)
-
-
-def _gather(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Gather ``x`` along ``dim`` with a ``(B, n)`` index (broadcast over the trailing dims)."""
-    shape = list(x.shape)
-    idx = index
-    for _ in range(x.dim() - dim - 1):
-        idx = idx.unsqueeze(-1)
-    shape[dim] = index.shape[1]
-    return x.gather(dim, idx.expand(*shape))
-
 
 def _cache_select(cache, layer: int, index: torch.Tensor) -> None:
     """Keep only the slots ``index (B, n)`` of ``layer`` in ``cache``.
@@ -195,107 +180,6 @@ def _cache_select(cache, layer: int, index: torch.Tensor) -> None:
     lay.keys = lay.keys.gather(2, index[:, None, :, None].expand(-1, lay.keys.shape[1], -1, lay.keys.shape[-1]))
     lay.values = lay.values.gather(
         2, index[:, None, :, None].expand(-1, lay.values.shape[1], -1, lay.values.shape[-1]))
-
-
-def _rank(state: PruneState, cfg, cols: torch.Tensor, causal: bool) -> torch.Tensor:
-    p = cfg.policy
-    if p == "spatten":
-        s = state.score.gather(1, cols)
-        return s / state.count.gather(1, cols).clamp(min=1.0) if causal else s
-    if p == "per_layer":
-        s = state.last.gather(1, cols)
-        return s / state.last_count.gather(1, cols).clamp(min=1.0) if causal else s
-    if p == "random":
-        return state.rand.gather(1, cols)
-    if p == "streaming":
-        return cols.to(torch.float32)
-    if p == "h2o":
-        return state.score.gather(1, cols)
-    raise SlimkitError(f"unknown policy {p!r}")  # pragma: no cover - validated by the config
-
-
-def _recent_share(state: PruneState, cfg, layer: int, batch: int, device) -> torch.Tensor:
-    """``(B,)`` share of ``layer``'s budget kept for the newest tokens (decoders)."""
-    share = cfg.recent_share
-    if share is None:
-        share = "auto" if cfg.policy == "spatten" else (0.5 if cfg.policy == "h2o" else 0.0)
-    if share == "auto":
-        r = state.recent[layer]
-        return r if r is not None else torch.ones(batch, device=device)
-    return torch.full((batch,), float(share), device=device)
-
-
-def _always_kept(state: PruneState, cfg, cols) -> torch.Tensor:
-    """Protected tokens (special, sinks, ``protect_tokens``) and the newest ``max(1, protect_recent)``."""
-    return state.protected.gather(1, cols) | (cols >= state.n_cols - max(1, cfg.protect_recent))
-
-
-def _window_mask(state: PruneState, cols, k, share, always) -> torch.Tensor:
-    """The newest ``share`` (a float or ``(B,)``) of the budget ``k (B,)`` left after the always-kept
-    tokens, as a mask over ``cols (B, n)``."""
-    room = (k - (always & state.col_valid.gather(1, cols)).sum(1)).clamp(min=0)
-    w = torch.floor(room.to(torch.float32) * share).to(torch.long)
-    return cols >= (state.n_cols - w).unsqueeze(1)
-
-
-def _protected(state: PruneState, cfg, cols, k, causal: bool, layer: int) -> torch.Tensor:
-    """Slots that must stay: special / protected tokens and, in decoders, the newest tokens (at least
-    the newest one, which predicts the next token; ``protect_recent``; and the recent window: a share
-    of what the budget ``k`` leaves, ``recent_share`` or measured for ``layer`` under ``"auto"``)."""
-    if not causal:
-        return state.protected.gather(1, cols)
-    always = _always_kept(state, cfg, cols)
-    share = _recent_share(state, cfg, layer, cols.shape[0], cols.device)
-    return always | _window_mask(state, cols, k, share, always)
-
-
-RECENT_GRID = (0.0, 0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375, 1.0)
-OBSERVED_QUERIES = 32
-
-
-def _observed_attention(backbone, rt, layer, h, pos, cols, valid, heads) -> torch.Tensor:
-    """Attention probabilities ``(B, heads, obs, n)`` of the newest ``OBSERVED_QUERIES`` slots of this
-    layer over all current slots (causal), computed before the layer is pruned (prefill only)."""
-    fam = rt.family
-    rot = fam.rotary(backbone, h, pos) if fam.positions == "rotary" else None
-    q, k, _ = fam.project_qkv(layer, fam.attn_input(layer, h), heads, rot)
-    obs = min(OBSERVED_QUERIES, q.shape[2])
-    q = q[:, :, -obs:]
-    if k.shape[1] != q.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    logits = (q @ k.transpose(-1, -2)).float() * fam.attention(layer).scaling
-    ok = valid[:, None, :] & (cols[:, None, :] <= cols[:, -obs:, None]) & valid[:, -obs:, None]
-    logits = logits.masked_fill(~ok[:, None], -math.inf)
-    return torch.nan_to_num(logits.softmax(-1), nan=0.0)
-
-
-def _measure_recent_share(state: PruneState, cfg, probs, cols, valid, k: torch.Tensor) -> torch.Tensor:
-    """``recent_share="auto"``: the share of a layer's budget ``k`` to give to the newest tokens.
-
-    ``probs (B, heads, obs, n)``: this layer's attention of the newest prompt queries, which stand
-    for the queries to come. For each share in ``RECENT_GRID`` the kept set is the always-kept
-    tokens, the newest ``share`` of the rest of the budget, and the remainder filled by the
-    technique's score (cumulative attention); the share whose set receives the most of the observed
-    attention wins (ties: the wider window). Local models (byte-level LMs) get a wide window, models
-    with heavy hitters a narrow one. Returns ``(B,)``.
-    """
-    B = probs.shape[0]
-    mass = probs.sum((1, 2)) * valid                                        # (B, n)
-    rank = _rank(state, cfg, cols, True).to(torch.float64)
-    always = _always_kept(state, cfg, cols) & valid
-    best = torch.full((B,), -math.inf, device=probs.device)
-    share = torch.ones(B, device=probs.device)
-    for s in RECENT_GRID:
-        base = always | (_window_mask(state, cols, k, s, always) & valid)
-        rest = (k - base.sum(1)).clamp(min=0)
-        top = rank.masked_fill(base | ~valid, -math.inf).topk(min(int(k.max()), rank.shape[1]), dim=1)
-        take = (torch.arange(top.indices.shape[1], device=probs.device)[None, :] < rest[:, None]) & \
-            torch.isfinite(top.values)
-        got = (mass * base).sum(1) + (mass.gather(1, top.indices) * take).sum(1)
-        better = got >= best - 1e-6
-        best = torch.where(better, torch.maximum(got, best), best)
-        share = torch.where(better, torch.full_like(share, s), share)
-    return share
 
 
 def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -387,10 +271,10 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
         if first and rt.token_ratios[li] < 1.0:
             k = count_for(rt.token_ratios[li], n_real_new)
             if causal and rt.auto_recent:                      # measure this layer's locality first
-                probs_obs = _observed_attention(self, rt, layer, h, pos, cols, valid, heads_cur)
-                state.recent[li] = _measure_recent_share(state, cfg, probs_obs, cols, valid, k)
-            rank = _rank(state, cfg, cols, causal)
-            sel = select_slots(rank, valid, _protected(state, cfg, cols, k, causal, li), k, cols, pad_first=causal)
+                probs_obs = observed_attention(self, rt, layer, h, pos, cols, valid, heads_cur)
+                state.recent[li] = measure_recent_share(state, cfg, probs_obs, cols, valid, k)
+            rank = rank_tokens(state, cfg, cols, causal)
+            sel = select_slots(rank, valid, protected(state, cfg, cols, k, causal, li), k, cols, pad_first=causal)
             if sel is not None:
                 index, new_valid = sel
                 gone = valid & ~torch.zeros_like(valid).scatter(1, index, new_valid)
@@ -405,12 +289,12 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                 slot_map = torch.full_like(cols, -1).scatter(
                     1, index, torch.where(new_valid, torch.arange(index.shape[1], device=dev), -1))
                 if merge and gone.any() and targets.any():
-                    h, size, merged_into = _merge_pruned(h, size, gone, index, targets)
+                    h, size, merged_into = merge_pruned(h, size, gone, index, targets)
                     slot_map = torch.where(gone, merged_into, slot_map)
-                    log_size = _log_size(size, new_valid)
+                    log_size = size_bias(size, new_valid)
                 else:
-                    h, size = _gather(h, index), size.gather(1, index)
-                    log_size = None if log_size is None else _log_size(size, new_valid)
+                    h, size = gather_slots(h, index), size.gather(1, index)
+                    log_size = None if log_size is None else size_bias(size, new_valid)
                 if owner is not None:
                     owner = torch.where(owner >= 0, slot_map.gather(1, owner.clamp(min=0)), -1)
                 cols, pos, valid = cols.gather(1, index), pos.gather(1, index), new_valid
@@ -448,8 +332,8 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                 over = n_alive > budget
                 if bool(over.any()):                    # per sample: evict a chunk only where over budget
                     target = torch.where(over, torch.clamp(budget - (cfg.evict_chunk - 1), min=1), n_alive)
-                    rank = _rank(state, cfg, k_cols, causal)
-                    prot_k = _protected(state, cfg, k_cols, target, causal, li)
+                    rank = rank_tokens(state, cfg, k_cols, causal)
+                    prot_k = protected(state, cfg, k_cols, target, causal, li)
                     sel = select_slots(rank, alive, prot_k, target, k_cols, pad_first=True)
                 if sel is None and bool((k_valid & ~alive).any()):
                     sel = _compact(alive, k_cols)
@@ -474,12 +358,12 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
         need_probs = cache is not None or rt.prunes_after[li] or cfg.value_keep < 1.0
         if not causal and impl == "eager" and cfg.value_keep >= 1.0:   # encoders: same result, fewer passes
             mask = None
-            ctx, received = _encoder_attention(q, keys, values, _key_bias(k_valid, log_size), att.scaling, valid,
+            ctx, received = encoder_attention(q, keys, values, key_bias(k_valid, log_size), att.scaling, valid,
                                                need_probs)
             probs = None
         else:
             received = None
-            mask = None if (not causal and bool(k_valid.all())) else _mask(cols, k_cols, k_valid, causal, q.dtype)
+            mask = None if (not causal and bool(k_valid.all())) else additive_mask(cols, k_cols, k_valid, causal, q.dtype)
             if log_size is not None:                               # proportional attention (merged tokens)
                 mask = log_size if mask is None else mask + log_size
             ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling)
@@ -489,13 +373,13 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                                f"that returns (output, probabilities)")
         fetched = 1.0
         if cfg.value_keep < 1.0:
-            ctx, fetched = _value_prune(probs, values, mask, cfg.value_keep)
+            ctx, fetched = value_prune(probs, values, mask, cfg.value_keep)
         # 6. importance scores (only needed if a later layer or a later generation step prunes)
         if cache is not None or rt.prunes_after[li]:
             if probs is None:
-                _add_scores(state, received, q.shape[1], cols, valid, k_cols, k_valid, causal)
+                add_scores(state, received, q.shape[1], cols, valid, k_cols, k_valid, causal)
             else:
-                _accumulate(state, probs, cols, valid, k_cols, k_valid, causal)
+                accumulate(state, probs, cols, valid, k_cols, k_valid, causal)
         if first and rt.config.head_keep < 1.0:
             mag = (ctx.float().abs() * valid[:, :, None, None]).sum((1, 3))        # (B, heads)
             mag = mag.view(B, units, rt.group).sum(-1)
@@ -529,114 +413,6 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                               pruned_at_layer=None if causal else state.evicted_at[:, t_prev:].clone())
 
 
-HEAD_CHUNK = 2          # heads per block in the encoder attention (keeps a block's probabilities in cache)
-
-
-def _encoder_attention(q, k, v, key_bias, scaling: float, q_valid, need_scores: bool):
-    """Eager attention for encoders: ``(context (B, L, H, d), received (B, S) or None)``.
-
-    ``q (B, H, L, d)``, ``k``/``v (B, Hkv, S, d)``; ``key_bias (B, S)`` or None: added to every
-    query's logit for that key (log of merged sizes; a large negative number for padding). Encoder
-    masks depend on the key only, so the bias rides in one extra channel of ``q`` (ones) and ``k``
-    (the bias) and costs no pass over ``L x S``; the scaling is folded into ``q`` likewise. Heads run
-    in blocks of ``HEAD_CHUNK`` so each block's probabilities stay in cache; ``received`` is the
-    attention each key got, summed over heads and the real queries of ``q_valid (B, L)``.
-    Layers whose scores nobody reads (no later pruning) run PyTorch's fused ``sdpa`` instead.
-    """
-    if k.shape[1] != q.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    if not need_scores:
-        mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
-        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
-        return ctx.transpose(1, 2), None
-    q = q * scaling
-    if key_bias is not None:
-        q = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)
-        k = torch.cat([k, key_bias[:, None, :, None].to(k.dtype).expand(-1, k.shape[1], -1, 1)], dim=-1)
-    weights = q_valid.to(torch.float32)[:, None, None, :]                    # (B, 1, 1, L)
-    ctx = torch.empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1], dtype=v.dtype, device=v.device)
-    received = torch.zeros(q.shape[0], k.shape[2], dtype=torch.float32, device=q.device)
-    for h in range(0, q.shape[1], HEAD_CHUNK):
-        p = torch.softmax(torch.matmul(q[:, h:h + HEAD_CHUNK], k[:, h:h + HEAD_CHUNK].transpose(-1, -2)), dim=-1)
-        ctx[:, :, h:h + HEAD_CHUNK] = torch.matmul(p, v[:, h:h + HEAD_CHUNK]).transpose(1, 2)
-        received += torch.matmul(weights.to(p.dtype), p).sum((1, 2)).float()
-    return ctx, received
-
-
-def _key_bias(k_valid, log_size):
-    """``(B, S)`` additive logit bias of each key for encoders (None when there is none)."""
-    bias = None if log_size is None else log_size[:, 0, 0, :]
-    if not bool(k_valid.all()):
-        pad = torch.zeros(k_valid.shape, dtype=torch.float32, device=k_valid.device).masked_fill(~k_valid, -1e9)
-        bias = pad if bias is None else bias + pad
-    return bias
-
-
-def _merge_pruned(h, size, gone, index, targets):
-    """Merge every pruned token into its most similar kept token (ToMe-style, encoders).
-
-    h ``(B, n, D)`` and size ``(B, n)`` before pruning; gone ``(B, n)`` the pruned real slots; index
-    ``(B, k)`` the kept slots; targets ``(B, k)`` kept slots that may absorb (real, not protected:
-    CLS/SEP stay pure for task heads). Each pruned token goes to the target with the highest cosine
-    similarity of hidden states; the target becomes the size-weighted mean. Returns the kept
-    ``(h (B, k, D), size (B, k))`` and ``merged_into (B, n)``: each pruned slot's target in the kept
-    slots (-1 elsewhere).
-    """
-    hk, sk = _gather(h, index), size.gather(1, index)
-    n_gone = gone.sum(1)
-    gmax = int(n_gone.max())
-    g_idx = gone.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :gmax]   # (B, g) gone slots first
-    g_ok = torch.arange(gmax, device=h.device)[None, :] < n_gone[:, None]
-    hg, sg = _gather(h, g_idx), size.gather(1, g_idx) * g_ok
-    sim = torch.nn.functional.normalize(hg, dim=-1) @ torch.nn.functional.normalize(hk, dim=-1).transpose(1, 2)
-    tgt = sim.masked_fill(~targets[:, None, :], -torch.inf).argmax(-1)                    # (B, g)
-    sg = torch.where(targets.any(1, keepdim=True), sg, torch.zeros_like(sg))
-    add = torch.zeros_like(sk).scatter_add(1, tgt, sg)
-    acc = torch.zeros_like(hk).scatter_add(1, tgt[..., None].expand_as(hg), hg * sg[..., None])
-    new_size = sk + add
-    merged = (hk * sk[..., None] + acc) / new_size.clamp(min=1e-6)[..., None]
-    merged_into = torch.full_like(size, -1, dtype=torch.long).scatter(1, g_idx, torch.where(sg > 0, tgt, -1))
-    return torch.where((add > 0)[..., None], merged, hk), new_size, merged_into
-
-
-def _log_size(size, valid):
-    """Additive attention bias ``(B, 1, 1, n)``: log of each key's size (0 for padding, masked anyway)."""
-    return torch.where(valid, size.clamp(min=1e-6).log(), torch.zeros_like(size))[:, None, None, :]
-
-
-def _accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: bool) -> None:
-    """Add the attention each key received (summed over heads and real query rows) to its score;
-    ``count`` gets how many (head, query) pairs could see it, for the causal normalisation."""
-    heads = probs.shape[1]
-    if causal and probs.shape[2] == 1:                       # one new token: it sees every cached key
-        contrib = probs.sum((1, 2), dtype=torch.float32) * valid
-        cnt = k_valid.float() * (heads * valid.float())
-        state.score.scatter_add_(1, k_cols, contrib)
-        state.count.scatter_add_(1, k_cols, cnt)
-        state.last = torch.zeros_like(state.last).scatter_add_(1, k_cols, contrib)
-        state.last_count = torch.zeros_like(state.last_count).scatter_add_(1, k_cols, cnt)
-        return
-    if bool(valid.all()):
-        contrib = probs.sum((1, 2), dtype=torch.float32)                    # (B, Lk)
-    else:
-        contrib = (probs.float() * valid[:, None, :, None]).sum((1, 2))
-    _add_scores(state, contrib, heads, cols, valid, k_cols, k_valid, causal)
-
-
-def _add_scores(state: PruneState, contrib, heads: int, cols, valid, k_cols, k_valid, causal: bool) -> None:
-    """Add ``contrib (B, Lk)`` (attention received, summed over heads and real queries) to the scores."""
-    if causal:
-        seen = k_valid[:, None, :] & valid[:, :, None] & (k_cols[:, None, :] <= cols[:, :, None])
-        cnt = seen.sum(1).float() * heads
-    else:
-        cnt = (valid.sum(1, keepdim=True).float() * heads).expand_as(contrib) * k_valid
-    state.score.scatter_add_(1, k_cols, contrib)
-    state.count.scatter_add_(1, k_cols, cnt)
-    state.last = torch.zeros_like(state.last).scatter_add_(1, k_cols, contrib)
-    state.last_count = torch.zeros_like(state.last_count).scatter_add_(1, k_cols, cnt)
-
-
 def _compact(alive: torch.Tensor, cols: torch.Tensor):
     """Drop slots that are not alive (no ranking needed)."""
     n = alive.sum(1)
@@ -644,25 +420,6 @@ def _compact(alive: torch.Tensor, cols: torch.Tensor):
     key = torch.where(alive, cols.to(torch.float64), torch.full_like(cols, -1, dtype=torch.float64))
     order = key.argsort(dim=1, stable=True)[:, -kmax:]
     return order, alive.gather(1, order)
-
-
-def _value_prune(probs, values, mask, keep: float):
-    """Local value pruning: per query keep the ``keep`` share of visible values with the largest
-    probabilities (the rest are skipped, not renormalised). Returns ``(context (B, Lq, H, d), share used)``."""
-    B, H, Lq, Lk = probs.shape
-    v = values
-    if v.shape[1] != H:
-        v = v.repeat_interleave(H // v.shape[1], dim=1)
-    visible = (torch.ones(B, 1, Lq, Lk, dtype=torch.bool, device=probs.device) if mask is None
-               else mask == 0).expand(B, H, Lq, Lk)
-    n_vis = visible.sum(-1, keepdim=True)
-    kk = torch.ceil(n_vis.float() * keep).clamp(min=1).long()
-    srt = probs.sort(dim=-1, descending=True).values
-    thr = srt.gather(-1, (kk - 1).clamp(max=Lk - 1))
-    pruned = torch.where(probs >= thr, probs, torch.zeros_like(probs))
-    used = float(((pruned > 0) & visible).sum()) / max(float(visible.sum()), 1.0)
-    ctx = torch.matmul(pruned, v).transpose(1, 2).contiguous()
-    return ctx, used
 
 
 def warn_switch(model_name: str, old: str, new: str) -> None:

@@ -69,3 +69,12 @@ def select_slots(rank: torch.Tensor, valid: torch.Tensor, protected: torch.Tenso
     index = top.gather(1, order)
     new_valid = keep.gather(1, order) & valid.gather(1, index)
     return index, new_valid
+
+def gather_slots(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Gather ``x`` along ``dim`` with a ``(B, n)`` index (broadcast over the trailing dims)."""
+    shape = list(x.shape)
+    idx = index
+    for _ in range(x.dim() - dim - 1):
+        idx = idx.unsqueeze(-1)
+    shape[dim] = index.shape[1]
+    return x.gather(dim, idx.expand(*shape))
