@@ -285,17 +285,20 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                                                                torch.full_like(gc, li))
                 if full is not None and gone.any():
                     full[gone.nonzero(as_tuple=True)[0], (cols - t_prev)[gone]] = h[gone]
-                targets = new_valid & ~state.protected.gather(1, cols.gather(1, index))
-                slot_map = torch.full_like(cols, -1).scatter(
-                    1, index, torch.where(new_valid, torch.arange(index.shape[1], device=dev), -1))
-                if merge and gone.any() and targets.any():
-                    h, size, merged_into = merge_pruned(h, size, gone, index, targets)
-                    slot_map = torch.where(gone, merged_into, slot_map)
-                    log_size = size_bias(size, new_valid)
-                else:
+                merged_into = None
+                if merge and gone.any():                       # targets: kept, real, not CLS/SEP/protected
+                    targets = new_valid & ~state.protected.gather(1, cols.gather(1, index))
+                    if targets.any():
+                        h, size, merged_into = merge_pruned(h, size, gone, index, targets)
+                if merged_into is None:
                     h, size = gather_slots(h, index), size.gather(1, index)
-                    log_size = None if log_size is None else size_bias(size, new_valid)
-                if owner is not None:
+                if merged_into is not None or log_size is not None:
+                    log_size = size_bias(size, new_valid)
+                if owner is not None:                          # input token -> the slot that stands for it
+                    slot_map = torch.full_like(cols, -1).scatter(
+                        1, index, torch.where(new_valid, torch.arange(index.shape[1], device=dev), -1))
+                    if merged_into is not None:
+                        slot_map = torch.where(gone, merged_into, slot_map)
                     owner = torch.where(owner >= 0, slot_map.gather(1, owner.clamp(min=0)), -1)
                 cols, pos, valid = cols.gather(1, index), pos.gather(1, index), new_valid
         # 2. head units of this layer
