@@ -48,9 +48,10 @@ def encoder_attention(q, k, v, key_bias, scaling: float, q_valid, need_scores: b
     return ctx, received
 
 
-def key_bias(k_valid, log_size):
-    """``(B, S)`` additive logit bias of each key for encoders (None when there is none)."""
-    bias = None if log_size is None else log_size[:, 0, 0, :]
+def key_bias(k_valid, merge_bias):
+    """``(B, S)`` additive logit bias of each key for encoders: ``merge_bias`` (or None) plus a large
+    negative number for padding keys; None when there is none."""
+    bias = merge_bias
     if not bool(k_valid.all()):
         pad = torch.zeros(k_valid.shape, dtype=torch.float32, device=k_valid.device).masked_fill(~k_valid, -1e9)
         bias = pad if bias is None else bias + pad

@@ -79,6 +79,12 @@ class SpattenConfig(TechniqueConfig):
                 data["sink_tokens"] = 1   # version 1 protected only the first token
         return data
 
+    def window_share(self) -> Union[float, str]:
+        """``recent_share`` with the policy's default filled in: a float, or ``"auto"``."""
+        if self.recent_share is not None:
+            return self.recent_share
+        return "auto" if self.policy == "spatten" else (0.5 if self.policy == "h2o" else 0.0)
+
     def validate(self) -> None:
         for name in ("token_keep", "head_keep", "value_keep"):
             v = getattr(self, name)

@@ -34,5 +34,5 @@ def merge_pruned(h, size, gone, index, targets):
 
 
 def size_bias(size, valid):
-    """Additive attention bias ``(B, 1, 1, n)``: log of each key's size (0 for padding, masked anyway)."""
-    return torch.where(valid, size.clamp(min=1e-6).log(), torch.zeros_like(size))[:, None, None, :]
+    """Additive attention bias ``(B, n)``: log of each key's size (0 for padding, masked anyway)."""
+    return torch.where(valid, size.clamp(min=1e-6).log(), torch.zeros_like(size))

@@ -138,9 +138,7 @@ class SpattenRuntime:
         # Mult-Adds bookkeeping: per-token weight work of each layer, and its attention projections
         self.layer_weights = [sum(p.numel() for p in layer.parameters() if p.dim() == 2) for layer in layers]
         self.attn_weights = [family.attn_weight_numel(layer) for layer in layers]
-        share = config.recent_share if config.recent_share is not None else (
-            "auto" if config.policy == "spatten" else None)
-        self.auto_recent = share == "auto"
+        self.auto_recent = config.window_share() == "auto"
         self.prunes_after = [any(r < 1.0 for r in self.token_ratios[i + 1:]) for i in range(self.n_layers)]
         self.stats = SpattenStats()
         self.owners: list = []
@@ -262,7 +260,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     full = torch.zeros_like(h) if not causal else None
     merge = cfg.pruned_tokens == "merge" and not causal
     size = valid.to(h.dtype)                                   # input tokens each slot stands for
-    log_size = None                                            # additive attention bias once tokens merged
+    merge_bias = None                                          # (B, n) log(size) logit bias once tokens merged
     owner = torch.where(valid, torch.arange(n_new, device=dev).expand(B, n_new), -1) if not causal else None
     rotary, rotary_pos = None, None
 
@@ -292,8 +290,8 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                         h, size, merged_into = merge_pruned(h, size, gone, index, targets)
                 if merged_into is None:
                     h, size = gather_slots(h, index), size.gather(1, index)
-                if merged_into is not None or log_size is not None:
-                    log_size = size_bias(size, new_valid)
+                if merged_into is not None or merge_bias is not None:
+                    merge_bias = size_bias(size, new_valid)
                 if owner is not None:                          # input token -> the slot that stands for it
                     slot_map = torch.full_like(cols, -1).scatter(
                         1, index, torch.where(new_valid, torch.arange(index.shape[1], device=dev), -1))
@@ -361,14 +359,15 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
         need_probs = cache is not None or rt.prunes_after[li] or cfg.value_keep < 1.0
         if not causal and impl == "eager" and cfg.value_keep >= 1.0:   # encoders: same result, fewer passes
             mask = None
-            ctx, received = encoder_attention(q, keys, values, key_bias(k_valid, log_size), att.scaling, valid,
+            ctx, received = encoder_attention(q, keys, values, key_bias(k_valid, merge_bias), att.scaling, valid,
                                                need_probs)
             probs = None
         else:
             received = None
             mask = None if (not causal and bool(k_valid.all())) else additive_mask(cols, k_cols, k_valid, causal, q.dtype)
-            if log_size is not None:                               # proportional attention (merged tokens)
-                mask = log_size if mask is None else mask + log_size
+            if merge_bias is not None:                             # proportional attention (merged tokens)
+                bias = merge_bias[:, None, None, :].to(q.dtype)
+                mask = bias if mask is None else mask + bias
             ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling)
         if probs is None and received is None and need_probs:
             raise SlimkitError(f"the attention implementation {impl!r} returns no attention probabilities; "

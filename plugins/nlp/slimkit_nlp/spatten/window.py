@@ -18,9 +18,7 @@ if TYPE_CHECKING:
 
 def recent_share(state: PruneState, cfg, layer: int, batch: int, device) -> torch.Tensor:
     """``(B,)`` share of ``layer``'s budget kept for the newest tokens (decoders)."""
-    share = cfg.recent_share
-    if share is None:
-        share = "auto" if cfg.policy == "spatten" else (0.5 if cfg.policy == "h2o" else 0.0)
+    share = cfg.window_share()
     if share == "auto":
         r = state.recent[layer]
         return r if r is not None else torch.ones(batch, device=device)
@@ -52,8 +50,6 @@ def protected(state: PruneState, cfg, cols, k, causal: bool, layer: int) -> torc
 
 
 RECENT_GRID = (0.0, 0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375, 1.0)
-
-
 OBSERVED_QUERIES = 32
 
 
