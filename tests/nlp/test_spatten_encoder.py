@@ -248,13 +248,15 @@ def test_stats_match_counted_mult_adds():
 
 def test_full_hidden_state_scatters_kept_and_freezes_pruned():
     """``full_hidden_state (B, L, H)``: kept positions hold the pruned model's final states, pruned
-    positions the state they had when removed, padding zeros; keep 1.0 equals the dense model."""
+    positions the state entering the last layer that attended to them (with ``drop`` their output
+    projection and feed-forward there are skipped), padding zeros; keep 1.0 equals the dense model."""
     ids, am, lens = ids_batch()
     B, L = ids.shape
     with torch.no_grad():
         dense = tiny_bert()(input_ids=ids, attention_mask=am, output_hidden_states=True)
         one = slimkit.apply(tiny_bert(), "spatten", token_keep=1.0)(input_ids=ids, attention_mask=am)
-        # only the last layer (index 5) prunes: pruned tokens keep the dense state entering layer 5
+        # only the last layer (index 5) prunes; tokens leave after layer 4's attention, keeping the
+        # dense state entering layer 4
         m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, token_start=0.8)
         out = m(input_ids=ids, attention_mask=am)
     assert m.spatten_stats.layers[4].tokens_in > m.spatten_stats.layers[5].tokens_in
@@ -270,11 +272,34 @@ def test_full_hidden_state_scatters_kept_and_freezes_pruned():
         pruned[kept] = False
         pruned[lens[b]:] = False
         n_pruned += int(pruned.sum())
-        torch.testing.assert_close(full[b, pruned], dense.hidden_states[5][b, pruned], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(full[b, pruned], dense.hidden_states[4][b, pruned], atol=1e-5, rtol=1e-5)
         assert (out.pruned_at_layer[b, pruned] == 5).all() and (out.pruned_at_layer[b, kept] == 6).all()
         assert not torch.allclose(full[b, kept], dense.last_hidden_state[b, kept], atol=1e-4)
         assert (full[b, lens[b]:] == 0).all()
     assert n_pruned > 0
+
+
+def test_drop_skips_dead_rows_and_equals_dropping_before_the_layer():
+    """``drop`` written two ways: the tokens layer 5 drops leave after layer 4's attention (their
+    output projection and feed-forward are skipped), so layer 5 must see exactly the dense states
+    entering it at the kept positions; and layer 4 really computes fewer rows than it attends."""
+    ids, am, lens = ids_batch()
+    dense_model = tiny_bert()
+    with torch.no_grad():
+        dense = dense_model(input_ids=ids, attention_mask=am, output_hidden_states=True)
+        m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.5, token_start=0.8)
+        out = m(input_ids=ids, attention_mask=am)
+    last = dense_model.encoder.layer[5]
+    for b, n in enumerate(lens):
+        k = int(out.kept_attention_mask[b].sum())
+        assert k < n
+        with torch.no_grad():
+            want = last(dense.hidden_states[5][b, out.kept_indices[b, :k]][None])
+        want = want[0] if isinstance(want, tuple) else want
+        torch.testing.assert_close(out.last_hidden_state[b, :k], want[0], atol=2e-5, rtol=1e-4)
+    st = m.spatten_stats
+    dense_ffn = st.layers[4].dense_macs
+    assert st.layers[4].tokens_in == st.layers[3].tokens_in and st.layers[4].macs < 0.9 * dense_ffn
 
 
 def test_merge_equals_manual_merge_and_proportional_attention():

@@ -116,6 +116,11 @@ class FamilyAdapter:
         """Weights of the q/k/v/output projections of ``layer`` (Mult-Adds per token they cost)."""
         return sum(p.numel() for p in self.attention(layer).parameters() if p.dim() == 2)
 
+    def out_weight_numel(self, layer: nn.Module) -> int:
+        """Weights of the attention output projection (part of ``attn_weight_numel``); 0 when unknown,
+        which counts it with q/k/v in the Mult-Adds statistics."""
+        return 0
+
     def num_heads(self, backbone: nn.Module) -> int:
         return backbone.config.num_attention_heads
 

@@ -60,6 +60,9 @@ class BertFamily(FamilyAdapter):
         v = linear_rows(x, att.value.weight, att.value.bias, rows)
         return split_heads(q, d), split_heads(k, d), split_heads(v, d)
 
+    def out_weight_numel(self, layer):
+        return layer.attention.output.dense.weight.numel()
+
     def project_out(self, layer, context, heads=None):
         dense = layer.attention.output.dense
         d = layer.attention.self.attention_head_size

@@ -55,6 +55,9 @@ class GPT2Family(FamilyAdapter):
             q, k, v = linear_rows(x, w, b, allrows).chunk(3, dim=2)
         return split_heads(q, d), split_heads(k, d), split_heads(v, d)
 
+    def out_weight_numel(self, layer):
+        return layer.attn.c_proj.weight.numel()
+
     def project_out(self, layer, context, heads=None):
         att = layer.attn
         cols = None if heads is None else unit_rows(heads, att.head_dim)

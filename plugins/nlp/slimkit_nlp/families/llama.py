@@ -54,6 +54,9 @@ class LlamaFamily(FamilyAdapter):
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
         return q, k, v
 
+    def out_weight_numel(self, layer):
+        return layer.self_attn.o_proj.weight.numel()
+
     def project_out(self, layer, context, heads=None):
         att = layer.self_attn
         cols = None if heads is None else unit_rows(heads, att.num_key_value_groups * att.head_dim)

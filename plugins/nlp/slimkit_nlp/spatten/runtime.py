@@ -138,6 +138,7 @@ class SpattenRuntime:
         # Mult-Adds bookkeeping: per-token weight work of each layer, and its attention projections
         self.layer_weights = [sum(p.numel() for p in layer.parameters() if p.dim() == 2) for layer in layers]
         self.attn_weights = [family.attn_weight_numel(layer) for layer in layers]
+        self.out_weights = [family.out_weight_numel(layer) for layer in layers]
         self.auto_recent = config.window_share() == "auto"
         self.prunes_after = [any(r < 1.0 for r in self.token_ratios[i + 1:]) for i in range(self.n_layers)]
         self.stats = SpattenStats()
@@ -150,11 +151,15 @@ class SpattenRuntime:
             if obj is not None:
                 object.__setattr__(obj, "spatten_stats", stats)
 
-    def layer_macs(self, layer: int, n_q: int, n_k: int, units: int, batch: int) -> int:
+    def layer_macs(self, layer: int, n_q: int, n_o: int, n_ffn: int, n_k: int, units: int, batch: int) -> int:
+        """Mult-Adds of ``layer``: q/k/v for ``n_q`` tokens, attention over ``n_k`` keys, the output
+        projection for ``n_o`` and the feed-forward for ``n_ffn`` tokens (encoders drop tokens before them)."""
         frac = units / self.n_units
-        lin = self.layer_weights[layer] - self.attn_weights[layer] * (1.0 - frac)
+        out = self.out_weights[layer] * frac
+        qkv = self.attn_weights[layer] * frac - out
+        ffn = self.layer_weights[layer] - self.attn_weights[layer]
         heads = units * self.group
-        return int(batch * (n_q * lin + 2 * n_q * n_k * heads * self.head_dim))
+        return int(batch * (n_q * qkv + n_o * out + n_ffn * ffn + 2 * n_q * n_k * heads * self.head_dim))
 
 
 def _attention_fn(backbone, rt: SpattenRuntime):
@@ -265,23 +270,17 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     rotary, rotary_pos = None, None
 
     for li, layer in enumerate(fam.layers(self)):
-        # 1. token pruning of the hidden set (a fresh input: prefill or encoder)
-        if first and rt.token_ratios[li] < 1.0:
+        # 1. token pruning of the hidden set before the layer: decoders (prefill) and encoders that
+        #    merge. Encoders that drop prune at the end of the previous layer's attention (step 7).
+        if first and rt.token_ratios[li] < 1.0 and (causal or merge):
             k = count_for(rt.token_ratios[li], n_real_new)
             if causal and rt.auto_recent:                      # measure this layer's locality first
                 probs_obs = observed_attention(self, rt, layer, h, pos, cols, valid, heads_cur)
                 state.recent[li] = measure_recent_share(state, cfg, probs_obs, cols, valid, k)
-            rank = rank_tokens(state, cfg, cols, causal)
-            sel = select_slots(rank, valid, protected(state, cfg, cols, k, causal, li), k, cols, pad_first=causal)
+            sel = _choose(state, cfg, rt, li, k, cols, valid, causal)
             if sel is not None:
-                index, new_valid = sel
-                gone = valid & ~torch.zeros_like(valid).scatter(1, index, new_valid)
-                if gone.any():
-                    rows = torch.arange(B, device=dev).unsqueeze(1).expand_as(cols)[gone]
-                    gc = cols[gone]
-                    state.evicted_at[rows, gc] = torch.minimum(state.evicted_at[rows, gc],
-                                                               torch.full_like(gc, li))
-                if full is not None and gone.any():
+                index, new_valid, gone = sel
+                if full is not None and gone.any():           # pruned tokens keep the state entering this layer
                     full[gone.nonzero(as_tuple=True)[0], (cols - t_prev)[gone]] = h[gone]
                 merged_into = None
                 if merge and gone.any():                       # targets: kept, real, not CLS/SEP/protected
@@ -292,12 +291,8 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                     h, size = gather_slots(h, index), size.gather(1, index)
                 if merged_into is not None or merge_bias is not None:
                     merge_bias = size_bias(size, new_valid)
-                if owner is not None:                          # input token -> the slot that stands for it
-                    slot_map = torch.full_like(cols, -1).scatter(
-                        1, index, torch.where(new_valid, torch.arange(index.shape[1], device=dev), -1))
-                    if merged_into is not None:
-                        slot_map = torch.where(gone, merged_into, slot_map)
-                    owner = torch.where(owner >= 0, slot_map.gather(1, owner.clamp(min=0)), -1)
+                if owner is not None:
+                    owner = _follow(owner, cols, index, new_valid, gone, merged_into)
                 cols, pos, valid = cols.gather(1, index), pos.gather(1, index), new_valid
         # 2. head units of this layer
         if first:
@@ -387,15 +382,34 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
             mag = mag.view(B, units, rt.group).sum(-1)
             ids = torch.arange(rt.n_units, device=dev).expand(B, -1) if heads_cur is None else heads_cur
             state.head_score.scatter_add_(1, ids, mag)
-        # 7. output projection, residual, feed-forward
         ctx = ctx.reshape(B, ctx.shape[1], -1)
-        h = fam.after_attention(layer, h, fam.project_out(layer, ctx, heads_cur))
+        n_in, tokens_in = h.shape[1], float(valid.sum()) / B
+        # 7. encoders that drop: the tokens the next layer drops leave now, before the output
+        #    projection and the feed-forward, whose results for them nobody would read (the same
+        #    output as dropping them before the next layer, with less work)
+        sel, n_o = None, n_in
+        if first and not causal and not merge and li + 1 < rt.n_layers and rt.token_ratios[li + 1] < 1.0:
+            sel = _choose(state, cfg, rt, li + 1, count_for(rt.token_ratios[li + 1], n_real_new), cols, valid,
+                          causal)
+        if sel is None:
+            h = fam.after_attention(layer, h, fam.project_out(layer, ctx, heads_cur))
+        else:
+            index, new_valid, gone = sel
+            if full is not None and gone.any():                # pruned tokens keep the state entering this layer
+                full[gone.nonzero(as_tuple=True)[0], (cols - t_prev)[gone]] = h[gone]
+            h = fam.after_attention(layer, gather_slots(h, index),
+                                    fam.project_out(layer, gather_slots(ctx, index), heads_cur))
+            size, n_o = size.gather(1, index), index.shape[1]
+            if merge_bias is not None:
+                merge_bias = size_bias(size, new_valid)
+            owner = _follow(owner, cols, index, new_valid, gone, None)
+            cols, pos, valid = cols.gather(1, index), pos.gather(1, index), new_valid
         h = fam.feed_forward(layer, h)
         stats.layers.append(LayerStats(
-            layer=li, tokens_in=float(valid.sum()) / B, keys=float(k_valid.sum()) / B,
+            layer=li, tokens_in=tokens_in, keys=float(k_valid.sum()) / B,
             heads_kept=units * rt.group, heads_total=rt.n_units * rt.group,
-            macs=rt.layer_macs(li, h.shape[1], keys.shape[2], units, B),
-            dense_macs=rt.layer_macs(li, n_new, state.n_cols if cache is not None else n_new, rt.n_units, B),
+            macs=rt.layer_macs(li, n_in, n_o, h.shape[1], keys.shape[2], units, B),
+            dense_macs=rt.layer_macs(li, n_new, n_new, n_new, state.n_cols if cache is not None else n_new, rt.n_units, B),
             values_fetched=fetched))
         stats.head_ids.append(heads_cur)
 
@@ -413,6 +427,33 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                               kept_indices=kept, kept_attention_mask=valid.long(),
                               kept_token_weights=size * valid, token_owner=owner, full_hidden_state=full,
                               pruned_at_layer=None if causal else state.evicted_at[:, t_prev:].clone())
+
+
+def _choose(state: PruneState, cfg, rt: SpattenRuntime, layer: int, k: torch.Tensor, cols, valid, causal: bool):
+    """Pick the tokens that ``layer`` (the first one without the others) keeps out of the slots
+    ``cols``/``valid (B, n)``: ``(index (B, k), new_valid (B, k), gone (B, n))`` or None when every
+    real token stays. Records ``layer`` in ``state.evicted_at`` for the tokens that go."""
+    rank = rank_tokens(state, cfg, cols, causal)
+    sel = select_slots(rank, valid, protected(state, cfg, cols, k, causal, layer), k, cols, pad_first=causal)
+    if sel is None:
+        return None
+    index, new_valid = sel
+    gone = valid & ~torch.zeros_like(valid).scatter(1, index, new_valid)
+    if gone.any():
+        rows = torch.arange(valid.shape[0], device=valid.device).unsqueeze(1).expand_as(cols)[gone]
+        gc = cols[gone]
+        state.evicted_at[rows, gc] = torch.minimum(state.evicted_at[rows, gc], torch.full_like(gc, layer))
+    return index, new_valid, gone
+
+
+def _follow(owner, cols, index, new_valid, gone, merged_into):
+    """Update ``owner (B, L)`` (input token -> slot standing for it) after keeping ``index (B, k)`` of
+    the slots ``cols (B, n)``; merged slots follow ``merged_into``, dropped ones become -1."""
+    slot_map = torch.full_like(cols, -1).scatter(
+        1, index, torch.where(new_valid, torch.arange(index.shape[1], device=cols.device), -1))
+    if merged_into is not None:
+        slot_map = torch.where(gone, merged_into, slot_map)
+    return torch.where(owner >= 0, slot_map.gather(1, owner.clamp(min=0)), -1)
 
 
 def _compact(alive: torch.Tensor, cols: torch.Tensor):
