@@ -3,7 +3,8 @@
 ``spatten_forward`` replaces the backbone's ``forward`` (see ``transform.py``). It runs the
 embeddings, then every layer through the family adapter, and between layers gathers the kept
 tokens (hidden states, validity mask, original columns and positions), so QKV, attention and
-FFN of later layers really shrink. Decoders keep one ``PruneState`` on the cache object across
+FFN of later layers really shrink. Encoders that drop tokens gather right after the attention
+whose scores chose them, so the dropped rows skip that layer's output projection and FFN too. Decoders keep one ``PruneState`` on the cache object across
 ``generate()`` steps: accumulated scores, the per-layer slot -> column maps, kept heads and
 which layer evicted each token, so cached keys/values can be evicted in later steps and new
 tokens keep their original absolute positions (learned or rotary) whatever the cache length.
@@ -46,7 +47,8 @@ class SpattenModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
     stands for it (itself if kept, the token it was merged into, -1 if dropped or padding), so
     ``last_hidden_state.gather(1, token_owner)`` gives a full-length output.
     full_hidden_state ``(B, L, H)`` (encoders): every input token's last computed state, i.e. the
-    final state of kept tokens and, for pruned tokens, their state when they were removed.
+    final state of kept tokens and, for pruned tokens, the state entering the last layer that attended
+    to them (``pruned_at_layer - 1``).
     pruned_at_layer ``(B, L)`` (encoders): the layer that no longer saw each token (the number of
     layers for tokens kept to the end, and for padding). The KV cache field is ``cache`` or ``past_key_values``,
     as the installed transformers names it.
