@@ -338,12 +338,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                 if sel is not None:
                     index, new_valid = sel
                     kept = torch.zeros_like(k_valid).scatter(1, index, new_valid)
-                    gone = alive & ~kept
-                    if gone.any():
-                        rows = torch.arange(B, device=dev).unsqueeze(1).expand_as(k_cols)[gone]
-                        gc = k_cols[gone]
-                        state.evicted_at[rows, gc] = torch.minimum(state.evicted_at[rows, gc],
-                                                                   torch.full_like(gc, li))
+                    _record_eviction(state, k_cols, alive & ~kept, li)
                     _cache_select(cache, li, index)
                     keys = keys.gather(2, index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1]))
                     values = values.gather(2, index[:, None, :, None].expand(-1, values.shape[1], -1,
@@ -402,8 +397,6 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
             h = fam.after_attention(layer, gather_slots(h, index),
                                     fam.project_out(layer, gather_slots(ctx, index), heads_cur))
             size, n_o = size.gather(1, index), index.shape[1]
-            if merge_bias is not None:
-                merge_bias = size_bias(size, new_valid)
             owner = _follow(owner, cols, index, new_valid, gone, None)
             cols, pos, valid = cols.gather(1, index), pos.gather(1, index), new_valid
         h = fam.feed_forward(layer, h)
@@ -441,11 +434,16 @@ def _choose(state: PruneState, cfg, rt: SpattenRuntime, layer: int, k: torch.Ten
         return None
     index, new_valid = sel
     gone = valid & ~torch.zeros_like(valid).scatter(1, index, new_valid)
+    _record_eviction(state, cols, gone, layer)
+    return index, new_valid, gone
+
+
+def _record_eviction(state: PruneState, cols, gone, layer: int) -> None:
+    """``state.evicted_at``: ``layer`` for the columns ``cols[gone]`` (``(B, n)``), unless evicted earlier."""
     if gone.any():
-        rows = torch.arange(valid.shape[0], device=valid.device).unsqueeze(1).expand_as(cols)[gone]
+        rows = torch.arange(cols.shape[0], device=cols.device).unsqueeze(1).expand_as(cols)[gone]
         gc = cols[gone]
         state.evicted_at[rows, gc] = torch.minimum(state.evicted_at[rows, gc], torch.full_like(gc, layer))
-    return index, new_valid, gone
 
 
 def _follow(owner, cols, index, new_valid, gone, merged_into):
