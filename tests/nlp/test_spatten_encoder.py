@@ -391,3 +391,24 @@ def test_encoder_attention_equals_eager_reference():
     fused, none = encoder_attention(q, k, v, bias, d ** -0.5, q_valid, False)
     assert none is None
     torch.testing.assert_close(fused, want, atol=1e-5, rtol=1e-5)
+
+
+def test_selection_ceiling_pools_the_right_subsets(minilm_path):
+    """The bench's selection ceiling: keeping every token reproduces the unpruned mean exactly; at
+    keep 0.4 every subset loses something and the least attended subset is the worst."""
+    from transformers import AutoTokenizer
+
+    from slimkit_nlp.spatten import bench
+    from slimkit_nlp.spatten.textdata import wordpiece_passages
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    eager = bench._minilm()
+    with torch.inference_mode():
+        ids = wordpiece_passages(tok, 96, 2)
+        full = [eager(input_ids=x[None]).last_hidden_state[0] for x in ids]
+        whole, part = bench._selection_ceiling(eager, ids, full, (1.0, 0.4))
+    assert set(whole) == {"token_keep", "top_attended", "random", "least_attended", "drop_with_exact_pruned"}
+    for name in ("top_attended", "random", "least_attended", "drop_with_exact_pruned"):
+        assert whole[name] == pytest.approx(1.0, abs=1e-5)
+        assert 0.5 < part[name] < 0.9999
+    assert part["least_attended"] < part["top_attended"]

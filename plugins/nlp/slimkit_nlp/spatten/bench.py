@@ -64,6 +64,43 @@ def _fidelity(model, ids, full) -> dict:
             "kept_token_cosine": sum(cos_tok) / len(cos_tok), "macs_ratio": model.spatten_stats.macs_ratio}
 
 
+def _selection_ceiling(eager, ids, full, keeps, seed: int = 0) -> list[dict]:
+    """What token *selection* alone costs the mean-pooled cosine, and what pruning costs on top.
+
+    For passages ``ids (N, L)`` with unpruned final states ``full``: pool the *unpruned* final
+    states of a subset of ``keep * L`` tokens (first and last always in) chosen by the unpruned
+    model's cumulative attention (``top_attended``, SpAtten's score over all layers), uniformly at
+    random, or the least attended; and ``drop_with_exact_pruned``: the spatten drop model's kept
+    states plus the unpruned final states of the tokens it pruned (how much the kept tokens drift).
+    Means over the passages, per keep ratio.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    per = {k: {"top_attended": [], "random": [], "least_attended": [], "drop_with_exact_pruned": []} for k in keeps}
+    models = {k: _minilm(token_keep=k, pruned_tokens="drop") for k in keeps}
+    for x, hd in zip(ids, full):
+        att = eager(input_ids=x[None], output_attentions=True).attentions
+        score = sum(a[0].sum((0, 1)) for a in att)                        # (L,) attention received
+        L = score.shape[0]
+        score[0] = score[-1] = math.inf
+        ref = hd.mean(0)
+        for k in keeps:
+            n = max(2, math.ceil(k * L))
+            perm = torch.cat([torch.tensor([0, L - 1]), 1 + torch.randperm(L - 2, generator=gen)])
+            subsets = {"top_attended": score.topk(n).indices, "random": perm[:n],
+                       "least_attended": torch.cat([torch.tensor([0, L - 1]),
+                                                    score[1:-1].topk(n - 2, largest=False).indices + 1])}
+            for name, sub in subsets.items():
+                per[k][name].append(float(torch.cosine_similarity(hd[sub].mean(0), ref, 0)))
+            o = models[k](input_ids=x[None])
+            est = hd.clone()
+            est[o.kept_indices[0]] = o.last_hidden_state[0]
+            per[k]["drop_with_exact_pruned"].append(float(torch.cosine_similarity(est.mean(0), ref, 0)))
+    for k in keeps:
+        rows.append({"token_keep": k, **{name: sum(v) / len(v) for name, v in per[k].items()}})
+    return rows
+
+
 # -- spatten-encoder -------------------------------------------------------------------------------
 def run_encoder(ctx) -> dict:
     from slimkit_nlp.assets import MINILM_SPATTEN, load_minilm_spatten
@@ -77,11 +114,12 @@ def run_encoder(ctx) -> dict:
     rounds = 3 if ctx.quick else 7
     eager, sdpa = _minilm(), _minilm("sdpa")
     distilled = load_minilm_spatten()
-    rows = []
+    rows, ceiling = [], {}
     with torch.inference_mode():
         for L in lengths:
             ids = wordpiece_passages(tok, L, n_pass)
             full = [eager(input_ids=x[None]).last_hidden_state[0] for x in ids]
+            ceiling[L] = _selection_ceiling(eager, ids, full, keeps)
             for mode in ENC_MODES:
                 for policy in ENC_POLICIES:
                     for keep in ctx.progress(keeps, desc=f"L={L} {mode} {policy}"):
@@ -131,6 +169,13 @@ def run_encoder(ctx) -> dict:
             "cumulative_minus_best_baseline": {f"{mode}, {L} tok, {key}": margin(mode, key, L)
                                                for mode in ENC_MODES for L in lengths
                                                for key in ("cosine", "cls_cosine")},
+            "selection_ceiling": {
+                "what": "mean-pooled cosine when the unpruned final states of a token subset are pooled: the subset "
+                        "the unpruned model attends to most (SpAtten's cumulative score), a random one, the least "
+                        "attended one; and drop_with_exact_pruned: the drop model's kept states plus the unpruned "
+                        "states of the tokens it pruned. If top_attended < random, attention-ranked selection "
+                        "itself loses to random on this metric, before any pruning",
+                "rows": {str(L): r for L, r in ceiling.items()}},
             "rows": rows, "goals": goals}
 
 
