@@ -405,8 +405,8 @@ def test_selection_ceiling_pools_the_right_subsets(minilm_path):
     eager = bench._minilm()
     with torch.inference_mode():
         ids = wordpiece_passages(tok, 96, 2)
-        full = [eager(input_ids=x[None]).last_hidden_state[0] for x in ids]
-        whole, part = bench._selection_ceiling(eager, ids, full, (1.0, 0.4))
+        full, scores = bench._dense_states_and_scores(eager, ids)
+        whole, part = bench._selection_ceiling(ids, full, scores, (1.0, 0.4))
     assert set(whole) == {"token_keep", "top_attended", "random", "least_attended", "drop_with_exact_pruned"}
     for name in ("top_attended", "random", "least_attended", "drop_with_exact_pruned"):
         assert whole[name] == pytest.approx(1.0, abs=1e-5)

@@ -64,10 +64,22 @@ def _fidelity(model, ids, full) -> dict:
             "kept_token_cosine": sum(cos_tok) / len(cos_tok), "macs_ratio": model.spatten_stats.macs_ratio}
 
 
-def _selection_ceiling(eager, ids, full, keeps, seed: int = 0) -> list[dict]:
+def _dense_states_and_scores(eager, ids) -> tuple[list, list]:
+    """The unpruned final states ``(L, H)`` and cumulative attention received ``(L,)`` (summed over
+    layers, heads and query rows: SpAtten's score) of each passage in ``ids (N, L)``, one forward each."""
+    full, scores = [], []
+    for x in ids:
+        o = eager(input_ids=x[None], output_attentions=True)
+        full.append(o.last_hidden_state[0])
+        scores.append(sum(a[0].sum((0, 1)) for a in o.attentions))
+    return full, scores
+
+
+def _selection_ceiling(ids, full, scores, keeps, seed: int = 0) -> list[dict]:
     """What token *selection* alone costs the mean-pooled cosine, and what pruning costs on top.
 
-    For passages ``ids (N, L)`` with unpruned final states ``full``: pool the *unpruned* final
+    For passages ``ids (N, L)`` with unpruned final states ``full`` and attention scores ``scores``
+    (``_dense_states_and_scores``): pool the *unpruned* final
     states of a subset of ``keep * L`` tokens (first and last always in) chosen by the unpruned
     model's cumulative attention (``top_attended``, SpAtten's score over all layers), uniformly at
     random, or the least attended; and ``drop_with_exact_pruned``: the spatten drop model's kept
@@ -78,9 +90,8 @@ def _selection_ceiling(eager, ids, full, keeps, seed: int = 0) -> list[dict]:
     rows = []
     per = {k: {"top_attended": [], "random": [], "least_attended": [], "drop_with_exact_pruned": []} for k in keeps}
     models = {k: _minilm(token_keep=k, pruned_tokens="drop") for k in keeps}
-    for x, hd in zip(ids, full):
-        att = eager(input_ids=x[None], output_attentions=True).attentions
-        score = sum(a[0].sum((0, 1)) for a in att)                        # (L,) attention received
+    for x, hd, score in zip(ids, full, scores):
+        score = score.clone()
         L = score.shape[0]
         score[0] = score[-1] = math.inf
         ref = hd.mean(0)
@@ -118,8 +129,8 @@ def run_encoder(ctx) -> dict:
     with torch.inference_mode():
         for L in lengths:
             ids = wordpiece_passages(tok, L, n_pass)
-            full = [eager(input_ids=x[None]).last_hidden_state[0] for x in ids]
-            ceiling[L] = _selection_ceiling(eager, ids, full, keeps)
+            full, scores = _dense_states_and_scores(eager, ids)
+            ceiling[L] = _selection_ceiling(ids, full, scores, keeps)
             for mode in ENC_MODES:
                 for policy in ENC_POLICIES:
                     for keep in ctx.progress(keeps, desc=f"L={L} {mode} {policy}"):

@@ -171,7 +171,6 @@ def _attention_fn(backbone, rt: SpattenRuntime):
     return impl, ALL_ATTENTION_FUNCTIONS.get_interface(impl, rt.eager)
 
 
-
 def _cache_select(cache, layer: int, index: torch.Tensor) -> None:
     """Keep only the slots ``index (B, n)`` of ``layer`` in ``cache``.
 
