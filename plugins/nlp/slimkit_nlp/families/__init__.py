@@ -6,13 +6,21 @@ which family a model belongs to::
 
     from slimkit_nlp.families import resolve_family
     fam = resolve_family(model)          # raises slimkit.UnsupportedModelError listing the families
-    bb = fam.backbone(model)             # BertModel / GPT2Model / LlamaModel inside any task head
+    bb = fam.backbone(model)             # BertModel / GPT2Model / LlamaModel / Qwen3Model ... inside any task head
     for layer in fam.layers(bb):
         att = fam.attention(layer)       # the module HF passes to attention functions
     fam.causal, fam.positions            # decoder?  "absolute" or "rotary" positions
 
 Built in: ``bert`` (BertModel, RobertaModel, XLMRobertaModel and their heads),
-``gpt2`` (GPT2Model and heads) and ``llama`` (LlamaModel, LlamaForCausalLM).
+``gpt2`` (GPT2Model and heads) and the Llama-shaped decoders, one generic adapter
+(``decoder.DecoderFamily``) registered once per family so that ``fam.name`` tells which:
+``llama``, ``mistral``, ``ministral``, ``qwen2``, ``qwen3``, ``phi3``, ``gemma``, ``gemma2``,
+``gemma3`` (Gemma3ForCausalLM), ``olmo``, ``olmo2``, ``granite``, ``smollm3``, ``helium``,
+``exaone4`` (their ``*Model`` backbones inside any head). Each family's quirks (sandwich norms,
+q/k norms, fused projections, soft-capping, sliding windows, per-layer rotary) are listed in
+:mod:`slimkit_nlp.families.decoder`. Families with sliding-window or soft-capped attention expose
+them through ``fam.sliding_window(layer)`` and ``fam.attention_kwargs(layer)``; techniques that build
+their own masks or call the attention function themselves must honour both.
 
 Adding a family (from a plugin's registration module or anywhere before use)::
 
@@ -25,8 +33,8 @@ Adding a family (from a plugin's registration module or anywhere before use)::
 
 The full per-layer contract (``embed``, ``attn_input``, ``project_qkv``,
 ``project_out``, ``after_attention``, ``feed_forward``, ``final_norm``,
-``rotary``) is in :mod:`slimkit_nlp.families.base`; the built-in adapters in
-``bert.py``, ``gpt2.py`` and ``llama.py`` are short examples.
+``rotary``, ``attention_kwargs``, ``sliding_window``) is in :mod:`slimkit_nlp.families.base`; the
+built-in adapters in ``bert.py``, ``gpt2.py`` and ``decoder.py`` are examples.
 
 Attention functions: ``attention_function(model)`` returns what
 ``config._attn_implementation`` resolves to (a function registered through
@@ -41,6 +49,7 @@ from typing import Any, Callable
 from slimkit.errors import UnsupportedModelError
 
 from .base import FamilyAdapter, linear_cols, linear_rows, split_heads, unit_rows
+from .decoder import DecoderFamily, DecoderSpec
 
 _FAMILIES: dict[str, FamilyAdapter] = {}
 
@@ -120,10 +129,10 @@ def _ensure_builtins() -> None:
         return
     _BUILTINS_LOADED = True
     from .bert import BertFamily
+    from .decoder import decoder_families
     from .gpt2 import GPT2Family
-    from .llama import LlamaFamily
 
-    builtins = {f.name: f for f in (BertFamily(), GPT2Family(), LlamaFamily())}
+    builtins = {f.name: f for f in (BertFamily(), GPT2Family(), *decoder_families())}
     # built-ins first, then anything a plugin registered before first use
     others = dict(_FAMILIES)
     _FAMILIES.clear()
@@ -131,6 +140,6 @@ def _ensure_builtins() -> None:
     _FAMILIES.update(others)
 
 
-__all__ = ["FamilyAdapter", "register_family", "unregister_family", "families", "supported_families",
-           "resolve_family", "attention_function", "attn_implementation", "returns_weights",
+__all__ = ["FamilyAdapter", "DecoderFamily", "DecoderSpec", "register_family", "unregister_family", "families",
+           "supported_families", "resolve_family", "attention_function", "attn_implementation", "returns_weights",
            "linear_rows", "linear_cols", "split_heads", "unit_rows", "NO_WEIGHTS_IMPLEMENTATIONS"]

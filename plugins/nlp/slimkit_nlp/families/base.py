@@ -144,6 +144,16 @@ class FamilyAdapter:
                 ids.add(v)
         return ids
 
+    def attention_kwargs(self, layer: nn.Module) -> dict:
+        """Extra keyword arguments the family's attention function takes for ``layer`` (e.g. Gemma 2's
+        ``softcap``, ``sliding_window``); ``{}`` for most families."""
+        return {}
+
+    def sliding_window(self, layer: nn.Module) -> int | None:
+        """Tokens a query of ``layer`` may look back (itself included), or None for full attention.
+        Techniques that build their own masks honour it (Mistral, Qwen2, Gemma 2/3 local layers)."""
+        return None
+
     def eager_attention(self) -> Callable:
         """The family's own eager attention function (what ``attn_implementation="eager"`` runs)."""
         raise NotImplementedError

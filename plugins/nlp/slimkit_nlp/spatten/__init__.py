@@ -20,6 +20,8 @@ _EXPORTS = {
     "apply_spatten": "transform", "load_pretrained": "transform", "remove_spatten": "transform",
     "restore": "transform", "spatten_config": "transform", "distill": "finetune",
     "save_deltas": "finetune", "load_deltas": "finetune", "mean_pool": "textdata",
+    "kv_budget_schedule": "schedule", "TokenPolicy": "policies", "ScoreInputs": "policies",
+    "register_policy": "policies", "get_policy": "policies", "policy_names": "policies",
 }
 
 __all__ = sorted(_EXPORTS)

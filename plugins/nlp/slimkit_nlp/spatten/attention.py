@@ -4,11 +4,16 @@ from __future__ import annotations
 import torch
 
 
-def additive_mask(q_cols, k_cols, k_valid, causal: bool, dtype) -> torch.Tensor:
-    """Additive mask ``(B, 1, Lq, Lk)``: 0 where a query may attend, the dtype's minimum elsewhere."""
+def additive_mask(q_cols, k_cols, k_valid, causal: bool, dtype, window: int | None = None) -> torch.Tensor:
+    """Additive mask ``(B, 1, Lq, Lk)``: 0 where a query may attend, the dtype's minimum elsewhere.
+
+    ``window``: sliding-window layers: a query sees only keys less than ``window`` columns back (real
+    tokens of one sample are consecutive columns, so this is the distance in positions)."""
     ok = k_valid[:, None, :].expand(-1, q_cols.shape[1], -1)
     if causal:
         ok = ok & (k_cols[:, None, :] <= q_cols[:, :, None])
+    if window is not None:
+        ok = ok & (k_cols[:, None, :] > q_cols[:, :, None] - window)
     m = torch.zeros(ok.shape, dtype=dtype, device=q_cols.device)
     return m.masked_fill(~ok, torch.finfo(dtype).min).unsqueeze(1)
 

@@ -6,15 +6,18 @@ from typing import ClassVar, Literal, Optional, Union
 
 from slimkit import ConfigError, TechniqueConfig
 
-POLICIES = ("spatten", "per_layer", "random", "streaming", "h2o")
+POLICIES = ("spatten", "window", "spatten_window", "per_layer", "random", "streaming", "h2o")   # built-ins
 
 
 @dataclass
 class SpattenConfig(TechniqueConfig):
     """Options of ``slimkit.apply(model, "spatten", ...)``.
 
-    token_keep: average share of each input's real tokens kept over the token-pruned layers
-        (1.0 = no token pruning). For decoders it is also the KV-cache budget during generation.
+    token_keep: encoders: average share of each input's real tokens kept over the token-pruned layers
+        (1.0 = no token pruning). Decoders: the KV budget, the share of the keys and values kept in the
+        cache counted over *all* layers (``kv_budget_schedule``); the first layers keep everything and
+        later ones less, so the cascade still shortens prefill. Generation keeps the cache within
+        ``token_keep`` of all tokens seen.
     head_keep: average share of head units kept over the head-pruned layers (1.0 = none pruned).
     value_keep: local value pruning: per query, keep this share of the values with the largest
         probabilities (1.0 = off; it changes results but saves no CPU time, see the README).
@@ -25,10 +28,14 @@ class SpattenConfig(TechniqueConfig):
     token_slope: how steeply the keep ratio falls over the pruned layers: they keep from
         ``token_keep + g`` down to ``token_keep - g`` with ``g = token_slope * min(token_keep,
         1 - token_keep)`` (0 = flat; the same slope is used for heads).
-    policy: the importance score. ``spatten`` (cumulative attention, normalised by the number of
-        queries that could see a token in causal models) is the technique; ``per_layer``
-        (this layer's attention only), ``random``, ``streaming`` (sink tokens + recent window)
-        and ``h2o`` (accumulated attention + recent window) are baselines for the benchmarks.
+    policy: the name of a registered ``TokenPolicy`` (``slimkit_nlp.spatten.policies``): ``spatten``
+        (cumulative attention, normalised by the number of queries that could see a token in causal
+        models) is the paper's score; ``window`` scores by the attention of the newest prompt queries in
+        each layer (a question at the end of the prompt steers what is kept) and ``spatten_window``
+        averages both; ``per_layer``, ``random``, ``streaming`` (sinks + recent window) and ``h2o``
+        (accumulated attention + recent window) are baselines. ``register_policy`` adds your own.
+    observe_queries: decoders: how many of the newest prompt queries the ``window`` policies (and
+        ``recent_share="auto"``) observe in each pruned layer at prefill.
     protect_recent: decoders: the newest ``protect_recent`` tokens are never evicted (0 = only the
         newest token, which predicts the next one).
     sink_tokens: decoders: the first real tokens always kept by ``spatten`` and ``streaming`` (attention
@@ -37,8 +44,8 @@ class SpattenConfig(TechniqueConfig):
         the rest goes by the policy's score. ``"auto"`` measures it per layer and per input at prefill:
         of several shares, the one whose kept set receives the most attention from the newest 32
         prompt queries wins (local models get a wide window, models with heavy hitters a narrow one).
-        None = the policy's default: ``"auto"`` for ``spatten``, 0.5 for ``h2o`` (as in H2O), 0 for the
-        others (``streaming`` is a window by definition).
+        None = the policy's ``default_recent_share``: ``"auto"`` for ``spatten``, 0.5 for ``h2o`` (as in
+        H2O), 0 for the others (``streaming`` is a window by definition).
     generation_pruning: evict cached keys/values during ``generate()`` to stay within budget.
     evict_chunk: when a layer's cache exceeds its budget, evict down to ``budget - evict_chunk + 1``
         tokens at once, so the ranking runs about once every ``evict_chunk`` steps (1 = every step).
@@ -51,7 +58,9 @@ class SpattenConfig(TechniqueConfig):
     """
 
     technique: ClassVar[str] = "spatten"
-    version: ClassVar[int] = 2          # 2: pruned_tokens; recent_share for every policy (auto for spatten)
+    # 2: pruned_tokens; recent_share for every policy (auto for spatten)
+    # 3: decoders read token_keep as the KV budget over all layers (kv_budget), policies are registered classes
+    version: ClassVar[int] = 3
 
     token_keep: float = 0.5
     head_keep: float = 1.0
@@ -60,7 +69,7 @@ class SpattenConfig(TechniqueConfig):
     token_start: float = 0.15
     token_slope: float = 0.25
     head_start: float = 0.3
-    policy: Literal["spatten", "per_layer", "random", "streaming", "h2o"] = "spatten"
+    policy: str = "spatten"
     protect_recent: int = 0
     sink_tokens: int = 4
     recent_share: Union[float, Literal["auto"], None] = None
@@ -68,6 +77,10 @@ class SpattenConfig(TechniqueConfig):
     evict_chunk: int = 8
     seed: int = 0
     pruned_tokens: Literal["drop", "merge"] = "drop"
+    observe_queries: int = 32
+    #: decoders: ``"kv"`` = token_keep is the KV budget over all layers; ``"pruned_layers"`` = the mean
+    #: keep ratio over the pruned layers only (what version-2 configs meant)
+    decoder_budget: Literal["kv", "pruned_layers"] = "kv"
 
     @classmethod
     def migrate(cls, data: dict, from_version: int) -> dict:
@@ -77,13 +90,17 @@ class SpattenConfig(TechniqueConfig):
             data["recent_share"] = data.get("recent_share", 0.5) if policy == "h2o" else 0.0
             if policy == "spatten":
                 data["sink_tokens"] = 1   # version 1 protected only the first token
+        if from_version < 3:              # versions 1-2: token_keep averaged over the pruned layers only
+            data = dict(data)
+            data.setdefault("decoder_budget", "pruned_layers")
         return data
 
     def window_share(self) -> Union[float, str]:
         """``recent_share`` with the policy's default filled in: a float, or ``"auto"``."""
         if self.recent_share is not None:
             return self.recent_share
-        return "auto" if self.policy == "spatten" else (0.5 if self.policy == "h2o" else 0.0)
+        from .policies import get_policy
+        return get_policy(self.policy).default_recent_share
 
     def validate(self) -> None:
         for name in ("token_keep", "head_keep", "value_keep"):
@@ -95,6 +112,10 @@ class SpattenConfig(TechniqueConfig):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v}")
+        from .policies import get_policy
+        get_policy(self.policy)                       # ConfigError listing the registered policies
+        if self.observe_queries < 1:
+            raise ConfigError(f"observe_queries must be >= 1, got {self.observe_queries}")
         if self.evict_chunk < 1:
             raise ConfigError(f"evict_chunk must be >= 1, got {self.evict_chunk}")
         if self.protect_recent < 0:

@@ -26,10 +26,11 @@ from slimkit.errors import ShapeError, SlimkitError
 from ..compat import cache_kwargs, pick_cache
 from .attention import additive_mask, encoder_attention, key_bias, value_prune
 from .merge import merge_pruned, size_bias
-from .schedule import count_for, gather_slots, keep_schedule, select_slots
+from .policies import get_policy
+from .schedule import count_for, gather_slots, keep_schedule, kv_budget_schedule, select_slots
 from .scores import accumulate, add_scores, rank_tokens
 from .stats import LayerStats, SpattenStats
-from .window import measure_recent_share, observed_attention, protected
+from .window import measure_recent_share, newest_kept, observed_attention, protected
 
 STATE_ATTR = "_spatten_state"
 
@@ -76,6 +77,7 @@ class PruneState:
         self.slots: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
         self.heads: list[Optional[torch.Tensor]] = [None] * n_layers
         self.recent: list[Optional[torch.Tensor]] = [None] * n_layers   # (B,) recent-window share per layer
+        self.layer_score: list[Optional[torch.Tensor]] = [None] * n_layers   # (B, n_cols) a layer's own attention
         self.head_score = torch.zeros(batch, n_units, device=device)
         self.n_layers = n_layers
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -90,6 +92,7 @@ class PruneState:
                       for s in self.slots]
         self.heads = [None if h is None else h.index_select(0, index) for h in self.heads]
         self.recent = [None if r is None else r.index_select(0, index) for r in self.recent]
+        self.layer_score = [None if r is None else r.index_select(0, index) for r in self.layer_score]
 
     def attach(self, cache) -> None:
         """Ride on ``cache``; follow its beam reordering."""
@@ -124,7 +127,13 @@ class SpattenRuntime:
         self.config = config
         layers = list(family.layers(backbone))
         self.n_layers = len(layers)
-        self.token_ratios = keep_schedule(self.n_layers, config.token_keep, config.token_start, 1, config.token_slope)
+        self.policy = get_policy(config.policy)
+        if family.causal and config.decoder_budget == "kv":
+            self.token_ratios = kv_budget_schedule(self.n_layers, config.token_keep, config.token_start,
+                                                   config.token_slope)
+        else:
+            self.token_ratios = keep_schedule(self.n_layers, config.token_keep, config.token_start, 1,
+                                              config.token_slope)
         self.n_units = family.num_units(backbone)
         head_ratios = keep_schedule(self.n_layers, config.head_keep, config.head_start, 0, config.token_slope)
         counts, prev = [], self.n_units
@@ -169,6 +178,21 @@ def _attention_fn(backbone, rt: SpattenRuntime):
 
     impl = backbone.config._attn_implementation or "eager"
     return impl, ALL_ATTENTION_FUNCTIONS.get_interface(impl, rt.eager)
+
+
+def _unslide(cache) -> None:
+    """Sliding-window cache layers (``DynamicCache(config=...)``, as ``generate()`` makes it, has them for the
+    sliding layers of Mistral, Qwen2, Gemma 2/3 ...) keep only their newest ``window - 1`` entries on their
+    own, which breaks the per-layer slot map; spatten masks windows itself (``family.sliding_window``), so
+    the sliding layers of an empty cache become plain dynamic layers."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or cache.get_seq_length() > 0:
+        return
+    for i, lay in enumerate(layers):
+        if isinstance(lay, DynamicSlidingWindowLayer):
+            layers[i] = DynamicLayer()
 
 
 def _cache_select(cache, layer: int, index: torch.Tensor) -> None:
@@ -222,6 +246,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     if state is None:
         state = PruneState(B, rt.n_layers, rt.n_units, dev, cfg.seed)
         if cache is not None:
+            _unslide(cache)
             state.attach(cache)
     first = state.n_cols == 0
     t_prev = state.n_cols
@@ -251,7 +276,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     if not causal:                                             # last real token: SEP
         n_real = valid.sum(1, keepdim=True)
         prot |= valid & (real_rank == n_real)
-    if causal and cfg.policy in ("streaming", "spatten"):     # attention sinks (StreamingLLM)
+    if causal and rt.policy.uses_sinks:                       # attention sinks (StreamingLLM)
         prot |= valid & (real_rank <= cfg.sink_tokens)
     state.extend(valid, prot)
     total_real = am.sum(1)                                     # real tokens so far, per sample
@@ -275,10 +300,18 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
         #    merge. Encoders that drop prune at the end of the previous layer's attention (step 7).
         if first and rt.token_ratios[li] < 1.0 and (causal or merge):
             k = count_for(rt.token_ratios[li], n_real_new)
+            probs_obs = None
+            if causal:
+                _check_budget(rt, cfg, k, n_real_new, li)
+            if causal and (rt.auto_recent or rt.policy.needs_observation):   # this layer's newest queries
+                probs_obs = observed_attention(self, rt, layer, h, pos, cols, valid, heads_cur, cfg.observe_queries)
+                if rt.policy.keeps_layer_scores:
+                    state.layer_score[li] = torch.zeros(B, state.n_cols, device=dev).scatter_add(
+                        1, cols, probs_obs.float().sum((1, 2)) * valid)
             if causal and rt.auto_recent:                      # measure this layer's locality first
-                probs_obs = observed_attention(self, rt, layer, h, pos, cols, valid, heads_cur)
-                state.recent[li] = measure_recent_share(state, cfg, probs_obs, cols, valid, k)
-            sel = _choose(state, cfg, rt, li, k, cols, valid, causal)
+                state.recent[li] = measure_recent_share(state, cfg, probs_obs, cols, valid, k, rt.policy, li)
+            sel = _choose(state, cfg, rt, li, k, cols, valid, causal,
+                          probs_obs if rt.policy.needs_observation else None)
             if sel is not None:
                 index, new_valid, gone = sel
                 if full is not None and gone.any():           # pruned tokens keep the state entering this layer
@@ -329,8 +362,10 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                 over = n_alive > budget
                 if bool(over.any()):                    # per sample: evict a chunk only where over budget
                     target = torch.where(over, torch.clamp(budget - (cfg.evict_chunk - 1), min=1), n_alive)
-                    rank = rank_tokens(state, cfg, k_cols, causal)
-                    prot_k = protected(state, cfg, k_cols, target, causal, li)
+                    rank = rank_tokens(state, rt.policy, k_cols, causal, li)
+                    # this call's own tokens stay for this call: no query has seen them yet (a multi-token
+                    # step, e.g. teacher forcing or chunked prefill, would otherwise lose them unread)
+                    prot_k = protected(state, cfg, k_cols, target, causal, li) | (k_cols >= t_prev)
                     sel = select_slots(rank, alive, prot_k, target, k_cols, pad_first=True)
                 if sel is None and bool((k_valid & ~alive).any()):
                     sel = _compact(alive, k_cols)
@@ -355,11 +390,13 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
             probs = None
         else:
             received = None
-            mask = None if (not causal and bool(k_valid.all())) else additive_mask(cols, k_cols, k_valid, causal, q.dtype)
+            mask = None if (not causal and bool(k_valid.all())) else additive_mask(
+                cols, k_cols, k_valid, causal, q.dtype, fam.sliding_window(layer))
             if merge_bias is not None:                             # proportional attention (merged tokens)
                 bias = merge_bias[:, None, None, :].to(q.dtype)
                 mask = bias if mask is None else mask + bias
-            ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling)
+            ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling,
+                                 **fam.attention_kwargs(layer))
         if probs is None and received is None and need_probs:
             raise SlimkitError(f"the attention implementation {impl!r} returns no attention probabilities; "
                                f"spatten needs them: use attn_implementation='eager' or a custom function "
@@ -372,7 +409,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
             if probs is None:
                 add_scores(state, received, q.shape[1], cols, valid, k_cols, k_valid, causal)
             else:
-                accumulate(state, probs, cols, valid, k_cols, k_valid, causal)
+                accumulate(state, probs, cols, valid, k_cols, k_valid, causal, li)
         if first and rt.config.head_keep < 1.0:
             mag = (ctx.float().abs() * valid[:, :, None, None]).sum((1, 3))        # (B, heads)
             mag = mag.view(B, units, rt.group).sum(-1)
@@ -423,11 +460,29 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                               pruned_at_layer=None if causal else state.evicted_at[:, t_prev:].clone())
 
 
-def _choose(state: PruneState, cfg, rt: SpattenRuntime, layer: int, k: torch.Tensor, cols, valid, causal: bool):
+def _check_budget(rt: SpattenRuntime, cfg, k: torch.Tensor, n_real: torch.Tensor, layer: int) -> None:
+    """Decoders: ``ConfigError`` when layer ``layer``'s budget ``k (B,)`` is below the tokens that must stay
+    (sinks + the newest ``max(1, protect_recent)``) for a prompt long enough to need pruning."""
+    sinks = cfg.sink_tokens if rt.policy.uses_sinks else 1
+    newest = newest_kept(cfg)
+    need = sinks + newest
+    short = (k < need) & (n_real > need)
+    if bool(short.any()):
+        from slimkit.errors import ConfigError
+        b = int(short.nonzero()[0, 0])
+        raise ConfigError(
+            f"token_keep={cfg.token_keep:g} leaves {int(k[b])} of this {int(n_real[b])}-token prompt's keys and "
+            f"values in layer {layer}, fewer than the {need} that always stay ({sinks} sink tokens + "
+            f"{newest} newest); raise token_keep or lower sink_tokens / protect_recent / observe_queries")
+
+
+def _choose(state: PruneState, cfg, rt: SpattenRuntime, layer: int, k: torch.Tensor, cols, valid, causal: bool,
+            observed: Optional[torch.Tensor] = None):
     """Pick the tokens that ``layer`` (the first one without the others) keeps out of the slots
     ``cols``/``valid (B, n)``: ``(index (B, k), new_valid (B, k), gone (B, n))`` or None when every
-    real token stays. Records ``layer`` in ``state.evicted_at`` for the tokens that go."""
-    rank = rank_tokens(state, cfg, cols, causal)
+    real token stays. Records ``layer`` in ``state.evicted_at`` for the tokens that go. ``observed``:
+    the newest prompt queries' attention in ``layer`` (decoder prefill, policies that read it)."""
+    rank = rank_tokens(state, rt.policy, cols, causal, layer, observed)
     sel = select_slots(rank, valid, protected(state, cfg, cols, k, causal, layer), k, cols, pad_first=causal)
     if sel is None:
         return None

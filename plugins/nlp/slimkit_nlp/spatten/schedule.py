@@ -36,6 +36,31 @@ def keep_schedule(n_layers: int, keep: float, start: float, min_start_layers: in
     return [1.0] * p + ratios
 
 
+def kv_budget_schedule(n_layers: int, budget: float, start: float, slope: float = 0.5) -> list[float]:
+    """Decoders: per-layer keep ratios whose mean over *all* ``n_layers`` is ``budget``.
+
+    ``token_keep=b`` on a decoder means the KV budget: at most a share ``b`` of the prompt's keys and
+    values, counted over all layers, stays in the cache. The first ``p = ceil(start * n_layers)``
+    layers keep everything (they score the tokens; at least one), lowered while the pruned layers
+    would keep less than half the budget (``p`` full layers eat ``p / n_layers`` of it); the others
+    follow ``keep_schedule`` with the mean ``(b * n_layers - p) / (n_layers - p)``, so the ratios
+    stay non-increasing (cascade). ``ConfigError`` when even one full layer exceeds the budget.
+    """
+    from slimkit.errors import ConfigError
+
+    if budget >= 1.0 or n_layers <= 0:
+        return [1.0] * max(n_layers, 0)
+    if budget * n_layers <= 1.0 + 1e-9:
+        raise ConfigError(f"token_keep={budget:g} cannot be met on a {n_layers}-layer decoder: its first layer "
+                          f"is never pruned (it scores the tokens) and alone holds 1/{n_layers} = "
+                          f"{1 / n_layers:.0%} of the KV cache; use token_keep > {1 / n_layers:.3g}")
+    p = min(max(1, math.ceil(start * n_layers - 1e-9)), n_layers - 1)
+    while p > 1 and (budget * n_layers - p) / (n_layers - p) < budget / 2:
+        p -= 1
+    mean = (budget * n_layers - p) / (n_layers - p)
+    return [1.0] * p + keep_schedule(n_layers - p, mean, 0.0, 0, slope)
+
+
 def count_for(ratio: float, n: torch.Tensor) -> torch.Tensor:
     """``ceil(ratio * n)`` per sample (``n`` a LongTensor of real lengths), at least 1 where n > 0."""
     if ratio >= 1.0:

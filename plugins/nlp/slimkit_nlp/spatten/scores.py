@@ -14,30 +14,28 @@ if TYPE_CHECKING:
     from .runtime import PruneState
 
 
-def rank_tokens(state: PruneState, cfg, cols: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Ranking key ``(B, n)`` of the tokens at ``cols (B, n)`` under ``cfg.policy`` (higher = kept)."""
-    p = cfg.policy
-    if p == "spatten":
-        s = state.score.gather(1, cols)
-        return s / state.count.gather(1, cols).clamp(min=1.0) if causal else s
-    if p == "per_layer":
-        s = state.last.gather(1, cols)
-        return s / state.last_count.gather(1, cols).clamp(min=1.0) if causal else s
-    if p == "random":
-        return state.rand.gather(1, cols)
-    if p == "streaming":
-        return cols.to(torch.float32)
-    if p == "h2o":
-        return state.score.gather(1, cols)
-    raise SlimkitError(f"unknown policy {p!r}")  # pragma: no cover - validated by the config
+def rank_tokens(state: PruneState, policy, cols: torch.Tensor, causal: bool, layer: int,
+                observed: torch.Tensor | None = None) -> torch.Tensor:
+    """Ranking key ``(B, n)`` of the tokens at ``cols (B, n)`` for ``layer`` under ``policy`` (a
+    ``TokenPolicy``; higher = kept). ``observed``: the newest prompt queries' attention, if computed."""
+    from .policies import ScoreInputs
+
+    s = policy.score(ScoreInputs(state=state, cols=cols, causal=causal, layer=layer, observed=observed))
+    if s.shape != cols.shape:
+        raise SlimkitError(f"policy {policy.name!r} returned scores of shape {tuple(s.shape)}; it must return "
+                           f"one score per candidate, shape {tuple(cols.shape)}")
+    return s
 
 
-def accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: bool) -> None:
+def accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: bool, layer: int = -1) -> None:
     """Add the attention each key received (summed over heads and real query rows) to its score;
-    ``count`` gets how many (head, query) pairs could see it, for the causal normalisation."""
+    ``count`` gets how many (head, query) pairs could see it, for the causal normalisation. Where
+    ``state.layer_score[layer]`` is kept (policies with ``keeps_layer_scores``), it gets this layer's
+    attention too."""
     heads = probs.shape[1]
     if causal and probs.shape[2] == 1:                       # one new token: it sees every cached key
         contrib = probs.sum((1, 2), dtype=torch.float32) * valid
+        add_layer_score(state, layer, contrib, k_cols)
         cnt = k_valid.float() * (heads * valid.float())
         state.score.scatter_add_(1, k_cols, contrib)
         state.count.scatter_add_(1, k_cols, cnt)
@@ -48,7 +46,17 @@ def accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: b
         contrib = probs.sum((1, 2), dtype=torch.float32)                    # (B, Lk)
     else:
         contrib = (probs.float() * valid[:, None, :, None]).sum((1, 2))
+    add_layer_score(state, layer, contrib, k_cols)
     add_scores(state, contrib, heads, cols, valid, k_cols, k_valid, causal)
+
+
+def add_layer_score(state: PruneState, layer: int, contrib, k_cols) -> None:
+    """``state.layer_score[layer] (B, n_cols)`` += ``contrib (B, Lk)`` at ``k_cols``, where it is kept."""
+    if 0 <= layer < len(state.layer_score) and state.layer_score[layer] is not None:
+        ls = state.layer_score[layer]
+        if ls.shape[1] < state.n_cols:
+            ls = torch.cat([ls, ls.new_zeros(ls.shape[0], state.n_cols - ls.shape[1])], 1)
+        state.layer_score[layer] = ls.scatter_add(1, k_cols, contrib)
 
 
 def add_scores(state: PruneState, contrib, heads: int, cols, valid, k_cols, k_valid, causal: bool) -> None:

@@ -25,9 +25,19 @@ def recent_share(state: PruneState, cfg, layer: int, batch: int, device) -> torc
     return torch.full((batch,), float(share), device=device)
 
 
+def newest_kept(cfg) -> int:
+    """How many of the newest tokens always stay: ``max(1, protect_recent)``, and for policies that
+    score by observation (``window``...) the ``observe_queries`` observed ones too (as SnapKV keeps its
+    window): a token gets its first score only once later queries have attended to it."""
+    from .policies import get_policy
+
+    n = max(1, cfg.protect_recent)
+    return max(n, cfg.observe_queries) if get_policy(cfg.policy).needs_observation else n
+
+
 def always_kept(state: PruneState, cfg, cols) -> torch.Tensor:
-    """Protected tokens (special, sinks, ``protect_tokens``) and the newest ``max(1, protect_recent)``."""
-    return state.protected.gather(1, cols) | (cols >= state.n_cols - max(1, cfg.protect_recent))
+    """Protected tokens (special, sinks, ``protect_tokens``) and the newest ``newest_kept(cfg)``."""
+    return state.protected.gather(1, cols) | (cols >= state.n_cols - newest_kept(cfg))
 
 
 def window_mask(state: PruneState, cols, k, share, always) -> torch.Tensor:
@@ -53,13 +63,14 @@ RECENT_GRID = (0.0, 0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375, 1.0)
 OBSERVED_QUERIES = 32
 
 
-def observed_attention(backbone, rt, layer, h, pos, cols, valid, heads) -> torch.Tensor:
-    """Attention probabilities ``(B, heads, obs, n)`` of the newest ``OBSERVED_QUERIES`` slots of this
-    layer over all current slots (causal), computed before the layer is pruned (prefill only)."""
+def observed_attention(backbone, rt, layer, h, pos, cols, valid, heads, n_obs: int = OBSERVED_QUERIES) -> torch.Tensor:
+    """Attention probabilities ``(B, heads, obs, n)`` of the newest ``n_obs`` slots of this layer over
+    all current slots (causal), computed before the layer is pruned (prefill only). Only the newest
+    queries are projected; keys are projected for every slot (the layer computes them anyway)."""
     fam = rt.family
     rot = fam.rotary(backbone, h, pos) if fam.positions == "rotary" else None
     q, k, _ = fam.project_qkv(layer, fam.attn_input(layer, h), heads, rot)
-    obs = min(OBSERVED_QUERIES, q.shape[2])
+    obs = min(n_obs, q.shape[2])
     q = q[:, :, -obs:]
     if k.shape[1] != q.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
@@ -69,19 +80,24 @@ def observed_attention(backbone, rt, layer, h, pos, cols, valid, heads) -> torch
     return torch.nan_to_num(logits.softmax(-1), nan=0.0)
 
 
-def measure_recent_share(state: PruneState, cfg, probs, cols, valid, k: torch.Tensor) -> torch.Tensor:
+def measure_recent_share(state: PruneState, cfg, probs, cols, valid, k: torch.Tensor, policy=None,
+                         layer: int = -1) -> torch.Tensor:
     """``recent_share="auto"``: the share of a layer's budget ``k`` to give to the newest tokens.
 
     ``probs (B, heads, obs, n)``: this layer's attention of the newest prompt queries, which stand
     for the queries to come. For each share in ``RECENT_GRID`` the kept set is the always-kept
     tokens, the newest ``share`` of the rest of the budget, and the remainder filled by the
-    technique's score (cumulative attention); the share whose set receives the most of the observed
+    policy's score; the share whose set receives the most of the observed
     attention wins (ties: the wider window). Local models (byte-level LMs) get a wide window, models
     with heavy hitters a narrow one. Returns ``(B,)``.
     """
     B = probs.shape[0]
     mass = probs.sum((1, 2)) * valid                                        # (B, n)
-    rank = rank_tokens(state, cfg, cols, True).to(torch.float64)
+    if policy is None:
+        from .policies import get_policy
+        policy = get_policy(cfg.policy)
+    rank = rank_tokens(state, policy, cols, True, layer, probs if policy.needs_observation else None)
+    rank = rank.to(torch.float64)
     always = always_kept(state, cfg, cols) & valid
     best = torch.full((B,), -math.inf, device=probs.device)
     share = torch.ones(B, device=probs.device)

@@ -1,0 +1,222 @@
+"""Token pruning policies: small classes with one scoring method, as kvpress presses are.
+
+A policy says which tokens matter; the machinery (``runtime.py``) does everything else the same
+way for every policy: the cascade schedule, attention sinks and the recent window, physical
+removal during prefill, KV eviction during generation, padding, positions and statistics. So
+benchmarks compare scores, not implementations, and a user's own policy gets all of it::
+
+    from slimkit_nlp.spatten import TokenPolicy, register_policy
+
+    class NewestFirst(TokenPolicy):
+        name = "newest"
+        def score(self, x):                  # x: ScoreInputs
+            return x.cols.float()            # (B, n): higher = kept
+
+    register_policy(NewestFirst())
+    slimkit.apply(model, "spatten", policy="newest", token_keep=0.5)
+
+Built in:
+
+* ``spatten`` (the technique): cumulative attention each token received, summed over heads, query
+  rows and all layers so far; causal models divide by the number of (head, query) pairs that could
+  see the token, or the earliest tokens always win (SpAtten, section 3.1).
+* ``window``: the attention the newest ``OBSERVED_QUERIES`` prompt queries pay *in this layer*,
+  summed over the query heads, smoothed over neighbouring tokens (SnapKV's observation window), so a
+  question at the end of the prompt steers what every later layer keeps. During generation each new
+  query's attention in the layer is added. Computed inside the cascade: the tokens it drops leave the
+  later layers' prefill, which presses cannot do.
+* ``spatten_window``: both, each normalised to a distribution over the candidates, averaged.
+* baselines: ``per_layer`` (this layer's attention only), ``random``, ``streaming`` (sinks and the
+  newest tokens), ``h2o`` (accumulated attention plus a recent window).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+import torch
+import torch.nn.functional as F
+
+from slimkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .runtime import PruneState
+
+
+@dataclass
+class ScoreInputs:
+    """What a policy may read to score the candidate slots of one layer.
+
+    state: the batch's ``PruneState`` (``score``/``count``: cumulative attention received and how many
+        (head, query) pairs could see each column; ``last``/``last_count``: the latest layer only;
+        ``rand``; ``layer_score[layer]``: this layer's own accumulated attention where kept).
+    cols: ``(B, n)`` the candidates' columns (index in the full input, padding included).
+    causal: decoder model.
+    layer: the layer that keeps or drops the candidates.
+    observed: ``(B, H, obs, n)`` attention probabilities of the newest prompt queries in this layer over
+        the candidates (decoder prefill, when the policy sets ``needs_observation``), else None.
+    """
+
+    state: "PruneState"
+    cols: torch.Tensor
+    causal: bool
+    layer: int
+    observed: Optional[torch.Tensor] = None
+
+
+class TokenPolicy:
+    """Base class: ``score(inputs) -> (B, n)`` float, higher = more important (kept first).
+
+    Class attributes tune how the machinery treats the policy:
+    ``needs_observation`` (compute ``ScoreInputs.observed`` at decoder prefill),
+    ``keeps_layer_scores`` (accumulate each layer's own attention into ``state.layer_score`` during
+    generation), ``uses_sinks`` (keep the config's ``sink_tokens`` first tokens), and
+    ``default_recent_share`` (the share of a layer's budget given to the newest tokens when the
+    config's ``recent_share`` is None: a float or ``"auto"``).
+    """
+
+    name: str = ""
+    needs_observation: bool = False
+    keeps_layer_scores: bool = False
+    uses_sinks: bool = False
+    default_recent_share: float | str = 0.0
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def _normalised_cumulative(x: ScoreInputs) -> torch.Tensor:
+    s = x.state.score.gather(1, x.cols)
+    return s / x.state.count.gather(1, x.cols).clamp(min=1.0) if x.causal else s
+
+
+class CumulativeAttention(TokenPolicy):
+    """SpAtten: attention received, summed over heads, queries and layers (normalised in decoders)."""
+
+    name = "spatten"
+    uses_sinks = True
+    default_recent_share = "auto"
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        return _normalised_cumulative(x)
+
+
+class PerLayerAttention(TokenPolicy):
+    """The previous layer's attention only (no accumulation across layers)."""
+
+    name = "per_layer"
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        s = x.state.last.gather(1, x.cols)
+        return s / x.state.last_count.gather(1, x.cols).clamp(min=1.0) if x.causal else s
+
+
+class RandomTokens(TokenPolicy):
+    name = "random"
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        return x.state.rand.gather(1, x.cols)
+
+
+class Streaming(TokenPolicy):
+    """StreamingLLM: sinks plus the newest tokens (the score is the position)."""
+
+    name = "streaming"
+    uses_sinks = True
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        return x.cols.to(torch.float32)
+
+
+class HeavyHitters(TokenPolicy):
+    """H2O: accumulated (unnormalised) attention plus half the budget for the newest tokens."""
+
+    name = "h2o"
+    default_recent_share = 0.5
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        return x.state.score.gather(1, x.cols)
+
+
+POOL_KERNEL = 7   # neighbours averaged into a token's observation score (SnapKV pools the same way)
+
+
+def observation_score(observed: torch.Tensor, kernel: int = POOL_KERNEL) -> torch.Tensor:
+    """``(B, H, obs, n)`` probabilities -> ``(B, n)``: mean over the observed queries, summed over the
+    query heads, max-pooled over ``kernel`` neighbouring slots (a token next to an attended one stays,
+    so an attended phrase is kept whole)."""
+    s = observed.float().mean(2).sum(1)                                  # (B, n)
+    if kernel > 1 and s.shape[1] >= kernel:
+        s = F.max_pool1d(s.unsqueeze(1), kernel, stride=1, padding=kernel // 2).squeeze(1)
+    return s
+
+
+class ObservationWindow(TokenPolicy):
+    """Attention from the newest prompt queries in this layer (SnapKV's window), inside the cascade."""
+
+    name = "window"
+    needs_observation = True
+    keeps_layer_scores = True
+    uses_sinks = True
+    default_recent_share = 0.0
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        if x.observed is not None:
+            return observation_score(x.observed)
+        kept = x.state.layer_score[x.layer]
+        if kept is not None:
+            if kept.shape[1] < x.state.n_cols:          # columns added since (new tokens: nothing received yet)
+                kept = torch.cat([kept, kept.new_zeros(kept.shape[0], x.state.n_cols - kept.shape[1])], 1)
+            return kept.gather(1, x.cols)
+        return _normalised_cumulative(x)      # a layer that never observed (encoders): cumulative
+
+
+def _as_distribution(s: torch.Tensor) -> torch.Tensor:
+    s = s.clamp(min=0)
+    return s / s.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+class CumulativeAndWindow(ObservationWindow):
+    """Both signals, each normalised over the candidates, averaged."""
+
+    name = "spatten_window"
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        return 0.5 * (_as_distribution(super().score(x)) + _as_distribution(_normalised_cumulative(x)))
+
+
+_POLICIES: dict[str, TokenPolicy] = {}
+
+
+def register_policy(policy: TokenPolicy, *, replace: bool = False) -> TokenPolicy:
+    """Make ``policy`` (an instance) available as ``SpattenConfig(policy=policy.name)``; returns it."""
+    if not isinstance(policy, TokenPolicy):
+        raise TypeError(f"register_policy expects a TokenPolicy instance, got {type(policy).__name__}")
+    if not policy.name:
+        raise ValueError("a TokenPolicy needs a non-empty 'name'")
+    if policy.name in _POLICIES and not replace:
+        raise ValueError(f"policy {policy.name!r} is already registered; pass replace=True to override it")
+    _POLICIES[policy.name] = policy
+    return policy
+
+
+def policy_names() -> list[str]:
+    return list(_POLICIES)
+
+
+def get_policy(name: str) -> TokenPolicy:
+    """The registered policy called ``name``; ``ConfigError`` listing the known ones otherwise."""
+    try:
+        return _POLICIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown spatten policy {name!r}; known policies are "
+                          f"{', '.join(repr(n) for n in _POLICIES)} (add one with "
+                          f"slimkit_nlp.spatten.register_policy)") from None
+
+
+for _p in (CumulativeAttention(), ObservationWindow(), CumulativeAndWindow(), PerLayerAttention(),
+           RandomTokens(), Streaming(), HeavyHitters()):
+    register_policy(_p)
