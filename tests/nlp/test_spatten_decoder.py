@@ -61,7 +61,7 @@ def _record_positions(model, kind):
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_generation_with_pruning_positions_and_batches(kind):
     ids, am = prompts()
-    m = slimkit.apply(tiny(kind), "spatten", token_keep=0.5)
+    m = slimkit.apply(tiny(kind), "spatten", token_keep=0.5, generation_pruning=True)
     seen = _record_positions(m, kind)
     with torch.no_grad():
         out = m.generate(input_ids=ids, attention_mask=am, return_dict_in_generate=True, **GEN)
@@ -115,7 +115,7 @@ def test_cache_filled_without_spatten_is_refused():
 @pytest.mark.parametrize("policy", ["h2o", "streaming", "random", "per_layer", "window", "spatten_window"])
 def test_baseline_policies_generate(policy):
     ids, am = prompts()
-    m = slimkit.apply(tiny("llama"), "spatten", token_keep=0.5, policy=policy)
+    m = slimkit.apply(tiny("llama"), "spatten", token_keep=0.5, policy=policy, generation_pruning=True)
     with torch.no_grad():
         out = m.generate(input_ids=ids, attention_mask=am, **GEN)
     assert out.shape == (2, 30 + GEN["max_new_tokens"])
@@ -187,7 +187,7 @@ def test_sinks_window_and_budget_in_generation():
     from slimkit_nlp.spatten.window import RECENT_GRID
 
     ids, am = prompts()
-    m = slimkit.apply(tiny("gpt2"), "spatten", token_keep=0.5)
+    m = slimkit.apply(tiny("gpt2"), "spatten", token_keep=0.5, generation_pruning=True)
     with torch.no_grad():
         out = m.generate(input_ids=ids, attention_mask=am, return_dict_in_generate=True, **GEN)
     state = output_cache(out)._spatten_state

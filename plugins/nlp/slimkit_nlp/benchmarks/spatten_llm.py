@@ -43,9 +43,9 @@ PRESSES = ("StreamingLLMPress", "SnapKVPress", "ObservedAttentionPress", "TOVAPr
            "ExpectedAttentionPress")
 #: slimkit settings measured: (label, spatten options); the first is the default
 SPATTEN_SETTINGS = (
-    ("spatten", {}),
-    ("spatten window", {"policy": "window"}),
-    ("spatten+window", {"policy": "spatten_window"}),
+    ("spatten", {}),                                                     # the defaults: the paper's score, cascade
+    ("spatten window_group", {"policy": "window_group"}),               # cascade, observation-window score
+    ("spatten window_group full-prefill", {"policy": "window_group", "prefill_pruning": False}),
 )
 
 

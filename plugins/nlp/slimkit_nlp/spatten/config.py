@@ -34,6 +34,10 @@ class SpattenConfig(TechniqueConfig):
         each layer (a question at the end of the prompt steers what is kept) and ``spatten_window``
         averages both; ``per_layer``, ``random``, ``streaming`` (sinks + recent window) and ``h2o``
         (accumulated attention + recent window) are baselines. ``register_policy`` adds your own.
+    prefill_pruning: decoders: ``True`` (SpAtten's cascade): pruned tokens leave later layers during
+        prefill, which shortens it (time to first token). ``False``: every layer sees the whole prompt and
+        its cached keys/values are cut to ``token_keep`` right after its attention (each layer the same
+        share, as kvpress presses do; no shorter prefill, better fidelity).
     observe_queries: decoders: how many of the newest prompt queries the ``window`` policies (and
         ``recent_share="auto"``) observe in each pruned layer at prefill.
     protect_recent: decoders: the newest ``protect_recent`` tokens are never evicted (0 = only the
@@ -46,7 +50,10 @@ class SpattenConfig(TechniqueConfig):
         prompt queries wins (local models get a wide window, models with heavy hitters a narrow one).
         None = the policy's ``default_recent_share``: ``"auto"`` for ``spatten``, 0.5 for ``h2o`` (as in
         H2O), 0 for the others (``streaming`` is a window by definition).
-    generation_pruning: evict cached keys/values during ``generate()`` to stay within budget.
+    generation_pruning: decoders: keep evicting during ``generate()`` so the cache stays within
+        ``token_keep`` of all tokens seen (bounded memory for long generations). Off by default: the
+        prompt's cache is cut once, at prefill, and generated tokens are kept, as kvpress presses do;
+        evicting while generating cost a lot of fidelity on SmolLM2 (``slimkit bench spatten-llm``).
     evict_chunk: when a layer's cache exceeds its budget, evict down to ``budget - evict_chunk + 1``
         tokens at once, so the ranking runs about once every ``evict_chunk`` steps (1 = every step).
     seed: seed of the ``random`` policy.
@@ -73,11 +80,12 @@ class SpattenConfig(TechniqueConfig):
     protect_recent: int = 0
     sink_tokens: int = 4
     recent_share: Union[float, Literal["auto"], None] = None
-    generation_pruning: bool = True
+    generation_pruning: bool = False
     evict_chunk: int = 8
     seed: int = 0
     pruned_tokens: Literal["drop", "merge"] = "drop"
     observe_queries: int = 32
+    prefill_pruning: bool = True
     #: decoders: ``"kv"`` = token_keep is the KV budget over all layers; ``"pruned_layers"`` = the mean
     #: keep ratio over the pruned layers only (what version-2 configs meant)
     decoder_budget: Literal["kv", "pruned_layers"] = "kv"
@@ -93,6 +101,7 @@ class SpattenConfig(TechniqueConfig):
         if from_version < 3:              # versions 1-2: token_keep averaged over the pruned layers only
             data = dict(data)
             data.setdefault("decoder_budget", "pruned_layers")
+            data.setdefault("generation_pruning", True)   # versions 1-2 evicted during generation by default
         return data
 
     def window_share(self) -> Union[float, str]:

@@ -62,12 +62,15 @@ class ScoreInputs:
     causal: bool
     layer: int
     observed: Optional[torch.Tensor] = None
+    group: int = 1            # query heads per key/value head (GQA)
 
 
 class TokenPolicy:
     """Base class: ``score(inputs) -> (B, n)`` float, higher = more important (kept first).
 
     Class attributes tune how the machinery treats the policy:
+    ``reads_attention`` (the score reads ``state.score``/``last``, accumulated from every layer's full
+    attention map; when False, decoder prefill runs PyTorch's fused attention instead of eager),
     ``needs_observation`` (compute ``ScoreInputs.observed`` at decoder prefill),
     ``keeps_layer_scores`` (accumulate each layer's own attention into ``state.layer_score`` during
     generation), ``uses_sinks`` (keep the config's ``sink_tokens`` first tokens), and
@@ -76,6 +79,7 @@ class TokenPolicy:
     """
 
     name: str = ""
+    reads_attention: bool = True
     needs_observation: bool = False
     keeps_layer_scores: bool = False
     uses_sinks: bool = False
@@ -116,6 +120,7 @@ class PerLayerAttention(TokenPolicy):
 
 class RandomTokens(TokenPolicy):
     name = "random"
+    reads_attention = False
 
     def score(self, x: ScoreInputs) -> torch.Tensor:
         return x.state.rand.gather(1, x.cols)
@@ -125,6 +130,7 @@ class Streaming(TokenPolicy):
     """StreamingLLM: sinks plus the newest tokens (the score is the position)."""
 
     name = "streaming"
+    reads_attention = False
     uses_sinks = True
 
     def score(self, x: ScoreInputs) -> torch.Tensor:
@@ -144,20 +150,31 @@ class HeavyHitters(TokenPolicy):
 POOL_KERNEL = 7   # neighbours averaged into a token's observation score (SnapKV pools the same way)
 
 
-def observation_score(observed: torch.Tensor, kernel: int = POOL_KERNEL) -> torch.Tensor:
-    """``(B, H, obs, n)`` probabilities -> ``(B, n)``: mean over the observed queries, summed over the
-    query heads, max-pooled over ``kernel`` neighbouring slots (a token next to an attended one stays,
-    so an attended phrase is kept whole)."""
-    s = observed.float().mean(2).sum(1)                                  # (B, n)
-    if kernel > 1 and s.shape[1] >= kernel:
-        s = F.max_pool1d(s.unsqueeze(1), kernel, stride=1, padding=kernel // 2).squeeze(1)
-    return s
+def observation_score(observed: torch.Tensor, kernel: int = POOL_KERNEL, group: int = 1,
+                      per_group_max: bool = False) -> torch.Tensor:
+    """``(B, H, obs, n)`` probabilities -> ``(B, n)``: mean over the observed queries, max-pooled over
+    ``kernel`` neighbouring slots (a token next to an attended one stays, so an attended phrase is kept
+    whole), then over heads: summed, or (``per_group_max``) averaged within each key/value group of
+    ``group`` query heads, normalised per group and maxed over groups, so every key/value head's most
+    attended tokens stay even when the other heads look elsewhere."""
+    s = observed.float().mean(2)                                          # (B, H, n)
+    if kernel > 1 and s.shape[-1] >= kernel:
+        b, h, n = s.shape
+        s = F.max_pool1d(s.reshape(b * h, 1, n), kernel, stride=1, padding=kernel // 2).reshape(b, h, n)
+    if not per_group_max:
+        return s.sum(1)
+    b, h, n = s.shape
+    g = s.view(b, h // group, group, n).mean(2)                           # (B, Hkv, n)
+    g = g / g.sum(-1, keepdim=True).clamp(min=1e-12)
+    return g.amax(1)
 
 
 class ObservationWindow(TokenPolicy):
     """Attention from the newest prompt queries in this layer (SnapKV's window), inside the cascade."""
 
     name = "window"
+    per_group_max = False
+    reads_attention = False
     needs_observation = True
     keeps_layer_scores = True
     uses_sinks = True
@@ -165,7 +182,7 @@ class ObservationWindow(TokenPolicy):
 
     def score(self, x: ScoreInputs) -> torch.Tensor:
         if x.observed is not None:
-            return observation_score(x.observed)
+            return observation_score(x.observed, group=x.group, per_group_max=self.per_group_max)
         kept = x.state.layer_score[x.layer]
         if kept is not None:
             if kept.shape[1] < x.state.n_cols:          # columns added since (new tokens: nothing received yet)
@@ -179,10 +196,19 @@ def _as_distribution(s: torch.Tensor) -> torch.Tensor:
     return s / s.sum(1, keepdim=True).clamp(min=1e-12)
 
 
+class GroupWindow(ObservationWindow):
+    """``window`` with the heads aggregated per key/value group and maxed over groups (see
+    ``observation_score``)."""
+
+    name = "window_group"
+    per_group_max = True
+
+
 class CumulativeAndWindow(ObservationWindow):
     """Both signals, each normalised over the candidates, averaged."""
 
     name = "spatten_window"
+    reads_attention = True
 
     def score(self, x: ScoreInputs) -> torch.Tensor:
         return 0.5 * (_as_distribution(super().score(x)) + _as_distribution(_normalised_cumulative(x)))
@@ -217,6 +243,6 @@ def get_policy(name: str) -> TokenPolicy:
                           f"slimkit_nlp.spatten.register_policy)") from None
 
 
-for _p in (CumulativeAttention(), ObservationWindow(), CumulativeAndWindow(), PerLayerAttention(),
+for _p in (CumulativeAttention(), ObservationWindow(), GroupWindow(), CumulativeAndWindow(), PerLayerAttention(),
            RandomTokens(), Streaming(), HeavyHitters()):
     register_policy(_p)

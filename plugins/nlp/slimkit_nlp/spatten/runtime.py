@@ -80,6 +80,7 @@ class PruneState:
         self.layer_score: list[Optional[torch.Tensor]] = [None] * n_layers   # (B, n_cols) a layer's own attention
         self.head_score = torch.zeros(batch, n_units, device=device)
         self.n_layers = n_layers
+        self.group = 1                               # query heads per key/value head
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def select_batch(self, index: torch.Tensor) -> None:
@@ -128,7 +129,11 @@ class SpattenRuntime:
         layers = list(family.layers(backbone))
         self.n_layers = len(layers)
         self.policy = get_policy(config.policy)
-        if family.causal and config.decoder_budget == "kv":
+        #: decoders with prefill_pruning=False: full prefill, each layer's cache compressed after its attention
+        self.cascade = not (family.causal and not config.prefill_pruning)
+        if not self.cascade:
+            self.token_ratios = [config.token_keep] * self.n_layers
+        elif family.causal and config.decoder_budget == "kv":
             self.token_ratios = kv_budget_schedule(self.n_layers, config.token_keep, config.token_start,
                                                    config.token_slope)
         else:
@@ -245,6 +250,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                            "on the spatten model")
     if state is None:
         state = PruneState(B, rt.n_layers, rt.n_units, dev, cfg.seed)
+        state.group = rt.group
         if cache is not None:
             _unslide(cache)
             state.attach(cache)
@@ -298,7 +304,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
     for li, layer in enumerate(fam.layers(self)):
         # 1. token pruning of the hidden set before the layer: decoders (prefill) and encoders that
         #    merge. Encoders that drop prune at the end of the previous layer's attention (step 7).
-        if first and rt.token_ratios[li] < 1.0 and (causal or merge):
+        if first and rt.cascade and rt.token_ratios[li] < 1.0 and (causal or merge):
             k = count_for(rt.token_ratios[li], n_real_new)
             probs_obs = None
             if causal:
@@ -383,7 +389,12 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
             keys, values, k_cols, k_valid = k_, v, cols, valid
         # 5. attention through the active implementation (it must return probabilities)
         need_probs = cache is not None or rt.prunes_after[li] or cfg.value_keep < 1.0
-        if not causal and impl == "eager" and cfg.value_keep >= 1.0:   # encoders: same result, fewer passes
+        fused = (causal and first and rt.cascade and not rt.policy.reads_attention and impl == "eager"
+                 and cfg.value_keep >= 1.0 and not fam.attention_kwargs(layer))
+        if fused:   # decoder prefill whose policy reads no attention map (window: only the observed rows)
+            mask = additive_mask(cols, k_cols, k_valid, True, q.dtype, fam.sliding_window(layer))
+            ctx, probs, received = _sdpa(q, keys, values, mask, att.scaling), None, None
+        elif not causal and impl == "eager" and cfg.value_keep >= 1.0:   # encoders: same result, fewer passes
             mask = None
             ctx, received = encoder_attention(q, keys, values, key_bias(k_valid, merge_bias), att.scaling, valid,
                                                need_probs)
@@ -397,7 +408,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                 mask = bias if mask is None else mask + bias
             ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling,
                                  **fam.attention_kwargs(layer))
-        if probs is None and received is None and need_probs:
+        if probs is None and received is None and need_probs and not fused:
             raise SlimkitError(f"the attention implementation {impl!r} returns no attention probabilities; "
                                f"spatten needs them: use attn_implementation='eager' or a custom function "
                                f"that returns (output, probabilities)")
@@ -405,11 +416,14 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
         if cfg.value_keep < 1.0:
             ctx, fetched = value_prune(probs, values, mask, cfg.value_keep)
         # 6. importance scores (only needed if a later layer or a later generation step prunes)
-        if cache is not None or rt.prunes_after[li]:
+        if (cache is not None or rt.prunes_after[li]) and not fused:
             if probs is None:
                 add_scores(state, received, q.shape[1], cols, valid, k_cols, k_valid, causal)
             else:
-                accumulate(state, probs, cols, valid, k_cols, k_valid, causal, li)
+                # a layer's own scores (window policies) follow the generation-stage queries only
+                accumulate(state, probs, cols, valid, k_cols, k_valid, causal, -1 if first else li)
+        if first and not rt.cascade and cache is not None and rt.token_ratios[li] < 1.0:
+            _compress_after_prefill(state, cfg, rt, cache, li, probs, cols, valid, n_real_new)
         if first and rt.config.head_keep < 1.0:
             mag = (ctx.float().abs() * valid[:, :, None, None]).sum((1, 3))        # (B, heads)
             mag = mag.view(B, units, rt.group).sum(-1)
@@ -474,6 +488,37 @@ def _check_budget(rt: SpattenRuntime, cfg, k: torch.Tensor, n_real: torch.Tensor
             f"token_keep={cfg.token_keep:g} leaves {int(k[b])} of this {int(n_real[b])}-token prompt's keys and "
             f"values in layer {layer}, fewer than the {need} that always stay ({sinks} sink tokens + "
             f"{newest} newest); raise token_keep or lower sink_tokens / protect_recent / observe_queries")
+
+
+def _sdpa(q, k, v, mask, scaling: float) -> torch.Tensor:
+    """PyTorch's fused attention, ``(B, L, H, d)``; ``k``/``v`` with fewer (grouped) heads are repeated."""
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling).transpose(1, 2)
+
+
+def _compress_after_prefill(state: PruneState, cfg, rt: SpattenRuntime, cache, layer: int, probs, cols, valid,
+                            n_real: torch.Tensor) -> None:
+    """``prefill_pruning=False``: the layer attended over the whole prompt; keep ``token_ratios[layer]`` of
+    its cached keys/values by the policy's score, reading the newest ``observe_queries`` rows of ``probs
+    (B, H, L, L)`` as the observation. Hidden states stay complete, so later layers see every token."""
+    k = count_for(rt.token_ratios[layer], n_real)
+    _check_budget(rt, cfg, k, n_real, layer)
+    obs = probs[:, :, -min(cfg.observe_queries, probs.shape[2]):, :]
+    if rt.policy.keeps_layer_scores:
+        state.layer_score[layer] = torch.zeros(cols.shape[0], state.n_cols, device=cols.device).scatter_add(
+            1, cols, obs.float().sum((1, 2)) * valid)
+    if rt.auto_recent:
+        state.recent[layer] = measure_recent_share(state, cfg, obs, cols, valid, k, rt.policy, layer)
+    rank = rank_tokens(state, rt.policy, cols, True, layer, obs if rt.policy.needs_observation else None)
+    sel = select_slots(rank, valid, protected(state, cfg, cols, k, True, layer), k, cols, pad_first=True)
+    if sel is None:
+        return
+    index, new_valid = sel
+    _record_eviction(state, cols, valid & ~torch.zeros_like(valid).scatter(1, index, new_valid), layer)
+    _cache_select(cache, layer, index)
+    state.slots[layer] = (cols.gather(1, index), new_valid)
 
 
 def _choose(state: PruneState, cfg, rt: SpattenRuntime, layer: int, k: torch.Tensor, cols, valid, causal: bool,

@@ -20,7 +20,8 @@ def rank_tokens(state: PruneState, policy, cols: torch.Tensor, causal: bool, lay
     ``TokenPolicy``; higher = kept). ``observed``: the newest prompt queries' attention, if computed."""
     from .policies import ScoreInputs
 
-    s = policy.score(ScoreInputs(state=state, cols=cols, causal=causal, layer=layer, observed=observed))
+    s = policy.score(ScoreInputs(state=state, cols=cols, causal=causal, layer=layer, observed=observed,
+                                 group=state.group))
     if s.shape != cols.shape:
         raise SlimkitError(f"policy {policy.name!r} returned scores of shape {tuple(s.shape)}; it must return "
                            f"one score per candidate, shape {tuple(cols.shape)}")
