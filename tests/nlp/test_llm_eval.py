@@ -218,3 +218,21 @@ def test_quantized_cache_bytes_and_lengths(model, prompt, backend, module):
     assert 0 < m.kv_bytes(cache) < ev.cache_nbytes(dense_cache) / 2
     r = ev.continuation_metrics(m, prompt, ev.dense_reference(model, prompt))
     assert r["kl"] >= 0.0 and r["kv_bytes"] == m.kv_bytes(m.prefill(prompt.ids)[0])
+
+
+def test_spatten_method_through_the_harness(model, prompt):
+    """The bench's SpattenMethod: keep 1.0 equals dense exactly; at a 50% budget (full prefill, 2 layers)
+    the cache holds half the prompt and predictions move; the model it wraps is left untouched."""
+    from slimkit_nlp.benchmarks.spatten_llm import SpattenMethod
+
+    ref = ev.dense_reference(model, prompt)
+    same = ev.continuation_metrics(SpattenMethod(model, 1.0, {}, name="keep1"), prompt, ref, step_tokens=4)
+    assert same["top1"] == 1.0 and same["kl"] < 1e-6
+    half = SpattenMethod(model, 0.5, {"policy": "window_group", "prefill_pruning": False, "observe_queries": 8},
+                         name="half")
+    r = ev.continuation_metrics(half, prompt, ref, step_tokens=4)
+    dense_bytes = ev.continuation_metrics(ev.DenseMethod(model), prompt, ref)["kv_bytes"]
+    assert abs(r["kv_bytes"] / dense_bytes - 0.5) < 0.02
+    assert r["kl"] > 1e-4
+    assert not hasattr(model.model, "_spatten_runtime")               # weights shared, the model not patched
+    assert half.model.model.embed_tokens.weight is model.model.embed_tokens.weight
