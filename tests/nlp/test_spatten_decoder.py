@@ -146,7 +146,7 @@ def test_beam_search_follows_the_cache_reordering():
 
 
 def _state_with_scores(n, heavy):
-    from slimkit_nlp.spatten.runtime import PruneState
+    from slimkit_nlp.spatten.state import PruneState
 
     st = PruneState(1, 2, 1, "cpu", 0)
     prot = torch.zeros(1, n, dtype=torch.bool)

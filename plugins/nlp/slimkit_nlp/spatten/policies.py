@@ -1,6 +1,6 @@
 """Token pruning policies: small classes with one scoring method, as kvpress presses are.
 
-A policy says which tokens matter; the machinery (``runtime.py``) does everything else the same
+A policy says which tokens matter; the machinery (``state.py``) does everything else the same
 way for every policy: the cascade schedule, attention sinks and the recent window, physical
 removal during prefill, KV eviction during generation, padding, positions and statistics. So
 benchmarks compare scores, not implementations, and a user's own policy gets all of it::
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from slimkit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .runtime import PruneState
+    from .state import PruneState
 
 
 @dataclass

@@ -29,11 +29,9 @@ from .merge import merge_pruned, size_bias
 from .policies import get_policy
 from .schedule import count_for, gather_slots, keep_schedule, kv_budget_schedule, select_slots
 from .scores import accumulate, add_scores, rank_tokens
+from .state import STATE_ATTR, PruneState, record_eviction
 from .stats import LayerStats, SpattenStats
 from .window import measure_recent_share, newest_kept, observed_attention, protected
-
-STATE_ATTR = "_spatten_state"
-
 
 @dataclass
 class SpattenModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
@@ -61,63 +59,6 @@ class SpattenModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
     token_owner: torch.Tensor | None = None
     full_hidden_state: torch.Tensor | None = None
     pruned_at_layer: torch.Tensor | None = None
-
-
-class PruneState:
-    """What pruning remembers about one batch (kept on the cache object between generate steps)."""
-
-    def __init__(self, batch: int, n_layers: int, n_units: int, device, seed: int):
-        z = lambda dt: torch.zeros(batch, 0, dtype=dt, device=device)  # noqa: E731
-        self.n_cols = 0
-        self.score, self.count = z(torch.float32), z(torch.float32)      # cumulative attention received
-        self.last, self.last_count = z(torch.float32), z(torch.float32)  # latest layer only
-        self.col_valid, self.protected = z(torch.bool), z(torch.bool)
-        self.rand = z(torch.float32)
-        self.evicted_at = z(torch.long)              # first layer without the token (n_layers = none)
-        self.slots: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * n_layers
-        self.heads: list[Optional[torch.Tensor]] = [None] * n_layers
-        self.recent: list[Optional[torch.Tensor]] = [None] * n_layers   # (B,) recent-window share per layer
-        self.layer_score: list[Optional[torch.Tensor]] = [None] * n_layers   # (B, n_cols) a layer's own attention
-        self.head_score = torch.zeros(batch, n_units, device=device)
-        self.n_layers = n_layers
-        self.group = 1                               # query heads per key/value head
-        self.gen = torch.Generator(device="cpu").manual_seed(seed)
-
-    def select_batch(self, index: torch.Tensor) -> None:
-        """Reorder / select batch rows (beam search reorders the cache between steps)."""
-        for name in ("score", "count", "last", "last_count", "col_valid", "protected", "rand", "evicted_at",
-                     "head_score"):
-            t = getattr(self, name)
-            setattr(self, name, t.index_select(0, index.to(t.device)))
-        self.slots = [None if s is None else (s[0].index_select(0, index), s[1].index_select(0, index))
-                      for s in self.slots]
-        self.heads = [None if h is None else h.index_select(0, index) for h in self.heads]
-        self.recent = [None if r is None else r.index_select(0, index) for r in self.recent]
-        self.layer_score = [None if r is None else r.index_select(0, index) for r in self.layer_score]
-
-    def attach(self, cache) -> None:
-        """Ride on ``cache``; follow its beam reordering."""
-        setattr(cache, STATE_ATTR, self)
-        original = cache.reorder_cache
-
-        def reorder_cache(beam_idx, _orig=original, _state=self):
-            _orig(beam_idx)
-            _state.select_batch(beam_idx)
-        cache.reorder_cache = reorder_cache
-
-    def extend(self, valid: torch.Tensor, protected: torch.Tensor) -> None:
-        b, n = valid.shape
-        dev = valid.device
-        self.n_cols += n
-        f = torch.zeros(b, n, device=dev)
-        self.score = torch.cat([self.score, f], 1)
-        self.count = torch.cat([self.count, f], 1)
-        self.last = torch.cat([self.last, f], 1)
-        self.last_count = torch.cat([self.last_count, f], 1)
-        self.col_valid = torch.cat([self.col_valid, valid], 1)
-        self.protected = torch.cat([self.protected, protected], 1)
-        self.rand = torch.cat([self.rand, torch.rand(b, n, generator=self.gen).to(dev)], 1)
-        self.evicted_at = torch.cat([self.evicted_at, torch.full((b, n), self.n_layers, device=dev)], 1)
 
 
 class SpattenRuntime:
@@ -378,7 +319,7 @@ def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=No
                 if sel is not None:
                     index, new_valid = sel
                     kept = torch.zeros_like(k_valid).scatter(1, index, new_valid)
-                    _record_eviction(state, k_cols, alive & ~kept, li)
+                    record_eviction(state, k_cols, alive & ~kept, li)
                     _cache_select(cache, li, index)
                     keys = keys.gather(2, index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1]))
                     values = values.gather(2, index[:, None, :, None].expand(-1, values.shape[1], -1,
@@ -516,7 +457,7 @@ def _compress_after_prefill(state: PruneState, cfg, rt: SpattenRuntime, cache, l
     if sel is None:
         return
     index, new_valid = sel
-    _record_eviction(state, cols, valid & ~torch.zeros_like(valid).scatter(1, index, new_valid), layer)
+    record_eviction(state, cols, valid & ~torch.zeros_like(valid).scatter(1, index, new_valid), layer)
     _cache_select(cache, layer, index)
     state.slots[layer] = (cols.gather(1, index), new_valid)
 
@@ -533,16 +474,8 @@ def _choose(state: PruneState, cfg, rt: SpattenRuntime, layer: int, k: torch.Ten
         return None
     index, new_valid = sel
     gone = valid & ~torch.zeros_like(valid).scatter(1, index, new_valid)
-    _record_eviction(state, cols, gone, layer)
+    record_eviction(state, cols, gone, layer)
     return index, new_valid, gone
-
-
-def _record_eviction(state: PruneState, cols, gone, layer: int) -> None:
-    """``state.evicted_at``: ``layer`` for the columns ``cols[gone]`` (``(B, n)``), unless evicted earlier."""
-    if gone.any():
-        rows = torch.arange(cols.shape[0], device=cols.device).unsqueeze(1).expand_as(cols)[gone]
-        gc = cols[gone]
-        state.evicted_at[rows, gc] = torch.minimum(state.evicted_at[rows, gc], torch.full_like(gc, layer))
 
 
 def _follow(owner, cols, index, new_valid, gone, merged_into):

@@ -1,6 +1,6 @@
 """Importance scores per token column: SpAtten's cumulative attention and the baselines' scores.
 
-``state`` is the ``PruneState`` of one batch (``runtime.py``); columns index the full input.
+``state`` is the ``PruneState`` of one batch (``state.py``); columns index the full input.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from slimkit.errors import SlimkitError
 
 if TYPE_CHECKING:
-    from .runtime import PruneState
+    from .state import PruneState
 
 
 def rank_tokens(state: PruneState, policy, cols: torch.Tensor, causal: bool, layer: int,

@@ -13,7 +13,7 @@ import torch
 from .scores import rank_tokens
 
 if TYPE_CHECKING:
-    from .runtime import PruneState
+    from .state import PruneState
 
 
 def recent_share(state: PruneState, cfg, layer: int, batch: int, device) -> torch.Tensor:
