@@ -1,16 +1,12 @@
-"""The pruned layer loop: SpAtten's cascade token and head pruning with physical removal.
+"""The SpAtten runtime: per-model settings (``SpattenRuntime``), the output type and the helpers the
+forwards in ``forward.py`` share (choosing kept tokens, the cache cut after a full prefill, cache
+selection, the budget check).
 
-``spatten_forward`` replaces the backbone's ``forward`` (see ``transform.py``). It runs the
-embeddings, then every layer through the family adapter, and between layers gathers the kept
-tokens (hidden states, validity mask, original columns and positions), so QKV, attention and
-FFN of later layers really shrink. Encoders that drop tokens gather right after the attention
-whose scores chose them, so the dropped rows skip that layer's output projection and FFN too. Decoders keep one ``PruneState`` on the cache object across
-``generate()`` steps: accumulated scores, the per-layer slot -> column maps, kept heads and
-which layer evicted each token, so cached keys/values can be evicted in later steps and new
-tokens keep their original absolute positions (learned or rotary) whatever the cache length.
-
-Vocabulary: a *column* is a token's index in the full input (left padding included); a *slot*
-is a position in a (pruned) tensor; ``valid`` marks slots holding real tokens.
+Decoders keep one ``PruneState`` (``state.py``) on the cache object across ``generate()`` steps, so
+cached keys/values can be evicted in later steps and new tokens keep their original absolute
+positions (learned or rotary) whatever the cache length. Vocabulary: a *column* is a token's index in
+the full input (left padding included); a *slot* is a position in a (pruned) tensor; ``valid`` marks
+slots holding real tokens.
 """
 from __future__ import annotations
 
@@ -21,17 +17,12 @@ from typing import Optional
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
-from slimkit.errors import ShapeError, SlimkitError
-
-from ..compat import cache_kwargs, pick_cache
-from .attention import additive_mask, encoder_attention, key_bias, value_prune
-from .merge import merge_pruned, size_bias
 from .policies import get_policy
-from .schedule import count_for, gather_slots, keep_schedule, kv_budget_schedule, select_slots
-from .scores import accumulate, add_scores, rank_tokens
-from .state import STATE_ATTR, PruneState, record_eviction
-from .stats import LayerStats, SpattenStats
-from .window import measure_recent_share, newest_kept, observed_attention, protected
+from .schedule import count_for, keep_schedule, kv_budget_schedule, select_slots
+from .scores import rank_tokens
+from .state import PruneState, record_eviction
+from .stats import SpattenStats
+from .window import measure_recent_share, newest_kept, protected
 
 @dataclass
 class SpattenModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
@@ -154,265 +145,6 @@ def _cache_select(cache, layer: int, index: torch.Tensor) -> None:
     lay.keys = lay.keys.gather(2, index[:, None, :, None].expand(-1, lay.keys.shape[1], -1, lay.keys.shape[-1]))
     lay.values = lay.values.gather(
         2, index[:, None, :, None].expand(-1, lay.values.shape[1], -1, lay.values.shape[-1]))
-
-
-def spatten_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                    inputs_embeds=None, past_key_values=None, use_cache=None, encoder_hidden_states=None,
-                    cache=None, **kwargs):
-    """The backbone's forward with cascade pruning (bound to the backbone by ``apply``)."""
-    rt: SpattenRuntime = self._spatten_runtime
-    fam, cfg = rt.family, rt.config
-    causal = fam.causal
-    if encoder_hidden_states is not None:
-        raise SlimkitError("spatten does not support cross-attention (encoder_hidden_states); "
-                           "apply it to encoder-only or decoder-only models")
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ShapeError("pass exactly one of input_ids (B, L) or inputs_embeds (B, L, H)")
-    if input_ids is not None and input_ids.dim() != 2:
-        raise ShapeError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-    ref = input_ids if input_ids is not None else inputs_embeds
-    B, n_new = ref.shape[0], ref.shape[1]
-    dev = ref.device
-
-    # -- cache and state ---------------------------------------------------------------------------
-    cache = pick_cache(cache, past_key_values)
-    if causal:
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and cache is None:
-            from transformers import DynamicCache
-            cache = DynamicCache(config=self.config)
-        elif not use_cache:
-            cache = None
-    else:
-        cache = None
-    state: PruneState | None = getattr(cache, STATE_ATTR, None) if cache is not None else None
-    if cache is not None and state is None and cache.get_seq_length() > 0:
-        raise SlimkitError("this cache was filled without spatten; start generation with an empty cache "
-                           "on the spatten model")
-    if state is None:
-        state = PruneState(B, rt.n_layers, rt.n_units, dev, cfg.seed)
-        state.group = rt.group
-        if cache is not None:
-            _unslide(cache)
-            state.attach(cache)
-    first = state.n_cols == 0
-    t_prev = state.n_cols
-
-    # -- masks and positions --------------------------------------------------------------------------
-    if attention_mask is None:
-        attention_mask = torch.ones(B, t_prev + n_new, dtype=torch.long, device=dev)
-    if attention_mask.dim() != 2:
-        raise ShapeError(f"spatten needs a 2-D attention_mask (batch, length), got {attention_mask.dim()}-D")
-    if attention_mask.shape[1] != t_prev + n_new:
-        raise ShapeError(f"attention_mask has {attention_mask.shape[1]} columns but the cache holds {t_prev} "
-                         f"tokens plus {n_new} new ones; pass the mask of the whole sequence")
-    am = attention_mask.to(torch.bool)
-    valid = am[:, t_prev:]
-    if position_ids is None:
-        if causal:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, t_prev:]
-        else:
-            position_ids = torch.arange(n_new, device=dev).expand(B, n_new)
-    position_ids = position_ids.expand(B, -1) if position_ids.shape[0] == 1 else position_ids
-
-    prot = torch.zeros(B, n_new, dtype=torch.bool, device=dev)
-    if input_ids is not None and len(rt.protect_ids):
-        prot |= torch.isin(input_ids, rt.protect_ids.to(dev))
-    real_rank = (am.long().cumsum(-1))[:, t_prev:]           # 1-based rank of each real token
-    prot |= valid & (real_rank == 1)                          # first real token: CLS / BOS / sink
-    if not causal:                                             # last real token: SEP
-        n_real = valid.sum(1, keepdim=True)
-        prot |= valid & (real_rank == n_real)
-    if causal and rt.policy.uses_sinks:                       # attention sinks (StreamingLLM)
-        prot |= valid & (real_rank <= cfg.sink_tokens)
-    state.extend(valid, prot)
-    total_real = am.sum(1)                                     # real tokens so far, per sample
-
-    n_real_new = valid.sum(1)                                  # k is taken from each sample's real length
-    h = fam.embed(self, input_ids, inputs_embeds, position_ids, token_type_ids)
-    cols = (t_prev + torch.arange(n_new, device=dev)).expand(B, n_new)
-    pos = position_ids
-    impl, attn_fn = _attention_fn(self, rt)
-    stats = SpattenStats(input_tokens=float(valid.sum()) / B)
-    heads_cur: Optional[torch.Tensor] = None                   # None = all units
-    full = torch.zeros_like(h) if not causal else None
-    merge = cfg.pruned_tokens == "merge" and not causal
-    size = valid.to(h.dtype)                                   # input tokens each slot stands for
-    merge_bias = None                                          # (B, n) log(size) logit bias once tokens merged
-    owner = torch.where(valid, torch.arange(n_new, device=dev).expand(B, n_new), -1) if not causal else None
-    rotary, rotary_pos = None, None
-
-    for li, layer in enumerate(fam.layers(self)):
-        # 1. token pruning of the hidden set before the layer: decoders (prefill) and encoders that
-        #    merge. Encoders that drop prune at the end of the previous layer's attention (step 7).
-        if first and rt.cascade and rt.token_ratios[li] < 1.0 and (causal or merge):
-            k = count_for(rt.token_ratios[li], n_real_new)
-            probs_obs = None
-            if causal:
-                _check_budget(rt, cfg, k, n_real_new, li)
-            if causal and (rt.auto_recent or rt.policy.needs_observation):   # this layer's newest queries
-                probs_obs = observed_attention(self, rt, layer, h, pos, cols, valid, heads_cur, cfg.observe_queries)
-                if rt.policy.keeps_layer_scores:
-                    state.layer_score[li] = torch.zeros(B, state.n_cols, device=dev).scatter_add(
-                        1, cols, probs_obs.float().sum((1, 2)) * valid)
-            if causal and rt.auto_recent:                      # measure this layer's locality first
-                state.recent[li] = measure_recent_share(state, cfg, probs_obs, cols, valid, k, rt.policy, li)
-            sel = _choose(state, cfg, rt, li, k, cols, valid, causal,
-                          probs_obs if rt.policy.needs_observation else None)
-            if sel is not None:
-                index, new_valid, gone = sel
-                if full is not None and gone.any():           # pruned tokens keep the state entering this layer
-                    full[gone.nonzero(as_tuple=True)[0], (cols - t_prev)[gone]] = h[gone]
-                merged_into = None
-                if merge and gone.any():                       # targets: kept, real, not CLS/SEP/protected
-                    targets = new_valid & ~state.protected.gather(1, cols.gather(1, index))
-                    if targets.any():
-                        h, size, merged_into = merge_pruned(h, size, gone, index, targets)
-                if merged_into is None:
-                    h, size = gather_slots(h, index), size.gather(1, index)
-                if merged_into is not None or merge_bias is not None:
-                    merge_bias = size_bias(size, new_valid)
-                if owner is not None:
-                    owner = _follow(owner, cols, index, new_valid, gone, merged_into)
-                cols, pos, valid = cols.gather(1, index), pos.gather(1, index), new_valid
-        # 2. head units of this layer
-        if first:
-            u = rt.unit_counts[li]
-            cur = rt.n_units if heads_cur is None else heads_cur.shape[1]
-            if u < cur:
-                base = torch.arange(rt.n_units, device=dev).expand(B, -1) if heads_cur is None else heads_cur
-                hs = state.head_score.gather(1, base)
-                top = hs.topk(u, dim=1).indices
-                heads_cur = base.gather(1, top).sort(dim=1).values
-            state.heads[li] = heads_cur
-        else:
-            heads_cur = state.heads[li]
-        units = rt.n_units if heads_cur is None else heads_cur.shape[1]
-        att = fam.attention(layer)
-        # 3. projections (rotary with each token's original position)
-        if fam.positions == "rotary" and (rotary is None or rotary_pos is not pos):
-            rotary, rotary_pos = fam.rotary(self, h, pos), pos
-        q, k_, v = fam.project_qkv(layer, fam.attn_input(layer, h), heads_cur, rotary)
-        # 4. the cache: append, then evict to the budget (generation stage)
-        if cache is not None:
-            keys, values = cache.update(k_, v, li)
-            prev = state.slots[li]
-            if prev is None:
-                k_cols, k_valid = cols, valid
-            else:
-                k_cols, k_valid = torch.cat([prev[0], cols], 1), torch.cat([prev[1], valid], 1)
-            if not first and cfg.generation_pruning and rt.token_ratios[li] < 1.0:
-                alive = k_valid & (state.evicted_at.gather(1, k_cols) > li)
-                budget = count_for(rt.token_ratios[li], total_real)
-                sel = None
-                n_alive = alive.sum(1)
-                over = n_alive > budget
-                if bool(over.any()):                    # per sample: evict a chunk only where over budget
-                    target = torch.where(over, torch.clamp(budget - (cfg.evict_chunk - 1), min=1), n_alive)
-                    rank = rank_tokens(state, rt.policy, k_cols, causal, li)
-                    # this call's own tokens stay for this call: no query has seen them yet (a multi-token
-                    # step, e.g. teacher forcing or chunked prefill, would otherwise lose them unread)
-                    prot_k = protected(state, cfg, k_cols, target, causal, li) | (k_cols >= t_prev)
-                    sel = select_slots(rank, alive, prot_k, target, k_cols, pad_first=True)
-                if sel is None and bool((k_valid & ~alive).any()):
-                    sel = _compact(alive, k_cols)
-                if sel is not None:
-                    index, new_valid = sel
-                    kept = torch.zeros_like(k_valid).scatter(1, index, new_valid)
-                    record_eviction(state, k_cols, alive & ~kept, li)
-                    _cache_select(cache, li, index)
-                    keys = keys.gather(2, index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1]))
-                    values = values.gather(2, index[:, None, :, None].expand(-1, values.shape[1], -1,
-                                                                               values.shape[-1]))
-                    k_cols, k_valid = k_cols.gather(1, index), new_valid
-            state.slots[li] = (k_cols, k_valid)
-        else:
-            keys, values, k_cols, k_valid = k_, v, cols, valid
-        # 5. attention through the active implementation (it must return probabilities)
-        need_probs = cache is not None or rt.prunes_after[li] or cfg.value_keep < 1.0
-        fused = (causal and first and rt.cascade and not rt.policy.reads_attention and impl == "eager"
-                 and cfg.value_keep >= 1.0 and not fam.attention_kwargs(layer))
-        if fused:   # decoder prefill whose policy reads no attention map (window: only the observed rows)
-            mask = additive_mask(cols, k_cols, k_valid, True, q.dtype, fam.sliding_window(layer))
-            ctx, probs, received = _sdpa(q, keys, values, mask, att.scaling), None, None
-        elif not causal and impl == "eager" and cfg.value_keep >= 1.0:   # encoders: same result, fewer passes
-            mask = None
-            ctx, received = encoder_attention(q, keys, values, key_bias(k_valid, merge_bias), att.scaling, valid,
-                                               need_probs)
-            probs = None
-        else:
-            received = None
-            mask = None if (not causal and bool(k_valid.all())) else additive_mask(
-                cols, k_cols, k_valid, causal, q.dtype, fam.sliding_window(layer))
-            if merge_bias is not None:                             # proportional attention (merged tokens)
-                bias = merge_bias[:, None, None, :].to(q.dtype)
-                mask = bias if mask is None else mask + bias
-            ctx, probs = attn_fn(att, q, keys, values, mask, dropout=0.0, scaling=att.scaling,
-                                 **fam.attention_kwargs(layer))
-        if probs is None and received is None and need_probs and not fused:
-            raise SlimkitError(f"the attention implementation {impl!r} returns no attention probabilities; "
-                               f"spatten needs them: use attn_implementation='eager' or a custom function "
-                               f"that returns (output, probabilities)")
-        fetched = 1.0
-        if cfg.value_keep < 1.0:
-            ctx, fetched = value_prune(probs, values, mask, cfg.value_keep)
-        # 6. importance scores (only needed if a later layer or a later generation step prunes)
-        if (cache is not None or rt.prunes_after[li]) and not fused:
-            if probs is None:
-                add_scores(state, received, q.shape[1], cols, valid, k_cols, k_valid, causal)
-            else:
-                # a layer's own scores (window policies) follow the generation-stage queries only
-                accumulate(state, probs, cols, valid, k_cols, k_valid, causal, -1 if first else li)
-        if first and not rt.cascade and cache is not None and rt.token_ratios[li] < 1.0:
-            _compress_after_prefill(state, cfg, rt, cache, li, probs, cols, valid, n_real_new)
-        if first and rt.config.head_keep < 1.0:
-            mag = (ctx.float().abs() * valid[:, :, None, None]).sum((1, 3))        # (B, heads)
-            mag = mag.view(B, units, rt.group).sum(-1)
-            ids = torch.arange(rt.n_units, device=dev).expand(B, -1) if heads_cur is None else heads_cur
-            state.head_score.scatter_add_(1, ids, mag)
-        ctx = ctx.reshape(B, ctx.shape[1], -1)
-        n_in, tokens_in = h.shape[1], float(valid.sum()) / B
-        # 7. encoders that drop: the tokens the next layer drops leave now, before the output
-        #    projection and the feed-forward, whose results for them nobody would read (the same
-        #    output as dropping them before the next layer, with less work)
-        sel, n_o = None, n_in
-        if first and not causal and not merge and li + 1 < rt.n_layers and rt.token_ratios[li + 1] < 1.0:
-            sel = _choose(state, cfg, rt, li + 1, count_for(rt.token_ratios[li + 1], n_real_new), cols, valid,
-                          causal)
-        if sel is None:
-            h = fam.after_attention(layer, h, fam.project_out(layer, ctx, heads_cur))
-        else:
-            index, new_valid, gone = sel
-            if full is not None and gone.any():                # pruned tokens keep the state entering this layer
-                full[gone.nonzero(as_tuple=True)[0], (cols - t_prev)[gone]] = h[gone]
-            h = fam.after_attention(layer, gather_slots(h, index),
-                                    fam.project_out(layer, gather_slots(ctx, index), heads_cur))
-            size, n_o = size.gather(1, index), index.shape[1]
-            owner = _follow(owner, cols, index, new_valid, gone, None)
-            cols, pos, valid = cols.gather(1, index), pos.gather(1, index), new_valid
-        h = fam.feed_forward(layer, h)
-        stats.layers.append(LayerStats(
-            layer=li, tokens_in=tokens_in, keys=float(k_valid.sum()) / B,
-            heads_kept=units * rt.group, heads_total=rt.n_units * rt.group,
-            macs=rt.layer_macs(li, n_in, n_o, h.shape[1], keys.shape[2], units, B),
-            dense_macs=rt.layer_macs(li, n_new, n_new, n_new, state.n_cols if cache is not None else n_new, rt.n_units, B),
-            values_fetched=fetched))
-        stats.head_ids.append(heads_cur)
-
-    h = fam.final_norm(self, h)
-    kept = torch.where(valid, cols - t_prev, torch.full_like(cols, -1))
-    if full is not None:
-        full[valid.nonzero(as_tuple=True)[0], kept[valid]] = h[valid]
-    stats.kept_indices = kept
-    if cache is not None:
-        stats.kv_tokens = [float(s[1].sum()) / B if s is not None else 0.0 for s in state.slots]
-    rt.publish(stats)
-    pooler = fam.pooler(self)
-    pooled = pooler(h) if pooler is not None else None
-    return SpattenModelOutput(last_hidden_state=h, pooler_output=pooled, **cache_kwargs(cache),
-                              kept_indices=kept, kept_attention_mask=valid.long(),
-                              kept_token_weights=size * valid, token_owner=owner, full_hidden_state=full,
-                              pruned_at_layer=None if causal else state.evicted_at[:, t_prev:].clone())
 
 
 def _check_budget(rt: SpattenRuntime, cfg, k: torch.Tensor, n_real: torch.Tensor, layer: int) -> None:

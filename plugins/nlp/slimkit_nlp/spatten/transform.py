@@ -1,6 +1,6 @@
 """``apply_spatten(model, config)``: install cascade pruning on a Hugging Face model.
 
-The backbone's ``forward`` is replaced by ``runtime.spatten_forward`` (an instance attribute,
+The backbone's ``forward`` is replaced by ``forward.spatten_forward`` (an instance attribute,
 so task heads and ``generate()`` go through it); ``remove_spatten`` restores it. The config is
 also written into ``model.config.slimkit_spatten`` so ``model.save_pretrained(dir)`` stores it
 in ``config.json`` and ``load_pretrained(dir)`` / ``restore(model)`` re-apply it (HF-native path).
@@ -15,7 +15,8 @@ from slimkit.errors import ConfigError, UnsupportedModelError
 
 from ..families import NO_WEIGHTS_IMPLEMENTATIONS, resolve_family
 from .config import SpattenConfig
-from .runtime import SpattenRuntime, spatten_forward, warn_switch
+from .forward import spatten_forward
+from .runtime import SpattenRuntime, warn_switch
 
 CONFIG_KEY = "slimkit_spatten"
 
