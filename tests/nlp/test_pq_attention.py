@@ -8,6 +8,9 @@ import torch.nn.functional as F
 import slimkit
 from slimkit_nlp.pq import pq_stats
 
+# the version-1 layout and defaults (per-token rows, 8-bit values, the paper's max-probability test, MSB grid)
+V1 = dict(layout="token", value_bits=8, criterion="max_prob", grid="msb")
+
 
 def tiny(kind):
     import transformers as tf
@@ -67,9 +70,9 @@ def test_threshold_one_recomputes_every_row_and_equals_static(kind):
     else:
         mask[1, :3] = 0
     # min..max grid: MSB+LSB everywhere is exactly one-shot static 10-bit quantization
-    pq = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=1.0,
-                       grid="minmax")
-    static = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=10, lsb_bits=0, threshold=0.0)
+    pq = slimkit.apply(copy.deepcopy(base), "progressive-quant", **{**V1, "grid": "minmax"}, msb_bits=6, lsb_bits=4,
+                       threshold=1.0)
+    static = slimkit.apply(copy.deepcopy(base), "progressive-quant", **V1, msb_bits=10, lsb_bits=0, threshold=0.0)
     a, s = run(pq, ids, mask), run(static, ids, mask)
     st = pq_stats(pq)
     assert st.rows == 2 * 2 * 4 * 14 and st.recomputed_rows == st.rows and st.recompute_rate == 1.0
@@ -79,7 +82,7 @@ def test_threshold_one_recomputes_every_row_and_equals_static(kind):
         assert pa is not None and torch.equal(pa, ps)
     assert pq_stats(static).recomputed_rows == 0 and pq_stats(static).key_bits_per_element == 10
     # MSB-aligned grid (default): equals static 10-bit quantization on that grid, written out by hand
-    pq = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=1.0)
+    pq = slimkit.apply(copy.deepcopy(base), "progressive-quant", **V1, msb_bits=6, lsb_bits=4, threshold=1.0)
     ref = copy.deepcopy(base)
     ref.set_attn_implementation("pq_test_static")
     a, r = run(pq, ids, mask), run(ref, ids, mask)
@@ -92,8 +95,8 @@ def test_threshold_one_recomputes_every_row_and_equals_static(kind):
 def test_threshold_zero_recomputes_nothing(kind):
     base = tiny(kind)
     ids = torch.randint(3, 60, (2, 12))
-    m = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=4, lsb_bits=4, threshold=0.0)
-    hi = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=4, lsb_bits=4, threshold=1.0)
+    m = slimkit.apply(copy.deepcopy(base), "progressive-quant", **V1, msb_bits=4, lsb_bits=4, threshold=0.0)
+    hi = slimkit.apply(copy.deepcopy(base), "progressive-quant", **V1, msb_bits=4, lsb_bits=4, threshold=1.0)
     a, b = run(m, ids), run(hi, ids)
     st = pq_stats(m)
     assert st.rows > 0 and st.recomputed_rows == 0 and st.key_bits_per_element == 4
@@ -101,7 +104,7 @@ def test_threshold_zero_recomputes_nothing(kind):
 
 
 def test_intermediate_threshold_recomputes_flat_rows_only():
-    m = slimkit.apply(tiny("gpt2"), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=0.3)
+    m = slimkit.apply(tiny("gpt2"), "progressive-quant", **V1, msb_bits=6, lsb_bits=4, threshold=0.3)
     ids = torch.randint(3, 60, (1, 20))
     out = run(m, ids)
     st = pq_stats(m)
@@ -126,7 +129,7 @@ def test_minilm_real_text_stays_close(minilm_path):
     ref_model = AutoModel.from_pretrained(minilm_path).eval()
     with torch.no_grad():
         ref = ref_model(**enc).last_hidden_state
-    m = slimkit.apply(AutoModel.from_pretrained(minilm_path).eval(), "progressive-quant",
+    m = slimkit.apply(AutoModel.from_pretrained(minilm_path).eval(), "progressive-quant", **V1,
                       msb_bits=6, lsb_bits=4, threshold=0.1)
     with torch.no_grad():
         out = m(**enc, output_attentions=True)
@@ -143,13 +146,13 @@ def test_expected_kl_criterion_keeps_the_threshold_extremes_and_selects_rows(kin
     base = tiny(kind)
     ids = torch.randint(3, 60, (2, 12))
     opts = dict(msb_bits=4, lsb_bits=4, criterion="expected_kl")
-    never = slimkit.apply(copy.deepcopy(base), "progressive-quant", threshold=0.0, kl_threshold=0.0, **opts)
-    always = slimkit.apply(copy.deepcopy(base), "progressive-quant", threshold=1.0, kl_threshold=1e9, **opts)
+    never = slimkit.apply(copy.deepcopy(base), "progressive-quant", **{**V1, **opts}, threshold=0.0, kl_threshold=0.0)
+    always = slimkit.apply(copy.deepcopy(base), "progressive-quant", **{**V1, **opts}, threshold=1.0, kl_threshold=1e9)
     run(never, ids), run(always, ids)
     assert pq_stats(never).recomputed_rows == 0 and pq_stats(always).recompute_rate == 1.0
     rates = []
     for k in (0.0, 1e-4, 1e9):  # lower KL threshold -> more rows recomputed
-        m = slimkit.apply(copy.deepcopy(base), "progressive-quant", threshold=0.5, kl_threshold=k, **opts)
+        m = slimkit.apply(copy.deepcopy(base), "progressive-quant", **{**V1, **opts}, threshold=0.5, kl_threshold=k)
         run(m, ids)
         rates.append(pq_stats(m).recompute_rate)
     # kl_threshold 0 recomputes every row with any error: all but a causal model's first query,

@@ -11,11 +11,11 @@ from slimkit_nlp.compat import cache_kwargs
 from slimkit_nlp.pq import PQCache, pq_stats
 from slimkit_nlp.pq.quant import packed_width
 
-from .test_pq_attention import tiny
+from .test_pq_attention import V1, tiny
 
 
 def test_cache_holds_packed_integer_planes_of_the_expected_size():
-    m = slimkit.apply(tiny("llama"), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=0.1, value_bits=8)
+    m = slimkit.apply(tiny("llama"), "progressive-quant", **V1, msb_bits=6, lsb_bits=4, threshold=0.1)
     ids = torch.randint(3, 60, (2, 11))
     cache = PQCache(m)
     with torch.no_grad():
@@ -41,8 +41,8 @@ def test_cached_prefill_equals_uncached_forward_and_lsb_reads_follow_the_thresho
     base = tiny("gpt2")
     ids = torch.randint(3, 60, (2, 16))
     for thr in (0.0, 0.3, 1.0):
-        m = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=4, lsb_bits=4, threshold=thr,
-                          criterion=criterion, kl_threshold=1e-6)
+        m = slimkit.apply(copy.deepcopy(base), "progressive-quant", **{**V1, "criterion": criterion}, msb_bits=4,
+                          lsb_bits=4, threshold=thr, kl_threshold=1e-6)
         with torch.no_grad():
             ref = m(ids).logits
             st_ref = copy.deepcopy(pq_stats(m))
@@ -63,7 +63,7 @@ def test_cached_prefill_equals_uncached_forward_and_lsb_reads_follow_the_thresho
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_generate_uses_the_low_bit_cache(kind):
-    m = slimkit.apply(tiny(kind), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=0.1)
+    m = slimkit.apply(tiny(kind), "progressive-quant", **V1, msb_bits=6, lsb_bits=4, threshold=0.1)
     ids = torch.randint(3, 60, (2, 8))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0  # left padding
@@ -90,8 +90,8 @@ def test_threshold_one_generation_matches_full_precision_planes():
     """With threshold 1.0 every decode row reads the LSBs: same tokens as static 10-bit keys."""
     base = tiny("gpt2")
     ids = torch.randint(3, 60, (1, 10))
-    a = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=6, lsb_bits=4, threshold=1.0)
-    s = slimkit.apply(copy.deepcopy(base), "progressive-quant", msb_bits=10, lsb_bits=0)
+    a = slimkit.apply(copy.deepcopy(base), "progressive-quant", **V1, msb_bits=6, lsb_bits=4, threshold=1.0)
+    s = slimkit.apply(copy.deepcopy(base), "progressive-quant", **V1, msb_bits=10, lsb_bits=0)
     with torch.no_grad():
         ga = a.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0, output_scores=True,
                         return_dict_in_generate=True)
@@ -103,7 +103,7 @@ def test_threshold_one_generation_matches_full_precision_planes():
 
 
 def test_packed_states_refuse_other_attention():
-    m = slimkit.apply(tiny("gpt2"), "progressive-quant")
+    m = slimkit.apply(tiny("gpt2"), "progressive-quant", **V1)
     cache = PQCache(m)
     with torch.no_grad():
         m(torch.randint(3, 60, (1, 5)), **cache_kwargs(cache), use_cache=True)
@@ -114,14 +114,14 @@ def test_packed_states_refuse_other_attention():
     # values are read whole anyway: other readers get them dequantized
     assert torch.equal(v * 1.0, cache.layers[0].dequantized_values())
     # a cache built for a model without progressive-quant returns dequantized tensors instead
-    plain = PQCache(tiny("gpt2"))
+    plain = PQCache(tiny("gpt2"), **V1)
     with torch.no_grad():
         tiny("gpt2")(torch.randint(3, 60, (1, 5)), **cache_kwargs(plain), use_cache=True)
     assert plain.get_seq_length() == 5 and plain.layers[0].k_msb.dtype == torch.uint8
 
 
 def test_deep_copies_keep_their_own_state():
-    m = slimkit.apply(tiny("gpt2"), "progressive-quant", threshold=0.3)
+    m = slimkit.apply(tiny("gpt2"), "progressive-quant", **V1, threshold=0.3)
     twin = copy.deepcopy(m)
     ids = torch.randint(3, 60, (1, 9))
     with torch.no_grad():

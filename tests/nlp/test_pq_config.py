@@ -22,12 +22,12 @@ def test_bad_configs_raise_one_clear_error(options, needle):
 
 
 def test_limits_are_accepted():
-    slimkit.make_config("progressive-quant", msb_bits=12, lsb_bits=4, threshold=1.0)
-    slimkit.make_config("progressive-quant", msb_bits=8, lsb_bits=0, threshold=0.0, value_bits=16)
+    slimkit.make_config("progressive-quant", msb_bits=12, lsb_bits=4, threshold=1.0, layout="token")
+    slimkit.make_config("progressive-quant", msb_bits=8, lsb_bits=0, threshold=0.0, value_bits=16, layout="token")
 
 
 def test_config_round_trip(tmp_path):
-    cfg = slimkit.make_config("progressive-quant", msb_bits=8, lsb_bits=4, threshold=0.05, value_bits=6)
+    cfg = slimkit.make_config("progressive-quant", msb_bits=8, lsb_bits=4, threshold=0.05, value_bits=6, layout="token")
     assert ProgressiveQuantConfig.from_dict(cfg.to_dict()) == cfg
     cfg.save_pretrained(tmp_path / "c")
     assert slimkit.load_config(tmp_path / "c") == cfg

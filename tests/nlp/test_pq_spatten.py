@@ -12,7 +12,7 @@ from .test_pq_attention import tiny
 
 pytestmark = pytest.mark.skipif("spatten" not in slimkit.techniques(), reason="spatten is not registered")
 
-PQ = dict(msb_bits=6, lsb_bits=4, threshold=0.2, layout="token", value_bits=8, criterion="max_prob")
+PQ = dict(msb_bits=6, lsb_bits=4, threshold=0.2, layout="token", value_bits=8, criterion="max_prob", grid="msb")
 
 
 def both(base, order, token_keep=0.5):
@@ -76,3 +76,18 @@ def test_generation_with_spatten_value_pruning_reads_dequantized_values():
     with torch.no_grad():
         out = m.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 16) and pq_stats(m).cache_bytes is not None
+
+
+def test_generation_evicts_from_the_grouped_cache():
+    """The default (grouped) layout under spatten's token eviction: evicted tokens leave the cache and
+    the kept ones are quantized again in new groups."""
+    m = slimkit.apply(tiny("gpt2"), "spatten", token_keep=0.7)
+    m = slimkit.apply(m, "progressive-quant", key_group=4, residual_length=2)
+    ids = torch.randint(3, 60, (1, 20))
+    cache = PQCache(m)
+    with torch.no_grad():
+        out = m.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0, **cache_kwargs(cache))
+    assert out.shape == (1, 28)
+    lens = [layer.length for layer in cache.layers]
+    assert lens[-1] < 27 and all(layer.layout == "grouped" for layer in cache.layers)
+    assert pq_stats(m).cache_bytes == cache.nbytes()

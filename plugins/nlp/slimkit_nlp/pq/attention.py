@@ -95,6 +95,8 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
     if rt is None:
         return eager_reference(module, query, key, value, attention_mask, scaling, dropout)
     cfg = rt.config
+    if cfg.layout == "grouped" or (isinstance(key, PackedKV) and getattr(key.layer, "layout", "") == "grouped"):
+        return _grouped_forward(module, rt, query, key, value, attention_mask, scaling, dropout)
     msb_bits, lsb_bits = cfg.msb_bits, cfg.lsb_bits
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
@@ -202,6 +204,148 @@ def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling, q_scale=No
     pg = grouped(p)
     out = torch.matmul(pg * vs.transpose(-1, -2), vcodes) + torch.matmul(pg, vz)
     return p, out.view(b, h, lq, -1), recomputed
+
+
+# -- grouped layout ---------------------------------------------------------------------------
+def _grouped_forward(module, rt, query, key, value, attention_mask, scaling, dropout):
+    from .cache import PackedKV
+    from .grouped import GroupedPQLayer
+
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    if isinstance(key, PackedKV) and isinstance(key.layer, GroupedPQLayer):
+        layer = key.layer
+    else:  # no PQCache (encoders, a DynamicCache): quantize these states exactly as the cache would
+        if isinstance(key, PackedKV):
+            key, value = key.layer.dequantized_keys(), key.layer.dequantized_values()
+        layer = GroupedPQLayer(rt.config, return_handles=False)
+        layer.update(key, value)
+    b, h, lq, _ = query.shape
+    exact = getattr(layer, "exact_states", None)
+    if exact is not None and exact[0].shape[2] == layer.length:
+        # exact_prefill: the call that filled an empty cache layer attends to its own float states (as KIVI
+        # and transformers' QuantizedCache do); the cache holds them quantized for the next calls
+        layer.exact_states = None
+        k, v = exact
+        g = h // k.shape[1]
+        p = _softmax(query.float(), _repeat_kv(k, g).float(), scaling, attention_mask)
+        out = torch.matmul(p, _repeat_kv(v, g).float())
+        return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
+    p, out, recomputed, read = attend_grouped(rt.config, layer, query, attention_mask, scaling)
+    rt.stats.add(module.__dict__.get("slimkit_pq_layer", -1), b * h * lq, recomputed)
+    rt.stats.lsb_bytes_read += read
+    rt.stats.lsb_bytes_stored += layer.lsb_bytes()
+    if dropout and module.training:  # training through the quantized attention: dropout as eager does
+        groups = query.shape[1] // layer.k_res.shape[1]
+        p = nn.functional.dropout(p, p=dropout, training=True)
+        out = torch.matmul(p, _repeat_kv(layer.reference_values(), groups))
+    return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
+
+
+def _expected_kl_grouped(cfg, layer, p: torch.Tensor, qg: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Expected KL(exact || MSB-only) per row ``[B, Hkv, G*Lq]`` for the grouped layout (reads no LSBs).
+
+    An MSB-only key element is off by a uniform error over its MSB step ``scale[group, channel] * 2**lsb``,
+    so the score error of key ``j`` has variance ``scaling**2 * sum_c q_c**2 step_jc**2 / 12`` (the
+    residual window is exact) and the KL is half the ``p``-weighted variance ``sum_j p_j (1 - p_j) var_j``."""
+    tk, grp = layer.k_len, cfg.key_group
+    b, hkv, rows, t = p.shape
+    step2 = (layer.k_scale.float() * float(1 << cfg.lsb_bits)).square()           # [B, Hkv, n, D]
+    var = torch.matmul(qg.square(), step2.transpose(-1, -2))                        # [B, Hkv, rows, n]
+    pk = p[..., :tk]
+    w = (pk * (1.0 - pk)).reshape(b, hkv, rows, tk // grp, grp).sum(-1)
+    return (w * var).sum(-1) * (0.5 * scaling * scaling / 12.0)
+
+
+def attend_grouped(cfg, layer, query: torch.Tensor, attention_mask, scaling: float):
+    """Fast attention on a ``GroupedPQLayer`` from its float32 views (one matmul per read plane).
+
+    -> ``(probabilities [B, H, Lq, T], output [B, H, Lq, D], rows recomputed, LSB bytes read)``.
+    Queries are grouped per key/value head (``[B, Hkv, G*Lq, D]``) so GQA needs no key copies."""
+    b, h, lq, d = query.shape
+    hkv = layer.k_res.shape[1]
+    g = h // hkv
+    t, tk, tv = layer.length, layer.k_len, layer.v_len
+    qg = query.float().reshape(b, hkv, g * lq, d)
+    k_hi, k_full, k_res = layer.key_views()
+    lsb, thr = cfg.lsb_bits, cfg.threshold
+
+    def finish(s_q):
+        s = s_res if s_q is None else (torch.cat([s_q, s_res], dim=-1) if s_res.shape[-1] else s_q)
+        s = s.view(b, h, lq, t) * scaling
+        if attention_mask is not None:
+            s = s + attention_mask[..., :t].to(s.dtype)
+        return torch.softmax(s, dim=-1)
+
+    s_res = torch.matmul(qg, k_res.transpose(-1, -2))
+    recomputed = read = 0
+    if tk == 0:
+        p = finish(None)
+    elif lsb == 0 or thr <= 0.0:
+        p = finish(torch.matmul(qg, k_hi.transpose(-1, -2)))
+    elif thr >= 1.0:
+        p = finish(torch.matmul(qg, k_full.transpose(-1, -2)))
+        recomputed, read = b * h * lq, layer.lsb_bytes()
+    else:
+        s_hi = torch.matmul(qg, k_hi.transpose(-1, -2))
+        p = finish(s_hi)
+        pg = p.view(b, hkv, g * lq, t)
+        if cfg.criterion == "max_prob":
+            need = pg.amax(-1) < thr
+        else:
+            need = _expected_kl_grouped(cfg, layer, pg, qg, scaling) > cfg.kl_threshold
+        pairs = need.any(-1)                                                        # [B, Hkv]
+        if bool(pairs.any()):
+            recomputed = int(need.sum())
+            if bool(pairs.all()):
+                s_full, read = torch.matmul(qg, k_full.transpose(-1, -2)), layer.lsb_bytes()
+            else:
+                b_idx, h_idx = pairs.nonzero(as_tuple=True)
+                s_full = s_hi.clone()
+                s_full[b_idx, h_idx] = torch.matmul(qg[b_idx, h_idx], k_full[b_idx, h_idx].transpose(-1, -2))
+                read = layer.lsb_bytes(b_idx, h_idx)
+            p = torch.where(need.view(b, h, lq, 1), finish(s_full), p)
+    pg = p.view(b, hkv, g * lq, t)
+    v_q, v_res = layer.value_views()
+    out = torch.matmul(pg[..., tv:], v_res) if t > tv else None
+    if tv:
+        o = torch.matmul(pg[..., :tv] if t > tv else pg, v_q)
+        out = o if out is None else out + o
+    return p, out.view(b, h, lq, -1), recomputed, read
+
+
+def attend_grouped_reference(cfg, layer, query: torch.Tensor, attention_mask, scaling: float):
+    """Slow reference of ``attend_grouped``: keys and values rebuilt from the packed planes with the
+    generic ``quant.unpack``, copied per query head, eager attention, the recompute test written per
+    token. Same return convention."""
+    b, h, lq, d = query.shape
+    hkv = layer.k_res.shape[1]
+    g = h // hkv
+    q = query.float()
+    lsb, thr = cfg.lsb_bits, cfg.threshold
+
+    def probs(k):
+        s = torch.matmul(q, _repeat_kv(k, g).transpose(-1, -2)) * scaling
+        if attention_mask is not None:
+            s = s + attention_mask[..., : k.shape[-2]].to(s.dtype)
+        return torch.softmax(s, dim=-1)
+
+    p_hi = probs(layer.reference_keys(full=False))
+    p_full = probs(layer.reference_keys(full=True))
+    if layer.k_len == 0 or lsb == 0 or thr <= 0.0:
+        need = torch.zeros(b, h, lq, dtype=torch.bool)
+    elif thr >= 1.0:
+        need = torch.ones(b, h, lq, dtype=torch.bool)
+    elif cfg.criterion == "max_prob":
+        need = p_hi.amax(-1) < thr
+    else:
+        step2 = (layer.k_scale.float() * float(1 << lsb)).square().repeat_interleave(cfg.key_group, dim=2)
+        step2 = torch.cat([step2, step2.new_zeros(b, hkv, layer.length - layer.k_len, d)], dim=2)  # exact window
+        var = torch.matmul(q.square(), _repeat_kv(step2, g).transpose(-1, -2))  # [B, H, Lq, T]
+        need = (p_hi * (1 - p_hi) * var).sum(-1) * (0.5 * scaling * scaling / 12.0) > cfg.kl_threshold
+    p = torch.where(need[..., None], p_full, p_hi)
+    out = torch.matmul(p, _repeat_kv(layer.reference_values(), g))
+    return p, out, int(need.sum())
 
 
 def register() -> None:

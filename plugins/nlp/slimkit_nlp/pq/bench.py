@@ -73,8 +73,12 @@ def small_gpt2(ctx) -> tuple[torch.nn.Module, str]:
     return model.eval(), f"fallback GPT-2 (d=128, 4 layers) trained {budget} s here ({reason})"
 
 
+# these benchmarks study the version-1 per-token layout (any bit width): its layout and defaults, explicitly
+V1 = dict(layout="token", value_bits=VALUE_BITS, grid="msb", criterion="max_prob", kl_threshold=1e-3)
+
+
 def _pq(model, **options):
-    return slimkit.apply(copy.deepcopy(model), "progressive-quant", **options)
+    return slimkit.apply(copy.deepcopy(model), "progressive-quant", **{**V1, **options})
 
 
 def _settings():

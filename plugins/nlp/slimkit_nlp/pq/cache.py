@@ -139,13 +139,18 @@ class PQLayer(CacheLayerMixin):
                              value_states.device))
         return self.dequantized_keys(), self.dequantized_values()
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query_length) -> tuple[int, int]:
+        if isinstance(query_length, torch.Tensor):  # transformers < 5.24 passes cache_position
+            query_length = query_length.shape[0]
         return self.length + query_length, 0
 
     def get_seq_length(self) -> int:
         return self.length
 
     def get_max_length(self) -> int:
+        return -1
+
+    def get_max_cache_shape(self) -> int:  # transformers < 5.24 name of get_max_length
         return -1
 
     def reset(self) -> None:
@@ -248,38 +253,50 @@ class PQLayer(CacheLayerMixin):
 
 
 class PQCache(Cache):
-    """Packed low-bit KV cache (see the module docstring).
+    """Packed low-bit KV cache (see the module docstring, and ``grouped.py`` for the default layout).
 
-    ``PQCache(model)`` takes the bits from the ``progressive-quant`` config applied to
-    ``model``; or give ``msb_bits``, ``lsb_bits``, ``value_bits`` (and ``num_layers``)
-    directly. ``model.generate(ids, cache=PQCache(model))`` (``past_key_values=`` before transformers 5.24); after
-    ``progressive-quant`` with ``cache=True`` (default) generate uses one by itself.
+    ``PQCache(model)`` takes its settings from the ``progressive-quant`` config applied to
+    ``model``; or give a ``config`` (a ``ProgressiveQuantConfig``) and/or single fields as
+    keywords (``msb_bits=2, value_bits=4, layout="token"`` ...), which override it, plus
+    ``num_layers``. ``model.generate(ids, cache=PQCache(model))`` (``past_key_values=`` before
+    transformers 5.24); after ``progressive-quant`` with ``cache=True`` (default) generate uses one
+    by itself.
     """
 
-    def __init__(self, model=None, *, msb_bits: int | None = None, lsb_bits: int | None = None,
-                 value_bits: int | None = None, grid: str | None = None, num_layers: int | None = None,
-                 return_handles: bool | None = None):
-        cfg = None
+    def __init__(self, model=None, *, config=None, num_layers: int | None = None,
+                 return_handles: bool | None = None, **fields):
+        import dataclasses
+
+        from .config import ProgressiveQuantConfig
+
+        cfg = config
         if model is not None:
             from .transform import runtime_of
             rt = runtime_of(model)
-            cfg = rt.config if rt is not None else None
+            if cfg is None and rt is not None:
+                cfg = rt.config
             if num_layers is None:
                 text_cfg = model.config.get_text_config(decoder=True)
                 num_layers = getattr(text_cfg, "num_hidden_layers", None)
             if return_handles is None:
                 return_handles = rt is not None and model.config._attn_implementation == "slimkit_pq"
-        msb = msb_bits if msb_bits is not None else (cfg.msb_bits if cfg else 6)
-        lsb = lsb_bits if lsb_bits is not None else (cfg.lsb_bits if cfg else 4)
-        vb = value_bits if value_bits is not None else (cfg.value_bits if cfg else 8)
-        grid = grid if grid is not None else (cfg.grid if cfg else "msb")
-        from .config import ProgressiveQuantConfig
-        ProgressiveQuantConfig(msb_bits=msb, lsb_bits=lsb, value_bits=vb, grid=grid)  # validates
-        self.msb_bits, self.lsb_bits, self.value_bits = msb, lsb, vb
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if cfg is None:
+            cfg = ProgressiveQuantConfig(**fields)  # validates
+        elif fields:
+            cfg = dataclasses.replace(cfg, **fields)  # validates
+        self.config = cfg
+        self.msb_bits, self.lsb_bits, self.value_bits = cfg.msb_bits, cfg.lsb_bits, cfg.value_bits
         handles = bool(return_handles)
 
-        def make():
-            return PQLayer(msb, lsb, vb, return_handles=handles, grid=grid)
+        if cfg.layout == "grouped":
+            from .grouped import GroupedPQLayer
+
+            def make():
+                return GroupedPQLayer(cfg, return_handles=handles)
+        else:
+            def make():
+                return PQLayer(cfg.msb_bits, cfg.lsb_bits, cfg.value_bits, return_handles=handles, grid=cfg.grid)
 
         if num_layers:
             super().__init__(layers=[make() for _ in range(num_layers)])
@@ -297,3 +314,7 @@ class PQCache(Cache):
     def plain_bytes(self, dtype: torch.dtype = torch.float32) -> int:
         """Bytes a plain (DynamicCache) cache of ``dtype`` would hold for the same tokens."""
         return sum(layer.plain_bytes(dtype) for layer in self.layers)
+
+    def view_bytes(self) -> int:
+        """Bytes of the float32 compute views of the grouped layout (0 for the token layout)."""
+        return sum(layer.view_bytes() for layer in self.layers if hasattr(layer, "view_bytes"))

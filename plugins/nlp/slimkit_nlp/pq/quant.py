@@ -137,3 +137,33 @@ def unpack_uint8(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
             parts.append(v & mask)
         out = torch.stack(parts, -1)
     return out.reshape(*lead, g * 8)[..., :dim]
+
+
+# -- grouped layout (config ``layout="grouped"``): widths that divide 8, one expression each way --
+FAST_BITS = (1, 2, 4, 8)
+
+
+def pack_fast(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack ``codes [..., D]`` (values < 2**bits, ``bits`` in 1, 2, 4, 8) into ``uint8 [..., D * bits / 8]``:
+    ``8 / bits`` codes per byte, the first in the lowest bits (4-bit: same bytes as ``pack``)."""
+    if bits == 8:
+        return codes.to(torch.uint8)
+    per = 8 // bits
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=codes.device)
+    c = codes.to(torch.uint8).unflatten(-1, (-1, per)) << shifts
+    return c.sum(-1, dtype=torch.uint8) if per > 1 else c[..., 0]  # disjoint bits: the sum is an OR
+
+
+def unpack_fast(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of ``pack_fast``: ``uint8 [..., W]`` -> ``uint8 codes [..., W * 8 / bits]`` (one shift-and-mask)."""
+    if bits == 8:
+        return packed
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).flatten(-2)
+
+
+def quantize_grouped(x: torch.Tensor, bits: int, lsb_bits: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``quantize`` over the last dimension of ``x [..., G]`` (callers move the group there), codes as ``uint8``
+    when ``bits <= 8``."""
+    codes, scale, zero = quantize(x, bits, lsb_bits)
+    return (codes.to(torch.uint8) if bits <= 8 else codes), scale, zero

@@ -27,6 +27,12 @@ def register_benchmarks(register) -> None:
     register(Benchmark("pq-fidelity", bench.run_fidelity,
                        "progressive quantization vs static quantization: bits read vs perplexity/cosine",
                        plot=bench.plot_fidelity))
+    from ..benchmarks import pq_llm
+
+    register(Benchmark("pq-llm", pq_llm.run,
+                       "SmolLM2-135M, ~1,000-token prompts: pq's packed KV cache vs fp32 and transformers "
+                       "QuantizedCache (quanto int4/int2, HQQ int4): KL/top-1/perplexity, KV bytes, decode tok/s",
+                       plot=pq_llm.plot))
     register(Benchmark("pq-cache", bench.run_cache,
                        "packed low-bit KV cache: bytes and tokens/s of greedy generation filling a 1,024-token context, vs the fp32 cache",
                        plot=bench.plot_cache))

@@ -16,6 +16,9 @@ class PQStats:
     cache after the call (``None`` when no ``PQCache`` was used), with ``cache_fp32_bytes`` and
     ``cache_bf16_bytes`` of a plain cache holding the same tokens; ``lsb_bytes_read``: bytes
     of the cache's LSB plane read for recomputation (the rest was never touched).
+    ``recompute_rate_by_layer`` and ``key_bits_by_layer``: the same per layer. Rows of a prefill
+    that attends to its own float states (grouped layout, ``exact_prefill``) read no quantized
+    keys and are not counted.
     """
 
     msb_bits: int = 0
@@ -54,12 +57,24 @@ class PQStats:
 
     @property
     def recompute_rate_by_layer(self) -> dict:
+        """``{layer: share of that layer's rows recomputed with MSB+LSB}``."""
         return {k: self.recomputed_by_layer.get(k, 0) / v for k, v in sorted(self.rows_by_layer.items()) if v}
+
+    @property
+    def key_bits_by_layer(self) -> dict:
+        """``{layer: key bits read per element}`` (``msb_bits + lsb_bits * that layer's recompute rate``)."""
+        return {k: self.msb_bits + self.lsb_bits * r for k, r in self.recompute_rate_by_layer.items()}
+
+    @property
+    def lsb_read_share(self) -> float:
+        """Share of the stored LSB-plane bytes that were read (0 when none are stored)."""
+        return self.lsb_bytes_read / self.lsb_bytes_stored if self.lsb_bytes_stored else 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(recompute_rate=self.recompute_rate, key_bits_per_element=self.key_bits_per_element,
-                 recompute_rate_by_layer=self.recompute_rate_by_layer)
+                 recompute_rate_by_layer=self.recompute_rate_by_layer, key_bits_by_layer=self.key_bits_by_layer,
+                 lsb_read_share=self.lsb_read_share)
         return d
 
     def __repr__(self) -> str:

@@ -117,6 +117,12 @@ def _wrap_generate(model) -> None:
 def apply_progressive_quant(model, config: ProgressiveQuantConfig):
     """Quantize attention inputs progressively (in place); returns ``model``."""
     modules = _attention_modules(model)
+    from .grouped import check_dims
+
+    for m in modules[:1]:
+        head_dim = getattr(m, "head_dim", None)
+        if isinstance(head_dim, int):
+            check_dims(config, head_dim)  # ConfigError naming head_dim and the group / width
     register()
     stats = PQStats(msb_bits=config.msb_bits, lsb_bits=config.lsb_bits, value_bits=config.value_bits)
     rt = PQRuntime(config=config, stats=stats)
