@@ -14,6 +14,8 @@ Modules without progressive-quant state (e.g. cross-attention) run plain eager a
 """
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 
@@ -27,8 +29,19 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else torch.repeat_interleave(x, groups, dim=1)
 
 
+#: the calling layer's attention logit soft-cap (Gemma 2: ``cap * tanh(s / cap)``), set per call
+_SOFTCAP: ContextVar[float | None] = ContextVar("slimkit_pq_softcap", default=None)
+
+
+def _scale(s: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Scaled attention logits, soft-capped where the calling layer caps them."""
+    s = s * scaling
+    cap = _SOFTCAP.get()
+    return s if not cap else cap * torch.tanh(s / cap)
+
+
 def _softmax(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Tensor | None) -> torch.Tensor:
-    s = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    s = _scale(torch.matmul(q, k.transpose(-1, -2)), scaling)
     if mask is not None:
         s = s + mask[..., : k.shape[-2]].to(s.dtype)
     return torch.softmax(s, dim=-1)
@@ -87,8 +100,16 @@ def eager_reference(module, query, key, value, attention_mask, scaling=None, dro
 
 def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None, scaling: float | None = None,
-                         dropout: float = 0.0, **kwargs):
-    """Progressive-quantization attention (see the module docstring)."""
+                         dropout: float = 0.0, softcap: float | None = None, **kwargs):
+    """Progressive-quantization attention (see the module docstring); ``softcap``: Gemma 2's logit cap."""
+    token = _SOFTCAP.set(softcap)
+    try:
+        return _pq_attention(module, query, key, value, attention_mask, scaling, dropout)
+    finally:
+        _SOFTCAP.reset(token)
+
+
+def _pq_attention(module, query, key, value, attention_mask, scaling, dropout):
     from .cache import PackedKV
 
     rt = getattr(module, "slimkit_pq", None)
@@ -156,7 +177,7 @@ def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling, q_scale=No
         return x.reshape(b, hkv, g * lq, x.shape[-1])
 
     def finish(scores):
-        scores = scores.view(b, h, lq, t) * scaling
+        scores = _scale(scores.view(b, h, lq, t), scaling)
         if attention_mask is not None:
             scores = scores + attention_mask[..., :t].to(scores.dtype)
         return torch.softmax(scores, dim=-1)
@@ -272,7 +293,7 @@ def attend_grouped(cfg, layer, query: torch.Tensor, attention_mask, scaling: flo
 
     def finish(s_q):
         s = s_res if s_q is None else (torch.cat([s_q, s_res], dim=-1) if s_res.shape[-1] else s_q)
-        s = s.view(b, h, lq, t) * scaling
+        s = _scale(s.view(b, h, lq, t), scaling)
         if attention_mask is not None:
             s = s + attention_mask[..., :t].to(s.dtype)
         return torch.softmax(s, dim=-1)
@@ -325,7 +346,7 @@ def attend_grouped_reference(cfg, layer, query: torch.Tensor, attention_mask, sc
     lsb, thr = cfg.lsb_bits, cfg.threshold
 
     def probs(k):
-        s = torch.matmul(q, _repeat_kv(k, g).transpose(-1, -2)) * scaling
+        s = _scale(torch.matmul(q, _repeat_kv(k, g).transpose(-1, -2)), scaling)
         if attention_mask is not None:
             s = s + attention_mask[..., : k.shape[-2]].to(s.dtype)
         return torch.softmax(s, dim=-1)
