@@ -14,7 +14,7 @@ SmolLM2-135M-Instruct (``slimkit_nlp.models.load_smollm2``, fp32, eager attentio
 Peers are kvpress 0.5.5's presses (StreamingLLM, SnapKV, ObservedAttention, TOVA, Knorm,
 ExpectedAttention), run through kvpress itself. kvpress requires transformers<5.3, so when it is not
 importable here the benchmark re-runs itself in the LLM peer virtualenv (``peers.py``) and says so in
-its output and JSON; it never skips a peer. ``SLIMKIT_LLM_PROMPTS=N`` sets the number of prompts
+its output and JSON; it never skips a peer. ``SLIMKIT_BENCH_PROMPTS=N`` sets the number of prompts
 (default 40; ``--quick`` 2).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from slimkit.errors import SlimkitError
 from .llm_eval import (DenseMethod, KVPressMethod, Method, continuation_metrics, dense_reference, load_prompts,
                        retrieval_accuracy, retrieval_prompts, time_prefill_and_decode)
 
-PROMPTS_ENV = "SLIMKIT_LLM_PROMPTS"
+PROMPTS_ENV = "SLIMKIT_BENCH_PROMPTS"   # shared with pq-llm
 DEFAULT_PROMPTS, QUICK_PROMPTS = 40, 2
 PROMPT_TOKENS, CONTINUATION_TOKENS, DECODE_TOKENS = 1000, 64, 128
 STEP_TOKENS = 8                      # continuation tokens per step (spatten evicts every 8 by default)
