@@ -202,3 +202,54 @@ def rerun_in_peer_env(argv: list[str], progress: Callable[[str], None] = print) 
     env.pop("PYTHONPATH", None)
     proc = subprocess.run([str(peer_python(venv)), "-m", "slimkit.cli", *argv], env=env)
     return proc.returncode
+
+
+# ------------------------------------------------------------------ the LLM benchmarks' shared plumbing
+PROMPTS_ENV = "SLIMKIT_BENCH_PROMPTS"
+_RUNNER_KEYS = ("benchmark", "summary", "slimkit_version", "torch_version", "machine", "quick", "seconds", "plot")
+
+
+def prompt_count(ctx, default: int = 40, quick: int = 4) -> int:
+    """Prompts an LLM benchmark measures: ``$SLIMKIT_BENCH_PROMPTS``, else ``quick`` under ``--quick``,
+    else ``default``; a value that is not a positive integer is refused with an example."""
+    import os
+
+    from slimkit.errors import SlimkitError
+
+    raw = os.environ.get(PROMPTS_ENV)
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise SlimkitError(f"{PROMPTS_ENV} must be a positive number of prompts, got {raw!r}; e.g. {PROMPTS_ENV}=4")
+        return n
+    return quick if ctx.quick else default
+
+
+def rerun_benchmark_in_peer_env(name: str, ctx, n_prompts: int) -> dict:
+    """Run ``slimkit bench NAME`` in the LLM peer virtualenv (same threads, seed, quick and prompt count)
+    and return its result, with ``ran_in`` saying where and why; ``SlimkitError`` if it fails."""
+    import json
+    import os
+    import tempfile
+
+    from slimkit.errors import SlimkitError
+
+    reason = why_peer()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"{name}.json"
+        argv = ["bench", name, "--json", str(out), "--threads", str(ctx.threads), "--seed", str(ctx.seed)]
+        if ctx.quick:
+            argv.append("--quick")
+        os.environ.setdefault(PROMPTS_ENV, str(n_prompts))
+        rc = rerun_in_peer_env(argv)
+        if rc != 0 or not out.exists():
+            raise SlimkitError(f"{name} failed in the LLM peer virtualenv {peer_env_dir()} (exit code {rc}); "
+                               f"see its output above")
+        data = json.loads(out.read_text())
+    for k in _RUNNER_KEYS:
+        data.pop(k, None)
+    data["ran_in"] = {"env": str(peer_env_dir()), "why": reason, "versions": peer_versions()}
+    return data

@@ -24,13 +24,10 @@ is timed in one process. A missing backend is an error naming the fix, never a s
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -39,7 +36,7 @@ from slimkit.errors import MissingExtraError, SlimkitError
 from .llm_eval import DenseMethod, Method, continuation_metrics, dense_reference, load_prompts, \
     time_prefill_and_decode
 
-PROMPTS_ENV = "SLIMKIT_BENCH_PROMPTS"
+from .peers import PROMPTS_ENV  # noqa: E402  (SLIMKIT_BENCH_PROMPTS)
 DEFAULT_PROMPTS = 40
 QUICK_PROMPTS = 4
 PROMPT_TOKENS = 1000
@@ -165,16 +162,9 @@ def _to_dict_fields(cfg) -> dict:
 
 
 def prompt_count(ctx) -> int:
-    raw = os.environ.get(PROMPTS_ENV)
-    if raw:
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise SlimkitError(f"{PROMPTS_ENV} must be a positive number of prompts, got {raw!r}; e.g. {PROMPTS_ENV}=4")
-        return n
-    return QUICK_PROMPTS if ctx.quick else DEFAULT_PROMPTS
+    from .peers import prompt_count as count
+
+    return count(ctx, DEFAULT_PROMPTS, QUICK_PROMPTS)
 
 
 def _in_this_env() -> bool:
@@ -192,28 +182,10 @@ def _importable(mod: str) -> bool:
         return False
 
 
-_RUNNER_KEYS = ("benchmark", "summary", "slimkit_version", "torch_version", "machine", "quick", "seconds", "plot")
-
-
 def _rerun_in_peers(ctx) -> dict:
-    from .peers import peer_env_dir, peer_versions, rerun_in_peer_env, why_peer
+    from .peers import rerun_benchmark_in_peer_env
 
-    reason = why_peer()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "pq-llm.json"
-        argv = ["bench", "pq-llm", "--json", str(out), "--threads", str(ctx.threads), "--seed", str(ctx.seed)]
-        if ctx.quick:
-            argv.append("--quick")
-        os.environ.setdefault(PROMPTS_ENV, str(prompt_count(ctx)))
-        rc = rerun_in_peer_env(argv)
-        if rc != 0 or not out.exists():
-            raise SlimkitError(f"pq-llm failed in the LLM peer virtualenv {peer_env_dir()} (exit code {rc}); "
-                               f"see its output above")
-        data = json.loads(out.read_text())
-    for k in _RUNNER_KEYS:
-        data.pop(k, None)
-    data["ran_in"] = {"env": str(peer_env_dir()), "why": reason, "versions": peer_versions()}
-    return data
+    return rerun_benchmark_in_peer_env("pq-llm", ctx, prompt_count(ctx))
 
 
 def run(ctx) -> dict:

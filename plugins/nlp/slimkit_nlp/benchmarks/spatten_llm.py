@@ -20,21 +20,14 @@ its output and JSON; it never skips a peer. ``SLIMKIT_BENCH_PROMPTS=N`` sets the
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-
-from slimkit.errors import SlimkitError
 
 from .llm_eval import (DenseMethod, KVPressMethod, Method, continuation_metrics, dense_reference, load_prompts,
                        retrieval_accuracy, retrieval_prompts, time_prefill_and_decode)
 
-PROMPTS_ENV = "SLIMKIT_BENCH_PROMPTS"   # shared with pq-llm
 DEFAULT_PROMPTS, QUICK_PROMPTS = 40, 2
 PROMPT_TOKENS, CONTINUATION_TOKENS, DECODE_TOKENS = 1000, 64, 128
 STEP_TOKENS = 8                      # continuation tokens per step (spatten evicts every 8 by default)
@@ -72,48 +65,23 @@ def _share_weights(model):
 
 
 def prompt_count(ctx) -> int:
-    raw = os.environ.get(PROMPTS_ENV)
-    if raw:
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise SlimkitError(f"{PROMPTS_ENV} must be a positive number of prompts, got {raw!r}; e.g. {PROMPTS_ENV}=8")
-        return n
-    return QUICK_PROMPTS if ctx.quick else DEFAULT_PROMPTS
+    from .peers import prompt_count as count
+
+    return count(ctx, DEFAULT_PROMPTS, QUICK_PROMPTS)
 
 
 def _kvpress_here() -> bool:
     try:
-        import kvpress  # noqa: F401
+        import kvpress  # noqa: F401  (importable = run here)
         return True
     except Exception:  # noqa: BLE001 - any import failure means: run in the peer env
         return False
 
 
-_RUNNER_KEYS = ("benchmark", "summary", "slimkit_version", "torch_version", "machine", "quick", "seconds", "plot")
-
-
 def _rerun_in_peers(ctx) -> dict:
-    from .peers import peer_env_dir, peer_versions, rerun_in_peer_env, why_peer
+    from .peers import rerun_benchmark_in_peer_env
 
-    reason = why_peer()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "spatten-llm.json"
-        argv = ["bench", "spatten-llm", "--json", str(out), "--threads", str(ctx.threads), "--seed", str(ctx.seed)]
-        if ctx.quick:
-            argv.append("--quick")
-        os.environ.setdefault(PROMPTS_ENV, str(prompt_count(ctx)))
-        rc = rerun_in_peer_env(argv)
-        if rc != 0 or not out.exists():
-            raise SlimkitError(f"spatten-llm failed in the LLM peer virtualenv {peer_env_dir()} (exit code {rc}); "
-                               f"see its output above")
-        data = json.loads(out.read_text())
-    for k in _RUNNER_KEYS:
-        data.pop(k, None)
-    data["ran_in"] = {"env": str(peer_env_dir()), "why": reason, "versions": peer_versions()}
-    return data
+    return rerun_benchmark_in_peer_env("spatten-llm", ctx, prompt_count(ctx))
 
 
 def build_methods(model, budgets=BUDGETS, presses=PRESSES, settings=SPATTEN_SETTINGS) -> list[Method]:

@@ -21,14 +21,12 @@ from pathlib import Path
 
 from slimkit.errors import SlimkitError
 
+from .shakespeare import _cache_root
+
 SDIST = "sentencepiece==0.2.0"
 MEMBER = "test/botchan.txt"
 START = "*** START OF THIS PROJECT GUTENBERG EBOOK"
 END = "*** END OF THIS PROJECT GUTENBERG EBOOK"
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
 
 
 def botchan_path(download: bool = True) -> Path:
