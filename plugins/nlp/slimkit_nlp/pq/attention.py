@@ -167,7 +167,7 @@ def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling, q_scale=No
     keys and values stay integer codes plus per-token scale/zero (folded into the products).
     """
     cfg = rt.config
-    msb_bits, lsb_bits = cfg.msb_bits, cfg.lsb_bits
+    lsb_bits = cfg.lsb_bits
     b, h, lq, d = q_msb.shape
     hkv = layer.k_msb.shape[1]
     g = h // hkv
