@@ -15,10 +15,11 @@ other attention implementation it returns dequantized tensors, like a plain quan
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache
 
 from slimkit.errors import SlimkitError
 
+from .layer_base import PackedLayerBase
 from .quant import dequantize, join_planes, pack, quantize, split_planes, unpack, unpack_uint8
 
 
@@ -82,7 +83,7 @@ class PackedKV(torch.Tensor):
             f"'slimkit_pq' (slimkit.apply(model, 'progressive-quant')) or pass a DynamicCache instead")
 
 
-class PQLayer(CacheLayerMixin):
+class PQLayer(PackedLayerBase):
     """One layer of ``PQCache`` (see the module docstring for the stored tensors)."""
 
     is_sliding = False
@@ -139,23 +140,6 @@ class PQLayer(CacheLayerMixin):
                              value_states.device))
         return self.dequantized_keys(), self.dequantized_values()
 
-    def get_mask_sizes(self, query_length) -> tuple[int, int]:
-        if isinstance(query_length, torch.Tensor):  # transformers < 5.24 passes cache_position
-            query_length = query_length.shape[0]
-        return self.length + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def get_max_cache_shape(self) -> int:  # transformers < 5.24 name of get_max_length
-        return -1
-
-    def reset(self) -> None:
-        self._clear()
-        self.is_initialized = False
 
     def offload(self):
         self._apply(lambda t: t.to("cpu", non_blocking=True))

@@ -29,10 +29,10 @@ planes with the generic per-plane ``quant.unpack`` (the slow reference the tests
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import CacheLayerMixin
 
 from slimkit.errors import ConfigError
 
+from .layer_base import PackedLayerBase
 from .quant import pack_fast, quantize_grouped, unpack, unpack_fast
 
 STORE_DTYPE = torch.float16  # residual window
@@ -107,7 +107,7 @@ class _Buffer:
         return 0 if self.data is None else self.data.numel() * self.data.element_size()
 
 
-class GroupedPQLayer(CacheLayerMixin):
+class GroupedPQLayer(PackedLayerBase):
     """One layer of ``PQCache`` in the grouped layout (see the module docstring)."""
 
     is_sliding = False
@@ -263,23 +263,6 @@ class GroupedPQLayer(CacheLayerMixin):
                 self._v.append(deq)
             self.v_res, self._v_res_f = self.v_res[:, :, nv:], self._v_res_f[:, :, nv:]
 
-    def get_mask_sizes(self, query_length) -> tuple[int, int]:
-        if isinstance(query_length, torch.Tensor):  # transformers < 5.24 passes cache_position
-            query_length = query_length.shape[0]
-        return self.length + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def get_max_cache_shape(self) -> int:  # transformers < 5.24 name of get_max_length
-        return -1
-
-    def reset(self) -> None:
-        self._clear()
-        self.is_initialized = False
 
     # -- batch and token edits ---------------------------------------------------------------
     def _apply(self, fn) -> None:
