@@ -290,21 +290,6 @@ class GroupedPQLayer(PackedLayerBase):
             self._v.append(self._dequantize_values(unpack(self.v_codes, self.value_bits, self.value_dim),
                                                    self.v_scale, self.v_zero))
 
-    def offload(self):
-        self._apply(lambda t: t.to("cpu", non_blocking=True))
-
-    def prefetch(self):
-        if self.is_initialized:
-            self._apply(lambda t: t.to(self.device, non_blocking=True))
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._apply(lambda t: t[indices, ...])
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def _requantize(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Refill the layer from float states (token edits break key groups: quantized again, lossy)."""

@@ -1,6 +1,7 @@
 """``PackedLayerBase``: the cache-layer protocol shared by ``PQLayer`` (token layout) and ``GroupedPQLayer``.
 
-A subclass keeps ``self.length`` (tokens held) and implements ``_clear()``.
+A subclass keeps ``self.length`` (tokens held) and implements ``_clear()`` and ``_apply(fn)`` (``fn`` applied to
+every tensor it holds: device moves and batch reordering).
 """
 from __future__ import annotations
 
@@ -26,3 +27,19 @@ class PackedLayerBase(CacheLayerMixin):
     def reset(self) -> None:
         self._clear()
         self.is_initialized = False
+
+    def offload(self):
+        self._apply(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self):
+        if self.is_initialized:
+            self._apply(lambda t: t.to(self.device, non_blocking=True))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._apply(lambda t: t[indices, ...])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
