@@ -269,3 +269,196 @@ def test_a_failing_part_does_not_hide_the_other_parts(tmp_path, monkeypatch):
         assert "partly failed: part bad_part: ImportError: no such dep" in info.reason
     finally:
         slimkit.unregister_plugin("parts-demo")
+
+
+# -- name clashes: built-ins keep their names; a replacement needs the user's explicit choice --------
+@dataclass
+class _ImpostorConfig(slimkit.TechniqueConfig):
+    technique = "tsm"
+
+
+class _Impostor:
+    """A third-party plugin that registers a technique called ``tsm`` (and a model called ``r3d-18``)."""
+
+    def __init__(self):
+        self.applied = 0
+
+    def _apply(self, model, config):
+        self.applied += 1
+        return model
+
+    @slimkit.hookimpl
+    def register_techniques(self, register):
+        register(slimkit.Technique("tsm", _ImpostorConfig, self._apply, "Not the real TSM."))
+
+    @slimkit.hookimpl
+    def register_models(self, register):
+        register("r3d-18", lambda **kw: None, "Not the real R3D-18.")
+
+
+@pytest.fixture
+def impostor(request):
+    """Register an ``_Impostor`` under ``request.param``; unregister it and drop every preference after."""
+    plugin = _Impostor()
+    name = slimkit.register_plugin(plugin, request.param)
+    yield name, plugin
+    slimkit.prefer("tsm", None)
+    slimkit.unregister_plugin(name)
+
+
+def _plugins_cli(*args):
+    from click.testing import CliRunner
+
+    from slimkit.cli import cli
+
+    res = CliRunner().invoke(cli, ["plugins", *args])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.mark.filterwarnings("ignore::slimkit.host.PluginClashWarning")
+@pytest.mark.parametrize("impostor", ["aaa-impostor", "zzz-impostor"], indirect=True)
+def test_a_builtin_keeps_its_name_whatever_the_other_plugin_is_called(impostor):
+    from slimkit.host import PluginClashWarning
+
+    name, plugin = impostor
+    with pytest.warns(PluginClashWarning, match=f"'{name}'.*'tsm' refused.*'video'"):
+        assert slimkit.get_technique("tsm").plugin == "video"
+    assert slimkit.models()["r3d-18"].plugin == "video"  # every register_* table, not only techniques
+    infos = {i.name: i for i in slimkit.plugins()}
+    assert "tsm" not in infos[name].techniques and "tsm" in infos["video"].techniques
+    refusal = (f"technique 'tsm' refused: already registered by built-in plugin 'video'; "
+               f"to use this one, run with SLIMKIT_PREFER=tsm={name}")
+    assert refusal in infos[name].refused
+    assert any(r.startswith("model 'r3d-18' refused") for r in infos[name].refused)
+    assert f"technique 'tsm' kept; plugin {name!r} also registers it (refused)" in infos["video"].overrides
+    assert infos[name].to_dict()["refused"] == infos[name].refused
+    text = _plugins_cli()
+    assert f"plugin {name!r}: {refusal}" in text
+    rows = {r["name"]: r for r in json.loads(_plugins_cli("--json"))}
+    assert refusal in rows[name]["refused"]
+    assert any(name in note for note in rows["video"]["overrides"])
+
+
+@pytest.mark.filterwarnings("ignore::slimkit.host.PluginClashWarning")
+@pytest.mark.parametrize("dist", ["aaa-impostor", "zzz-impostor"])
+def test_entry_point_load_order_does_not_decide_a_clash_with_a_builtin(tmp_path, fresh_host, dist):
+    """Entry points load sorted by name: one sorting before and one after ``video`` both lose ``tsm``."""
+    module = dist.replace("-", "_") + "_plugin"
+    _install_throwaway_dist(tmp_path, dist, module, textwrap.dedent('''
+        import slimkit
+
+        class Config(slimkit.TechniqueConfig):
+            technique = "tsm"
+
+        @slimkit.hookimpl
+        def register_techniques(register):
+            register(slimkit.Technique("tsm", Config, lambda m, c: m, "Not the real TSM."))
+    '''))
+    fresh_host.syspath_prepend(str(tmp_path))
+    HOST.load()
+    assert slimkit.get_technique("tsm").plugin == "video"
+    info = {i.name: i for i in slimkit.plugins()}[dist]
+    assert info.available and any("'tsm' refused" in r and "'video'" in r for r in info.refused)
+
+
+def test_between_two_third_party_plugins_the_first_loaded_keeps_a_name():
+    def plugin_for(tag):
+        class P:
+            @slimkit.hookimpl
+            def register_techniques(self, register):
+                register(slimkit.Technique("clash-demo", _ImpostorConfig, lambda m, c: m, tag))
+        return P()
+
+    first = slimkit.register_plugin(plugin_for("first"), "zz-first")
+    second = slimkit.register_plugin(plugin_for("second"), "aa-second")
+    try:
+        with pytest.warns(UserWarning, match="'aa-second'"):
+            assert slimkit.techniques()["clash-demo"].plugin == "zz-first"
+        refused = {i.name: i for i in slimkit.plugins()}["aa-second"].refused
+        assert refused == ["technique 'clash-demo' refused: already registered by plugin 'zz-first'; "
+                           "to use this one, run with SLIMKIT_PREFER=clash-demo=aa-second"]
+    finally:
+        slimkit.unregister_plugin(second)
+        slimkit.unregister_plugin(first)
+
+
+@pytest.mark.filterwarnings("ignore::slimkit.host.PluginClashWarning")
+@pytest.mark.parametrize("impostor", ["zzz-preferred"], indirect=True)
+def test_prefer_env_var_lets_a_plugin_replace_a_builtin(impostor, monkeypatch):
+    import torch
+
+    name, plugin = impostor
+    monkeypatch.setenv("SLIMKIT_PREFER", f"other=nobody, tsm={name}")
+    assert slimkit.get_technique("tsm").plugin == name
+    slimkit.apply(torch.nn.Linear(2, 2), "tsm")
+    assert plugin.applied == 1
+    infos = {i.name: i for i in slimkit.plugins()}
+    assert infos[name].techniques == ["tsm"] and "tsm" not in infos["video"].techniques
+    assert ("technique 'tsm' not used: plugin 'zzz-preferred' replaces it because SLIMKIT_PREFER asks for it"
+            in infos["video"].refused)
+    assert "plugin 'video': technique 'tsm' not used" in _plugins_cli()
+    monkeypatch.delenv("SLIMKIT_PREFER")
+    assert slimkit.get_technique("tsm").plugin == "video"
+
+
+@pytest.mark.filterwarnings("ignore::slimkit.host.PluginClashWarning")
+@pytest.mark.parametrize("impostor", ["aaa-preferred"], indirect=True)
+def test_prefer_function_lets_a_plugin_replace_a_builtin_until_undone(impostor):
+    name, _ = impostor
+    slimkit.prefer("tsm", name)
+    assert slimkit.get_technique("tsm").plugin == name
+    assert slimkit.models()["r3d-18"].plugin == "video"  # the preference names one key only
+    slimkit.prefer("tsm", None)
+    assert slimkit.get_technique("tsm").plugin == "video"
+
+
+def test_a_preference_the_plugins_cannot_meet_is_a_one_sentence_error(monkeypatch):
+    slimkit.prefer("tsm", "nobody")
+    try:
+        with pytest.raises(slimkit.ConfigError) as e:
+            slimkit.get_technique("tsm")
+        assert str(e.value) == ("slimkit.prefer asks for technique 'tsm' from plugin 'nobody', but no plugin "
+                                "'nobody' is loaded (technique 'tsm' comes from 'video'); name one of those "
+                                "plugins or call slimkit.prefer('tsm', None)")
+        slimkit.prefer("tsm", "nlp")
+        with pytest.raises(slimkit.ConfigError, match="plugin 'nlp' does not register it"):
+            slimkit.techniques()
+    finally:
+        slimkit.prefer("tsm", None)
+    monkeypatch.setenv("SLIMKIT_PREFER", "tsm")
+    with pytest.raises(slimkit.ConfigError, match="SLIMKIT_PREFER entry 'tsm' is not NAME=PLUGIN"):
+        slimkit.techniques()
+    monkeypatch.delenv("SLIMKIT_PREFER")
+    assert slimkit.get_technique("tsm").plugin == "video"
+
+
+@pytest.mark.filterwarnings("ignore::slimkit.host.PluginClashWarning")
+def test_a_distribution_cannot_take_over_a_builtin_plugin_name(tmp_path, fresh_host):
+    """An entry point called ``video`` from another distribution is refused, wherever it is on sys.path."""
+    import importlib
+
+    (tmp_path / "fake_video_plugin.py").write_text(textwrap.dedent('''
+        import slimkit
+
+        class Config(slimkit.TechniqueConfig):
+            technique = "tsm"
+
+        @slimkit.hookimpl
+        def register_techniques(register):
+            register(slimkit.Technique("tsm", Config, lambda m, c: m, "Not the real TSM."))
+    '''))
+    info_dir = tmp_path / "fake_video-6.6.6.dist-info"
+    info_dir.mkdir()
+    (info_dir / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-video\nVersion: 6.6.6\n")
+    (info_dir / "entry_points.txt").write_text("[slimkit.plugins]\nvideo = fake_video_plugin\n")
+    (info_dir / "RECORD").write_text("")
+    fresh_host.setattr(sys, "path", [*sys.path, str(tmp_path)])  # found after the real one
+    importlib.invalidate_caches()
+    HOST.load()
+    info = {i.name: i for i in slimkit.plugins()}["video"]
+    assert info.module == "slimkit_video.plugin" and info.version == slimkit.__version__
+    assert info.refused == ["plugin name 'video' of fake-video (fake_video_plugin) refused: already taken by "
+                            "slimkit_video.plugin; uninstall one of the two distributions"]
+    assert slimkit.get_technique("tsm").config_class.__module__.startswith("slimkit_video")
+    assert "plugin 'video': plugin name 'video' of fake-video" in _plugins_cli()

@@ -57,10 +57,19 @@ def unregister_plugin(name: str) -> None:
     HOST.unregister_plugin(name)
 
 
+def prefer(name: str, plugin: str | None) -> None:
+    """Let ``plugin`` provide ``name`` (a technique, model, ...) even over a built-in; ``None`` undoes it.
+
+    Without a preference a built-in plugin keeps its names and, between other plugins, the
+    first loaded does; ``SLIMKIT_PREFER="tsm=myplug"`` does the same from the environment.
+    """
+    HOST.prefer(name, plugin)
+
+
 __all__ = [
     "__version__", "apply", "techniques", "get_technique", "make_config", "load_config",
     "save_pretrained", "from_pretrained", "models", "build_model", "sources", "open_source",
-    "plugins", "register_plugin", "unregister_plugin", "benchmarks", "run_benchmark",
+    "plugins", "register_plugin", "unregister_plugin", "prefer", "benchmarks", "run_benchmark",
     "Benchmark", "BenchContext", "goal", "TechniqueConfig", "Technique", "ModelEntry",
     "SourceEntry", "hookimpl", "SlimkitError", "ConfigError", "MissingExtraError",
     "ShapeError", "SourceError", "UnknownTechniqueError", "UnsupportedModelError",

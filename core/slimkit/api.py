@@ -1,7 +1,6 @@
 """The public API: look up techniques, apply them, save and restore transformed models."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -102,36 +101,118 @@ def load_config(path: str | os.PathLike | dict) -> TechniqueConfig:
     raise ConfigError(f"unknown config type {kind!r}; known types are {one_of(table)}")
 
 
-def save_pretrained(model: Any, directory: str | os.PathLike) -> Path:
-    """Save a transformed model: the applied configs (in order) and its weights (safetensors)."""
+#: files a slimkit save writes; a folder holding anything else is not replaced by a save
+SAVE_FILES = frozenset({STACK_FILE, WEIGHTS_FILE, "slimkit_config.json"})
+
+
+def write_pretrained(model: Any, folder: str | os.PathLike) -> Path:
+    """Write the applied configs (in order) and the weights into ``folder`` (created), not atomically.
+
+    Building block of :func:`save_pretrained`; use it inside ``slimkit.io.atomic_folder`` when a
+    checkpoint adds files of its own. The weights are written first, the config stack last.
+    """
     from safetensors.torch import save_model
 
-    d = Path(directory)
+    from . import __version__
+    from .config import CONFIG_FILE
+    from .io import atomic_write_json
+
+    d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     configs = list(getattr(model, APPLIED_ATTR, []) or [])
-    from . import __version__
-    (d / STACK_FILE).write_text(json.dumps(
-        {"slimkit_version": __version__, "techniques": [c.to_dict() for c in configs]}, indent=2) + "\n")
-    if len(configs) == 1:
-        configs[0].save_pretrained(d)
     save_model(model, str(d / WEIGHTS_FILE))
+    if len(configs) == 1:
+        atomic_write_json(d / CONFIG_FILE, configs[0].to_dict())
+    atomic_write_json(d / STACK_FILE, {"slimkit_version": __version__,
+                                       "techniques": [c.to_dict() for c in configs]})
     return d
 
 
-def from_pretrained(model: Any, directory: str | os.PathLike, strict: bool = True) -> Any:
-    """Rebuild a saved transformed model: apply the saved configs to ``model``, then load the weights."""
-    from safetensors.torch import load_model
+def _refuse_foreign_folder(d: Path, expected: frozenset) -> None:
+    """A save replaces the whole folder: refuse one that holds files a save would not write."""
+    if not d.is_dir():
+        return
+    foreign = sorted(p.name for p in d.iterdir() if p.name not in expected and not p.name.startswith("."))
+    if foreign and not (d / STACK_FILE).exists():
+        raise ConfigError(f"{str(d)!r} already holds files that slimkit did not write ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}), and a save replaces the whole folder; "
+                          f"save into a new or empty folder")
+
+
+def save_pretrained(model: Any, directory: str | os.PathLike) -> Path:
+    """Save a transformed model: the applied configs (in order) and its weights (safetensors).
+
+    Atomic: everything is written into a temporary folder beside ``directory`` and renamed into
+    place, so a kill leaves either the old complete save or the new one, and files of an older
+    save that this one does not write are gone. A folder holding files slimkit did not write is
+    refused rather than replaced.
+    """
+    from .io import atomic_folder
 
     d = Path(directory)
+    _refuse_foreign_folder(d, SAVE_FILES)
+    with atomic_folder(d) as tmp:
+        write_pretrained(model, tmp)
+    return d
+
+
+def read_applied_stack(directory: str | os.PathLike) -> list[dict]:
+    """The technique configs a save recorded, in order (``slimkit_applied.json``), checked."""
+    from .io import read_json, recover_folder
+
+    d = recover_folder(directory)
+    if not d.is_dir():
+        raise ConfigError(f"{str(d)!r} is not a folder; pass the folder written by slimkit.save_pretrained(model, dir)")
     stack = d / STACK_FILE
     if not stack.exists():
         raise ConfigError(f"{str(d)!r} holds no {STACK_FILE}; save it with slimkit.save_pretrained(model, dir)")
-    data = json.loads(stack.read_text())
-    for cfg in data.get("techniques", []):
-        model = apply(model, load_config(cfg))
-    if (d / WEIGHTS_FILE).exists():
-        load_model(model, str(d / WEIGHTS_FILE), strict=strict)
+    data = read_json(stack, what="slimkit save record", fix="save the model again with slimkit.save_pretrained")
+    techniques_ = data.get("techniques") if isinstance(data, dict) else None
+    if not isinstance(techniques_, list) or not all(isinstance(c, dict) for c in techniques_):
+        raise ConfigError(f"{str(stack)!r} has no list of technique configs; save the model again with "
+                          f"slimkit.save_pretrained")
+    return techniques_
+
+
+def load_weights_checked(model: Any, path: str | os.PathLike, strict: bool = True) -> Any:
+    """Load safetensors weights into ``model``; a missing, truncated or mismatched file is refused
+    with one sentence naming the file and what is wrong (``strict=False`` allows missing keys only)."""
+    from safetensors.torch import load_model
+
+    from .io import check_safetensors
+
+    p = Path(path)
+    header = check_safetensors(p, fix="save the model again with slimkit.save_pretrained")
+    own = model.state_dict()
+    unexpected = sorted(set(header) - set(own))
+    if unexpected:
+        raise ConfigError(f"weights file {str(p)!r} has {len(unexpected)} tensors this model does not have "
+                          f"(e.g. {unexpected[0]!r}), so it belongs to another model; load it into the model it "
+                          f"was saved from")
+    for name, (_dtype, shape) in header.items():
+        if list(own[name].shape) != shape:
+            raise ConfigError(f"weights file {str(p)!r} has {name!r} of shape {tuple(shape)} but the model's is "
+                              f"{tuple(own[name].shape)}; load it into the model it was saved from")
+    missing, _ = load_model(model, str(p), strict=False)  # knows tied weights saved once
+    if missing and strict:
+        raise ConfigError(f"weights file {str(p)!r} lacks {len(missing)} of this model's tensors (e.g. "
+                          f"{sorted(missing)[0]!r}); load it into the model it was saved from, or pass strict=False")
     return model
+
+
+def from_pretrained(model: Any, directory: str | os.PathLike, strict: bool = True) -> Any:
+    """Rebuild a saved transformed model: apply the saved configs to ``model``, then load the weights.
+
+    A folder without weights, or with truncated or mismatched weights, is refused naming the file.
+    """
+    d = Path(directory)
+    for cfg in read_applied_stack(d):
+        model = apply(model, load_config(cfg))
+    weights = d / WEIGHTS_FILE
+    if not weights.exists():
+        raise ConfigError(f"{str(d)!r} holds no {WEIGHTS_FILE}, so the saved model's weights are missing; "
+                          f"save it again with slimkit.save_pretrained(model, dir)")
+    return load_weights_checked(model, weights, strict=strict)
 
 
 # -- models and sources -----------------------------------------------------------------------

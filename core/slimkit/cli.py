@@ -41,6 +41,17 @@ def plugins(as_json: bool) -> None:
         state = (f"available ({i.reason})" if i.reason else "available") if i.available else f"unavailable: {i.reason}"
         rows.append((i.name, i.version or "-", state, ", ".join(sorted(i.techniques)) or "-"))
     _table(rows)
+    _echo_refusals(infos)
+
+
+def _echo_refusals(infos) -> None:
+    """List the registrations refused because another plugin holds the name."""
+    refused = [(i.name, sentence) for i in infos for sentence in i.refused]
+    if not refused:
+        return
+    click.echo("\nname clashes (the refused registration is not used):")
+    for plugin, sentence in refused:
+        click.echo(f"  plugin {plugin!r}: {sentence}")
 
 
 @cli.command()

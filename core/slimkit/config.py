@@ -176,11 +176,9 @@ class TechniqueConfig:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``slimkit_config.json`` into ``directory`` (created); return its path."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / CONFIG_FILE
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
-        return path
+        from .io import atomic_write_text
+
+        return atomic_write_text(Path(directory) / CONFIG_FILE, self.to_json() + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "TechniqueConfig":
@@ -194,10 +192,12 @@ def read_config_file(path: str | os.PathLike) -> dict:
         p = p / CONFIG_FILE
     if not p.exists():
         raise ConfigError(f"no slimkit config at {str(p)!r}; save one with config.save_pretrained(dir)")
+    from .io import FileFormatError, read_json
+
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{str(p)!r} is not valid JSON ({e}); re-save it with config.save_pretrained(dir)") from None
+        data = read_json(p, what="slimkit config", fix="re-save it with config.save_pretrained(dir)")
+    except FileFormatError as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(data, dict) or "type" not in data:
         raise ConfigError(f"{str(p)!r} has no 'type' field, so it is not a slimkit technique config")
     return data

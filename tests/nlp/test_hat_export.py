@@ -137,8 +137,12 @@ def test_export_save_load_generate(tmp_path, task):
             assert out[0].tolist() == ids[0].tolist()
 
 
-def test_export_loads_without_slimkit(tmp_path):
-    """A fresh interpreter loads the export with transformers alone (trust_remote_code) and matches."""
+def test_export_loads_through_the_auto_classes_in_a_fresh_interpreter(tmp_path):
+    """A fresh interpreter loads the export with transformers' Auto classes once the HAT model classes
+    are registered (``import slimkit_nlp.hat.modeling``: torch and transformers only), without
+    ``trust_remote_code``, and matches the SuperTransformer's slice."""
+    from safetensors.torch import save_file
+
     space = tiny_space("encdec")
     net = SuperTransformer(space).eval()
     sub = space.sample(random.Random(3))
@@ -146,20 +150,21 @@ def test_export_loads_without_slimkit(tmp_path):
     src, mask, tgt = _inputs(space)
     with torch.no_grad():
         ref = _slice_run(net, sub, src, mask, tgt)
-    torch.save({"src": src, "mask": mask, "tgt": tgt, "ref": ref}, tmp_path / "io.pt")
+    save_file({"src": src, "mask": mask, "tgt": tgt, "ref": ref}, str(tmp_path / "io.safetensors"))
     code = (
         "import sys, torch\n"
+        "from safetensors.torch import load_file\n"
         "from transformers import AutoModelForSeq2SeqLM\n"
-        f"d = torch.load({str(tmp_path / 'io.pt')!r})\n"
-        f"m = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True).eval()\n"
-        "assert not any(k.startswith('slimkit') for k in sys.modules), 'slimkit was imported'\n"
+        "import slimkit_nlp.hat.modeling\n"
+        f"d = load_file({str(tmp_path / 'io.safetensors')!r})\n"
+        f"m = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path / 'm')!r}).eval()\n"
         "with torch.no_grad():\n"
         "    out = m(input_ids=d['src'], attention_mask=d['mask'], decoder_input_ids=d['tgt']).logits\n"
         "print(type(m).__module__, float((out - d['ref']).abs().max()))\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     module, diff = res.stdout.split()[-2:]
-    assert module.startswith("transformers_modules") and float(diff) <= 1e-5
+    assert module == "slimkit_nlp.hat.modeling" and float(diff) <= 1e-5
 
 
 def test_arbitrary_encoder_decoder_attention_span():

@@ -7,8 +7,9 @@ in encoder-decoder models each decoder layer attends to the last ``span`` encode
 outputs (each normalised by the encoder's final LayerNorm), concatenated along time.
 Token embeddings are tied to the output projection. Registered with ``AutoConfig``,
 ``AutoModelForCausalLM`` (decoder-only) and ``AutoModelForSeq2SeqLM`` (encoder-decoder).
-This file depends on torch and transformers only: ``save_pretrained`` copies it beside the
-weights (``auto_map``), so ``trust_remote_code=True`` loads an export without slimkit.
+This file depends on torch and transformers only. Load an export with the Auto classes after
+``import slimkit_nlp.hat.modeling``; slimkit never passes ``trust_remote_code`` (``save_pretrained``
+also copies this file beside the weights with an ``auto_map``, for users who choose to trust it).
 
 The functional helpers (``attend``, ``activation``) are shared with the SuperTransformer
 so that a slice and its export compute exactly the same arithmetic.

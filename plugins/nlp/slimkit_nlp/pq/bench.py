@@ -65,7 +65,7 @@ def small_gpt2(ctx) -> tuple[torch.nn.Module, str]:
                                        bos_token_id=10, eos_token_id=10, resid_pdrop=0.0, embd_pdrop=0.0,
                                        attn_pdrop=0.0))
     if path.exists():
-        model.load_state_dict(torch.load(path))
+        model.load_state_dict(torch.load(path, weights_only=True))
     else:
         train_causal_lm(model, load_text("train"), None, block_size=256, batch_size=8, time_budget_s=budget,
                         lr=2e-3, warmup_steps=20, threads=ctx.threads, show_progress=ctx.show_progress)
