@@ -1,9 +1,11 @@
 """SuperTransformer training (accelerate): sampled SubTransformers, checkpoint, resume; CLI chain."""
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
+from slimkit.errors import ConfigError
 from slimkit_nlp.hat.cli import hat
 from slimkit_nlp.hat.supernet import SuperTransformer
 from slimkit_nlp.hat.tasks import LMTask, Seq2SeqTask, evaluate
@@ -25,10 +27,15 @@ def test_train_checkpoint_resume(tmp_path):
     with torch.no_grad():
         assert torch.equal(back(None, x["input_ids"], x["attention_mask"], x["decoder_input_ids"]),
                            net.eval()(None, x["input_ids"], x["attention_mask"], x["decoder_input_ids"]))
-    # resume: continues from step 30 to 35
-    state = train_supernet(SuperTransformer(space), task, steps=35, batch_size=16, output_dir=tmp_path,
-                           progress=False)
-    assert state["step"] == 35
+    # rerunning the same training resumes from its last checkpoint (step 30): nothing left to do
+    again = train_supernet(SuperTransformer(space), task, steps=30, batch_size=16, lr=3e-3, warmup=5,
+                           output_dir=tmp_path, checkpoint_every=10, progress=False)
+    assert again["step"] == 30 and again["resumed_from"].endswith("step-0000030")
+    assert again["val_loss_largest"] == state["val_loss_largest"]
+    # other settings: refused, naming the setting
+    with pytest.raises(ConfigError, match="steps: 30 -> 35"):
+        train_supernet(SuperTransformer(space), task, steps=35, batch_size=16, lr=3e-3, warmup=5,
+                       output_dir=tmp_path, checkpoint_every=10, progress=False)
 
 
 def test_lm_task_from_text_files(tmp_path):

@@ -32,7 +32,7 @@ def test_short_training_lowers_loss_and_writes_checkpoints(shakespeare, tmp_path
     assert m["final_train_loss"] < m["initial_loss"] - 0.5
     assert m["eval_perplexity"] < before["eval_perplexity"] * 0.5
     assert m["eval_tokens"] == 4096
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-0000030", "step-0000040"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["eval_perplexity"] == pytest.approx(m["eval_perplexity"])
     from transformers import AutoModelForCausalLM

@@ -26,10 +26,8 @@ the same for every model.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -145,15 +143,19 @@ def evaluate_perplexity(model, ids: torch.Tensor, block_size: int, batch_size: i
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": int(total[1].item())}
 
 
-def _save(model, accelerator, directory: Path, state: dict) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+def _save_final(model, accelerator, directory: Path, state: dict) -> None:
+    """The final model (``save_pretrained`` folder, or ``model.safetensors``) plus ``trainer_state.json``,
+    written atomically by the main process."""
+    from slimkit.io import atomic_folder, atomic_write_json
+
     inner = accelerator.unwrap_model(model)
-    if hasattr(inner, "save_pretrained"):
-        inner.save_pretrained(str(directory))
-    else:
-        from safetensors.torch import save_model
-        save_model(inner, str(directory / "model.safetensors"))
-    (directory / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+    with atomic_folder(directory) as tmp:
+        if hasattr(inner, "save_pretrained"):
+            inner.save_pretrained(str(tmp))
+        else:
+            from safetensors.torch import save_model
+            save_model(inner, str(tmp / "model.safetensors"))
+        atomic_write_json(tmp / "trainer_state.json", state)
 
 
 # -- training ------------------------------------------------------------------------------
@@ -184,6 +186,8 @@ def train_causal_lm(
     log_every: int = 10,
     callback: Optional[Callable[[dict], None]] = None,
     clock: str = "wall",
+    resume: Optional[bool] = None,
+    callbacks: Sequence[Callable[[int], None]] = (),
 ) -> dict:
     """Train ``model`` as a causal LM on ``train_text``; evaluate perplexity on ``eval_text``.
 
@@ -198,8 +202,9 @@ def train_causal_lm(
         lr, weight_decay, warmup_steps, grad_clip: AdamW settings.
         eval_every: evaluate every N steps (also always at the end when ``eval_text`` is given).
         eval_tokens: evaluate on the first N tokens of ``eval_text`` (None: all of it).
-        output_dir: where ``metrics.json``, checkpoints (``checkpoint-STEP/`` every ``save_every``
-            steps, the newest ``keep_checkpoints`` kept) and the final model (``final/``) go.
+        output_dir: where ``metrics.json``, checkpoints (``checkpoints/step-NNNNNNN/`` every ``save_every``
+            steps and on Ctrl-C / SIGTERM, the newest ``keep_checkpoints`` kept) and the final model
+            (``final/``) go. Every write is atomic.
         threads: torch threads for this run (restored afterwards); None leaves them alone.
         accelerator: an ``accelerate.Accelerator``; None: a default one (GPU when available, otherwise
             CPU; several processes under ``torchrun`` / ``accelerate launch --multi_gpu --num_processes N``).
@@ -207,6 +212,14 @@ def train_causal_lm(
         clock: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.process_time``: CPU seconds of
             this process, fair when other programs share the machine) for ``time_budget_s`` and
             ``train_seconds``.
+        resume: ``None`` continues from the newest checkpoint in ``output_dir`` when it was made with
+            the same settings (and refuses one made with others); ``True`` requires one; ``False`` starts over.
+        callbacks: called with the number of completed steps after every step.
+
+    Each step's batch and dropout are seeded from ``(seed, step, process)`` (``slimkit.training``), so a
+    run stopped by Ctrl-C (a checkpoint is written, then ``TrainingInterrupted`` is raised) or killed,
+    and resumed, ends with the same weights as an uninterrupted run. With ``steps`` the learning rate
+    follows transformers' cosine-with-min-lr schedule; a pure time budget decays over the budget.
 
     Returns:
         dict with ``steps``, ``tokens_seen``, ``train_seconds``, ``initial_loss`` (first logged
@@ -224,15 +237,12 @@ def train_causal_lm(
     now = time.perf_counter if clock == "wall" else time.process_time
     if block_size < 1 or batch_size < 1:
         raise ConfigError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
-    from accelerate import Accelerator
+    from slimkit.training import TrainLoop, describe_model, tensor_digest
 
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        # cpu=True on machines without CUDA so that torchrun / `accelerate launch --multi_gpu` start
-        # a gloo process group (MULTI_CPU); a GPU machine gets its default device
-        acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         train_ids = encode_text(train_text, tokenizer)
         if len(train_ids) < block_size + 2:
             raise SlimkitError(f"training text has {len(train_ids)} tokens, fewer than block_size+2={block_size + 2}; "
@@ -242,84 +252,101 @@ def train_causal_lm(
         if vocab is not None and int(train_ids.max()) >= vocab:
             raise SlimkitError(f"token id {int(train_ids.max())} is outside the model's vocabulary of {vocab}; "
                                "use a tokenizer that matches the model (ByteTokenizer needs vocab_size >= 256)")
-
+        out_dir = Path(output_dir) if output_dir else None
+        loop = TrainLoop(out_dir, save_every=save_every, keep=max(keep_checkpoints, 1), resume=resume, seed=seed,
+                         accelerator=accelerator, callbacks=callbacks, fingerprint={
+                             "trainer": "causal-lm", "model": describe_model(model),
+                             "train_text": tensor_digest(train_ids), "block_size": block_size,
+                             "batch_size": batch_size, "steps": steps, "time_budget_s": time_budget_s,
+                             "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+                             "grad_clip": grad_clip, "seed": seed, "clock": clock})
+        acc = loop.accelerator
         decay, no_decay = [], []
         for n, p in model.named_parameters():
             if p.requires_grad:
                 (no_decay if p.dim() < 2 else decay).append(p)  # biases and norm scales: no decay
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
-        model, opt = acc.prepare(model, opt)
+        model, opt = loop.prepare(model, opt)
+        sched = None
+        if steps is not None and time_budget_s is None:
+            from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+            sched = get_cosine_with_min_lr_schedule_with_warmup(opt, warmup_steps, steps, min_lr_rate=0.1)
+        start, extra = loop.restore(model, opt, sched)
         model.train()
-        gen = torch.Generator().manual_seed(seed * 1000 + acc.process_index)
-        out_dir = Path(output_dir) if output_dir else None
-        history, evals, window = [], [], []
-        initial_loss = None
-        step, tokens, train_s = 0, 0, 0.0
+        history, evals = list(extra.get("history", [])), list(extra.get("evals", []))
+        window: list[float] = []
+        initial_loss = extra.get("initial_loss")
+        step, train_s = start, float(extra.get("train_seconds", 0.0))
+        tokens = step * block_size * batch_size * acc.num_processes
         bar = None
         if show_progress and acc.is_local_main_process:
             from tqdm.auto import tqdm
-            bar = tqdm(total=steps if steps else int(time_budget_s),
+            bar = tqdm(total=steps if steps else int(time_budget_s), initial=step if steps else int(train_s),
                        desc="train", unit="step" if steps else "s", dynamic_ncols=True, leave=False)
         ebs = eval_batch_size or batch_size
 
-        while True:
-            t0 = now()
-            cur_lr = lr_at(step, steps, train_s, time_budget_s, lr, warmup_steps)
-            for g in opt.param_groups:
-                g["lr"] = cur_lr
-            starts = torch.randint(0, len(train_ids) - block_size - 1, (batch_size,), generator=gen)
-            block = torch.stack([train_ids[s: s + block_size + 1] for s in starts.tolist()]).to(acc.device)
-            loss = _lm_loss(model, block)
-            acc.backward(loss)
-            if grad_clip:
-                acc.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            tokens += block_size * batch_size * acc.num_processes
-            train_s += now() - t0
-            window.append(loss.item())
-            if not math.isfinite(window[-1]):
-                raise SlimkitError(f"training loss became {window[-1]} at step {step}; lower lr (now {lr})")
-            if initial_loss is None:
-                initial_loss = window[-1]
-            if bar is not None:
-                if steps:
-                    bar.update(1)
+        def state() -> dict:
+            return {"history": history, "evals": evals, "initial_loss": initial_loss, "train_seconds": train_s}
+
+        done = (steps is not None and step >= steps) or (time_budget_s is not None and train_s >= time_budget_s)
+        with loop.signals():
+            while not done:
+                t0 = now()
+                gen = loop.seed_step(step)
+                if sched is None:
+                    cur_lr = lr_at(step, steps, train_s, time_budget_s, lr, warmup_steps)
+                    for g in opt.param_groups:
+                        g["lr"] = cur_lr
                 else:
-                    bar.n = min(int(train_s), int(time_budget_s))
-                    bar.refresh()
-                bar.set_postfix(loss=f"{window[-1]:.3f}", lr=f"{cur_lr:.2e}")
-            done = (steps is not None and step >= steps) or (time_budget_s is not None and train_s >= time_budget_s)
-            if acc.num_processes > 1 and time_budget_s is not None:  # every process stops at the same step
-                flag = acc.reduce(torch.tensor([float(done)], device=acc.device), reduction="sum")
-                done = bool(flag.item() > 0)
-            if step % log_every == 0 or done:
-                row = {"step": step, "loss": sum(window) / len(window), "lr": cur_lr, "elapsed_s": round(train_s, 3)}
-                history.append(row)
-                window = []
-                if callback:
-                    callback(row)
-            if eval_ids is not None and eval_every and step % eval_every == 0 and not done:
-                ev = evaluate_perplexity(model, eval_ids, block_size, ebs, eval_tokens, acc)
-                evals.append({"step": step, **ev})
-            if out_dir is not None and save_every and step % save_every == 0 and not done:
-                acc.wait_for_everyone()
-                if acc.is_main_process:
-                    _save(model, acc, out_dir / f"checkpoint-{step}", {"step": step, "history": history})
-                    old = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-                    for p in old[:-keep_checkpoints] if keep_checkpoints > 0 else old:
-                        shutil.rmtree(p, ignore_errors=True)
-            if done:
-                break
+                    cur_lr = sched.get_last_lr()[0]
+                starts = torch.randint(0, len(train_ids) - block_size - 1, (batch_size,), generator=gen)
+                block = torch.stack([train_ids[s: s + block_size + 1] for s in starts.tolist()]).to(acc.device)
+                loss = _lm_loss(model, block)
+                acc.backward(loss)
+                if grad_clip:
+                    acc.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                tokens += block_size * batch_size * acc.num_processes
+                train_s += now() - t0
+                window.append(loss.item())
+                if not math.isfinite(window[-1]):
+                    raise SlimkitError(f"training loss became {window[-1]} at step {step}; lower lr (now {lr})")
+                if initial_loss is None:
+                    initial_loss = window[-1]
+                if bar is not None:
+                    if steps:
+                        bar.update(1)
+                    else:
+                        bar.n = min(int(train_s), int(time_budget_s))
+                        bar.refresh()
+                    bar.set_postfix(loss=f"{window[-1]:.3f}", lr=f"{cur_lr:.2e}")
+                done = (steps is not None and step >= steps) or (time_budget_s is not None and train_s >= time_budget_s)
+                if acc.num_processes > 1 and time_budget_s is not None:  # every process stops at the same step
+                    flag = acc.reduce(torch.tensor([float(done)], device=acc.device), reduction="sum")
+                    done = bool(flag.item() > 0)
+                if step % log_every == 0 or done:
+                    row = {"step": step, "loss": sum(window) / len(window), "lr": cur_lr, "elapsed_s": round(train_s, 3)}
+                    history.append(row)
+                    window = []
+                    if callback:
+                        callback(row)
+                if eval_ids is not None and eval_every and step % eval_every == 0 and not done:
+                    ev = evaluate_perplexity(model, eval_ids, block_size, ebs, eval_tokens, acc)
+                    evals.append({"step": step, **ev})
+                loop.end_step(step, model, opt, sched, state, final=done)
         if bar is not None:
             bar.close()
-
         metrics = {"steps": step, "tokens_seen": tokens, "train_seconds": round(train_s, 3),
                    "initial_loss": initial_loss, "final_train_loss": history[-1]["loss"] if history else None,
                    "block_size": block_size, "batch_size": batch_size, "lr": lr,
-                   "num_processes": acc.num_processes, "clock": clock}
+                   "num_processes": acc.num_processes, "clock": clock,
+                   "resumed_from": str(loop.resumed_from) if loop.resumed_from else None}
         if eval_ids is not None:
             ev = evaluate_perplexity(model, eval_ids, block_size, ebs, eval_tokens, acc)
             evals.append({"step": step, **ev})
@@ -328,10 +355,13 @@ def train_causal_lm(
         metrics["evals"] = evals
         metrics["output_dir"] = str(out_dir) if out_dir else None
         if out_dir is not None:
+            from slimkit.io import atomic_write_json
+
             acc.wait_for_everyone()
             if acc.is_main_process:
-                _save(model, acc, out_dir / "final", {"step": step, "history": history})
-                (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+                _save_final(model, acc, out_dir / "final", {"step": step, "history": history})
+                atomic_write_json(out_dir / "metrics.json", metrics)
+            acc.wait_for_everyone()
         return metrics
     finally:
         if threads:
@@ -384,7 +414,11 @@ def _train_command():
     @click.option("--lr", default=1e-3, show_default=True)
     @click.option("--eval-every", type=int, default=None)
     @click.option("--eval-tokens", type=int, default=65536, show_default=True)
-    @click.option("--save-every", type=int, default=None)
+    @click.option("--save-every", type=int, default=100, show_default=True,
+                  help="Checkpoint every N steps (0: only on Ctrl-C / SIGTERM).")
+    @click.option("--resume/--no-resume", default=None,
+                  help="Default: continue from the output folder's newest checkpoint when its settings match. "
+                       "--resume requires one; --no-resume deletes the folder's checkpoints and starts over.")
     @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
                   help="Checkpoints, final model and metrics.json go here.")
     @click.option("--threads", type=int, default=None)
@@ -392,7 +426,7 @@ def _train_command():
     @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
                   help="What --time-budget counts: wall-clock or CPU seconds of this process.")
     def train(model_kind, train_file, eval_file, n_layer, d_model, n_head, block_size, batch_size, steps,
-              time_budget, lr, eval_every, eval_tokens, save_every, output_dir, threads, seed, clock):
+              time_budget, lr, eval_every, eval_tokens, save_every, resume, output_dir, threads, seed, clock):
         """Train a causal language model on plain text (accelerate; also under `accelerate launch`)."""
         torch.manual_seed(seed)
         if steps is None and time_budget is None:
@@ -413,10 +447,15 @@ def _train_command():
                                 max_positions=max(block_size, 128))
         n_params = sum(p.numel() for p in model.parameters())
         click.echo(f"model {model_kind}: {n_params / 1e6:.2f}M parameters")
-        m = train_causal_lm(model, train_text, eval_text, block_size=block_size, batch_size=batch_size,
-                            steps=steps, time_budget_s=time_budget, lr=lr, eval_every=eval_every,
-                            eval_tokens=eval_tokens, output_dir=output_dir, save_every=save_every,
-                            threads=threads, seed=seed, clock=clock)
+        from slimkit.training import TrainingInterrupted, interrupted_exit
+
+        try:
+            m = train_causal_lm(model, train_text, eval_text, block_size=block_size, batch_size=batch_size,
+                                steps=steps, time_budget_s=time_budget, lr=lr, eval_every=eval_every,
+                                eval_tokens=eval_tokens, output_dir=output_dir, save_every=save_every,
+                                threads=threads, seed=seed, clock=clock, resume=resume)
+        except TrainingInterrupted as e:
+            interrupted_exit(e, click.echo)
         line = f"steps {m['steps']}  train loss {m['final_train_loss']:.4f}  ({m['train_seconds']:.1f} s)"
         if "eval_perplexity" in m:
             line += f"  eval loss {m['eval_loss']:.4f}  perplexity {m['eval_perplexity']:.3f}"

@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,16 +70,9 @@ def _logits(out: Any) -> torch.Tensor:
 
 
 def _make_accelerator(cpu: Optional[bool], mixed_precision: Optional[str]):
-    from accelerate import Accelerator
+    from slimkit.training import make_accelerator
 
-    kwargs = {}
-    if cpu is None and not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        cpu = True  # several processes and no GPU: accelerate only uses gloo on CPU when asked
-    if cpu:
-        kwargs["cpu"] = True
-    if mixed_precision and mixed_precision != "no":
-        kwargs["mixed_precision"] = mixed_precision
-    return Accelerator(**kwargs)
+    return make_accelerator(cpu, mixed_precision)
 
 
 def evaluate(model: nn.Module, loader, accelerator=None, progress: bool = False) -> float:
@@ -90,8 +82,10 @@ def evaluate(model: nn.Module, loader, accelerator=None, progress: bool = False)
     model.eval()
     correct = total = 0
     main = accelerator is None or accelerator.is_local_main_process
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
     with torch.no_grad():
         for clips, labels in tqdm(loader, desc="eval", disable=not (progress and main), leave=False):
+            clips, labels = clips.to(device), labels.to(device)
             pred = _logits(model(clips)).argmax(-1)
             if accelerator is not None:
                 pred, labels = accelerator.gather_for_metrics((pred, labels))
@@ -100,29 +94,99 @@ def evaluate(model: nn.Module, loader, accelerator=None, progress: bool = False)
     return correct / max(total, 1)
 
 
+class EpochBatches:
+    """The training batches of a run as a pure function of ``(seed, epoch, process)``.
+
+    Epoch ``e`` visits ``torch.randperm(len(dataset))`` drawn from ``derive_seed(seed, e, -1)`` (the same on
+    every process); process ``r`` of ``w`` takes every ``w``-th index from ``r``, in batches of ``batch_size``
+    (the last partial batch dropped when a full one exists). Global step ``s`` is batch ``s % per_epoch`` of
+    epoch ``s // per_epoch``, so the data position of a resumed run is its step.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, process: int, processes: int):
+        if n < processes:
+            raise ConfigError(f"the training data has {n} clips, fewer than the {processes} processes; "
+                              f"use more data or fewer processes")
+        self.n, self.batch_size, self.seed, self.process, self.processes = n, batch_size, seed, process, processes
+        mine = n // processes
+        self.per_epoch = max(mine // batch_size, 1)
+        self._cache: tuple[int, list[int]] | None = None
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._cache is None or self._cache[0] != epoch:
+            from slimkit.training import derive_seed
+
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, -1))
+            perm = torch.randperm(self.n, generator=g)[: (self.n // self.processes) * self.processes]
+            self._cache = (epoch, perm[self.process::self.processes].tolist())
+        return self._cache[1]
+
+    def indices(self, step: int) -> list[int]:
+        """Dataset indices of this process's batch at global ``step``."""
+        epoch, i = divmod(step, self.per_epoch)
+        return self._order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+def _reseed_dataset(dataset, generator: torch.Generator) -> None:
+    """Datasets that keep their own ``random.Random`` in ``.rng`` (``VideoDataset``'s frame offsets) are
+    reseeded from the step's generator, so their augmentation is a function of the step too."""
+    import random
+
+    rng = getattr(dataset, "rng", None)
+    if isinstance(rng, random.Random):
+        rng.seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+
+def _fetch(dataset, indices: list[int], collate, device):
+    clips, labels = collate([dataset[i] for i in indices])
+    return clips.to(device), labels.to(device)
+
+
+def _unpack_data(data, batch_size: int):
+    """``(dataset, batch_size, collate_fn)`` from a dataset or a ``DataLoader``."""
+    from torch.utils.data import DataLoader, default_collate
+
+    if isinstance(data, DataLoader):
+        return data.dataset, data.batch_size or batch_size, data.collate_fn or default_collate
+    return data, batch_size, default_collate
+
+
 def train(model: nn.Module, train_data, eval_data=None, *, epochs: int = 1, max_steps: Optional[int] = None,
           batch_size: int = 8, eval_batch_size: Optional[int] = None, lr: float = 1e-3,
           optimizer: str = "adamw", weight_decay: float = 1e-4, momentum: float = 0.9,
           schedule: str = "cosine", warmup_steps: int = 0, grad_clip: Optional[float] = 20.0,
           num_workers: int = 0, seed: int = 0, output_dir: Optional[str] = None,
           metadata: Optional[dict] = None, progress: bool = True, cpu: Optional[bool] = None,
-          mixed_precision: Optional[str] = None, accelerator=None) -> TrainResult:
+          mixed_precision: Optional[str] = None, accelerator=None, save_every: Optional[int] = 100,
+          keep_checkpoints: int = 2, resume: Optional[bool] = None,
+          callbacks: Sequence[Callable[[int], None]] = ()) -> TrainResult:
     """Train ``model`` on ``train_data`` with cross-entropy; evaluate after each epoch; save a checkpoint.
 
     Args:
         model: ``(N, T, C, H, W)`` clips -> ``(N, K)`` logits (e.g. a ``VideoClassifier``), trained in place.
-        train_data, eval_data: datasets of ``(clip, label)`` (or ready ``DataLoader``s).
+        train_data, eval_data: datasets of ``(clip, label)`` (or ``DataLoader``s: their dataset, batch size
+            and collate function are used; the batch order is the trainer's, see ``EpochBatches``).
         epochs, max_steps: stop after ``epochs`` passes or ``max_steps`` optimizer steps, first reached.
         batch_size: clips per process per step (the global batch is ``batch_size * processes``).
         lr, optimizer (``"adamw"``/``"sgd"``), weight_decay, momentum, schedule (``"cosine"``/
-            ``"constant"``), warmup_steps, grad_clip (max grad norm; ``None`` disables).
-        output_dir: where to write the checkpoint (main process) - see ``save_checkpoint``.
+            ``"constant"``: transformers' schedule helpers with ``warmup_steps``), grad_clip (max grad
+            norm; ``None`` disables).
+        output_dir: where the final checkpoint goes (main process; see ``save_checkpoint``), with
+            ``checkpoints/step-NNNNNNN/`` every ``save_every`` steps and on Ctrl-C / SIGTERM.
+        resume: ``None`` continues from a compatible checkpoint in ``output_dir`` (refusing an
+            incompatible one); ``True`` requires one; ``False`` starts over.
         metadata: extra JSON written into the checkpoint's ``video_classifier.json`` (e.g. class names).
         cpu, mixed_precision: passed to ``accelerate.Accelerator`` (or give ``accelerator``).
+        callbacks: called with the number of completed steps after every step.
+
+    Every step's batch, augmentation and dropout are seeded from ``(seed, step, process)``, so a run
+    interrupted (Ctrl-C saves a checkpoint and raises ``slimkit.training.TrainingInterrupted``) or
+    killed, then resumed, ends with the weights of an uninterrupted run (with ``num_workers=0``).
     """
-    from accelerate.utils import set_seed
+    from slimkit.training import TrainLoop, describe_model
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     if optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
@@ -130,50 +194,54 @@ def train(model: nn.Module, train_data, eval_data=None, *, epochs: int = 1, max_
         raise ConfigError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     if epochs < 1 and not max_steps:
         raise ConfigError("give epochs >= 1 or max_steps >= 1")
-    accelerator = accelerator or _make_accelerator(cpu, mixed_precision)
-    set_seed(seed)
+    dataset, batch_size, collate = _unpack_data(train_data, batch_size)
+    if len(dataset) == 0:
+        raise ConfigError("the training data is empty; pass a dataset with at least one clip")
     t0 = time.perf_counter()
-
-    def loader(data, shuffle, bs):
-        if data is None or isinstance(data, DataLoader):
-            return data
-        return DataLoader(data, batch_size=bs, shuffle=shuffle, num_workers=num_workers,
-                          drop_last=shuffle and len(data) >= bs)
-
-    train_loader = loader(train_data, True, batch_size)
-    eval_loader = loader(eval_data, False, eval_batch_size or batch_size)
+    loop = TrainLoop(output_dir, save_every=save_every, keep=keep_checkpoints, resume=resume, seed=seed,
+                     accelerator=accelerator or _make_accelerator(cpu, mixed_precision), callbacks=callbacks,
+                     fingerprint={"trainer": "video", "model": describe_model(model), "data_size": len(dataset),
+                                  "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "lr": lr,
+                                  "optimizer": optimizer, "weight_decay": weight_decay, "momentum": momentum,
+                                  "schedule": schedule, "warmup_steps": warmup_steps, "grad_clip": grad_clip,
+                                  "seed": seed})
+    accelerator = loop.accelerator
+    batches = EpochBatches(len(dataset), batch_size, seed, accelerator.process_index, accelerator.num_processes)
+    eval_loader = eval_data
+    if eval_data is not None and not isinstance(eval_data, DataLoader):
+        eval_loader = DataLoader(eval_data, batch_size=eval_batch_size or batch_size, shuffle=False,
+                                 num_workers=num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
     if eval_loader is not None:
-        model, opt, train_loader, eval_loader = accelerator.prepare(model, opt, train_loader, eval_loader)
+        model, opt, eval_loader = loop.prepare(model, opt, eval_loader)
     else:
-        model, opt, train_loader = accelerator.prepare(model, opt, train_loader)
-    steps_per_epoch = max(len(train_loader), 1)
-    total = min(max_steps or math.inf, epochs * steps_per_epoch) if epochs >= 1 else max_steps
-    total = int(total)
-    epochs_needed = math.ceil(total / steps_per_epoch)
+        model, opt = loop.prepare(model, opt)
+    total = int(min(max_steps or math.inf, epochs * batches.per_epoch) if epochs >= 1 else max_steps)
+    if schedule == "cosine":
+        sched = get_cosine_schedule_with_warmup(opt, warmup_steps, total)
+    else:
+        sched = get_constant_schedule_with_warmup(opt, warmup_steps)
+    start, extra = loop.restore(model, opt, sched)
+    result = TrainResult(num_processes=accelerator.num_processes,
+                         **{k: extra[k] for k in ("losses", "epoch_losses", "eval_accuracy") if k in extra})
+    epoch_sum, epoch_n = float(extra.get("epoch_sum", 0.0)), int(extra.get("epoch_n", 0))
+    bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True,
+               disable=not (progress and accelerator.is_local_main_process))
 
-    def lr_factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        prog = (step - warmup_steps) / max(total - warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
+    def state() -> dict:
+        return {"losses": result.losses, "epoch_losses": result.epoch_losses,
+                "eval_accuracy": result.eval_accuracy, "epoch_sum": epoch_sum, "epoch_n": epoch_n}
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    result = TrainResult(num_processes=accelerator.num_processes)
-    step = 0
-    bar = tqdm(total=total, desc="train", disable=not (progress and accelerator.is_local_main_process),
-               dynamic_ncols=True)
-    for epoch in range(epochs_needed):
-        model.train()
-        epoch_sum = epoch_n = 0.0
-        for clips, labels in train_loader:
+    model.train()
+    with loop.signals():
+        for step in range(start, total):
+            gen = loop.seed_step(step)
+            _reseed_dataset(dataset, gen)
+            clips, labels = _fetch(dataset, batches.indices(step), collate, accelerator.device)
             loss = F.cross_entropy(_logits(model(clips)), labels)
             accelerator.backward(loss)
             if grad_clip:
@@ -185,21 +253,21 @@ def train(model: nn.Module, train_data, eval_data=None, *, epochs: int = 1, max_
             result.losses.append(mean_loss)
             epoch_sum += mean_loss
             epoch_n += 1
-            step += 1
             bar.update(1)
+            epoch = step // batches.per_epoch
             bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4f}")
-            if step >= total:
-                break
-        result.epoch_losses.append(epoch_sum / max(epoch_n, 1))
-        if eval_loader is not None:
-            acc = evaluate(model, eval_loader, accelerator, progress)
-            result.eval_accuracy.append(acc)
-            if accelerator.is_local_main_process and progress:
-                bar.write(f"epoch {epoch + 1}: loss {result.epoch_losses[-1]:.4f}, eval accuracy {acc:.3f}")
-        if step >= total:
-            break
+            if (step + 1) % batches.per_epoch == 0 or step + 1 == total:
+                result.epoch_losses.append(epoch_sum / max(epoch_n, 1))
+                epoch_sum, epoch_n = 0.0, 0
+                if eval_loader is not None:
+                    acc = evaluate(model, eval_loader, accelerator, progress)
+                    model.train()
+                    result.eval_accuracy.append(acc)
+                    if accelerator.is_local_main_process and progress:
+                        bar.write(f"epoch {epoch + 1}: loss {result.epoch_losses[-1]:.4f}, eval accuracy {acc:.3f}")
+            loop.end_step(step + 1, model, opt, sched, state, final=step + 1 == total)
     bar.close()
-    result.steps = step
+    result.steps = total
     result.accuracy = result.eval_accuracy[-1] if result.eval_accuracy else None
     accelerator.wait_for_everyone()
     if output_dir is not None:
@@ -215,16 +283,18 @@ def train(model: nn.Module, train_data, eval_data=None, *, epochs: int = 1, max_
 
 # -- checkpoints ---------------------------------------------------------------------------
 def save_checkpoint(model: nn.Module, directory, metadata: Optional[dict] = None) -> Path:
-    """``slimkit.save_pretrained(model, directory)`` plus ``video_classifier.json``.
+    """``slimkit.save_pretrained(model, directory)`` plus ``video_classifier.json``, written atomically
+    (a ``checkpoints/`` sub-folder of training checkpoints already there is kept).
 
     For a ``VideoClassifier`` whose backbone is a Hugging Face model, the JSON holds the backbone's
     class and config, so ``load_checkpoint(directory)`` rebuilds everything without other files.
     """
-    import slimkit
+    from slimkit.api import SAVE_FILES, _refuse_foreign_folder, write_pretrained
+    from slimkit.io import atomic_folder, atomic_write_json
+    from slimkit.training import CHECKPOINTS
 
     from .classifier import VideoClassifier
 
-    d = slimkit.save_pretrained(model, directory)
     info: dict = {"metadata": metadata or {}}
     if isinstance(model, VideoClassifier):
         head = model.head if isinstance(model.head, nn.Linear) else None
@@ -236,8 +306,12 @@ def save_checkpoint(model: nn.Module, directory, metadata: Optional[dict] = None
         if cfg is not None and hasattr(cfg, "to_dict"):
             info["backbone_class"] = type(model.backbone).__name__
             info["backbone_config"] = cfg.to_dict()
-    (Path(d) / CLASSIFIER_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    return Path(d)
+    d = Path(directory)
+    _refuse_foreign_folder(d, SAVE_FILES | {CLASSIFIER_FILE, CHECKPOINTS})
+    with atomic_folder(d, keep=(CHECKPOINTS,)) as tmp:
+        write_pretrained(model, tmp)
+        atomic_write_json(tmp / CLASSIFIER_FILE, json.loads(json.dumps(info, default=str)))
+    return d
 
 
 def load_checkpoint(directory, backbone: Optional[nn.Module] = None) -> nn.Module:
@@ -250,10 +324,7 @@ def load_checkpoint(directory, backbone: Optional[nn.Module] = None) -> nn.Modul
     from .classifier import VideoClassifier
 
     d = Path(directory)
-    path = d / CLASSIFIER_FILE
-    if not path.exists():
-        raise ConfigError(f"{str(d)!r} holds no {CLASSIFIER_FILE}; it was not written by slimkit_video.train")
-    info = json.loads(path.read_text())
+    info = checkpoint_info(d)
     if backbone is None:
         if "backbone_config" not in info:
             raise ConfigError(f"the checkpoint in {str(d)!r} does not describe its backbone; "
@@ -274,7 +345,17 @@ def load_checkpoint(directory, backbone: Optional[nn.Module] = None) -> nn.Modul
 
 def checkpoint_info(directory) -> dict:
     """The ``video_classifier.json`` of a checkpoint (classifier settings and metadata)."""
-    return json.loads((Path(directory) / CLASSIFIER_FILE).read_text())
+    from slimkit.io import read_json, recover_folder
+
+    d = recover_folder(directory)
+    path = d / CLASSIFIER_FILE
+    if not path.exists():
+        raise ConfigError(f"{str(d)!r} holds no {CLASSIFIER_FILE}; it was not written by slimkit_video.train "
+                          f"(train one with `slimkit video train --output DIR`)")
+    info = read_json(path, what="video checkpoint description", fix="train or save the checkpoint again")
+    if not isinstance(info, dict):
+        raise ConfigError(f"{str(path)!r} does not describe a video classifier; train or save the checkpoint again")
+    return info
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -344,6 +425,11 @@ def register_cli() -> None:
     @click.option("--label-column", default="label", show_default=True)
     @click.option("--skip-corrupt", is_flag=True, help="Skip unreadable videos with a warning.")
     @click.option("--output", default="runs/video", show_default=True, help="Checkpoint folder.")
+    @click.option("--save-every", default=100, show_default=True,
+                  help="Training checkpoint every N steps (0: only on Ctrl-C / SIGTERM).")
+    @click.option("--resume/--no-resume", default=None,
+                  help="Default: continue from the output folder's newest checkpoint when its settings match. "
+                       "--resume requires one; --no-resume deletes the folder's checkpoints and starts over.")
     @click.option("--no-progress", is_flag=True)
     def train_command(**args):
         """Train a TSM (or TSN) video classifier; runs as is or under `accelerate launch`."""
@@ -368,12 +454,18 @@ def register_cli() -> None:
             clf = slimkit.apply(clf, "tsm", n_segment=args["n_segment"], shift_div=args["shift_div"],
                                 direction=args["direction"], place=args["place"],
                                 temporal_pool=args["temporal_pool"])
-        result = train(clf, train_ds, val_ds, epochs=args["epochs"], max_steps=args["max_steps"],
-                       batch_size=args["batch_size"], lr=args["lr"], optimizer=args["optimizer"],
-                       num_workers=args["workers"], seed=args["seed"], output_dir=args["output"],
-                       metadata={"classes": classes, "size": args["size"], "mean": list(args["mean"]),
-                                 "std": list(args["std"]), "data": args["data"]},
-                       progress=not args["no_progress"])
+        from slimkit.training import TrainingInterrupted, interrupted_exit
+
+        try:
+            result = train(clf, train_ds, val_ds, epochs=args["epochs"], max_steps=args["max_steps"],
+                           batch_size=args["batch_size"], lr=args["lr"], optimizer=args["optimizer"],
+                           num_workers=args["workers"], seed=args["seed"], output_dir=args["output"],
+                           metadata={"classes": classes, "size": args["size"], "mean": list(args["mean"]),
+                                     "std": list(args["std"]), "data": args["data"]},
+                           progress=not args["no_progress"], save_every=args["save_every"],
+                           resume=args["resume"])
+        except TrainingInterrupted as e:
+            interrupted_exit(e, click.echo)
         from accelerate import PartialState
 
         if PartialState().is_main_process:

@@ -205,8 +205,10 @@ def evaluate(net, sub, task, batches: list[dict]) -> float:
     """Mean token cross-entropy (nats) of ``sub`` over ``batches`` (inherited weights, eval mode)."""
     was = net.training
     net.eval()
+    device = next(net.parameters()).device
     total, n = 0.0, 0
     for b in batches:
+        b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
         total += float(task.loss(net, sub, b, reduction="sum"))
         n += count_targets(task, b)
     net.train(was)

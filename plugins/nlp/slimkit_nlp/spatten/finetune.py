@@ -44,9 +44,24 @@ def _layer_linears(model) -> dict[str, nn.Linear]:
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and id(mod) in inside}
 
 
+class _Student(nn.Module):
+    """The spatten backbone as one module, so accelerate/DDP sees every forward (gradient sync)."""
+
+    def __init__(self, model, backbone):
+        super().__init__()
+        self.model = model
+        self._backbone = [backbone]  # not a submodule: its parameters are already under ``model``
+
+    def forward(self, input_ids, attention_mask):
+        out = self._backbone[0](input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state, out.kept_token_weights, out.token_owner
+
+
 def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, steps: int = 200,
             lr: float | None = None, batch_size: int = 4, rank: int | None = None, token_loss: float = 0.0,
-            teacher=None, seed: int = 0, bf16: bool = False, show_progress: bool = True) -> dict:
+            teacher=None, seed: int = 0, bf16: bool = False, show_progress: bool = True,
+            output_dir: str | Path | None = None, save_every: int | None = None, resume: bool | None = None,
+            callbacks=(), accelerator=None) -> dict:
     """Fine-tune the spatten encoder ``model`` in place toward its unpruned self.
 
     ``input_ids (N, L)`` (and ``attention_mask (N, L)``): unlabeled training passages, sampled
@@ -59,6 +74,10 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     CPUs with bf16 matmul; weights, deltas and optimizer state stay float32).
     Returns ``{"steps", "seconds", "loss_first", "loss_last", "history", "deltas"}`` (loss history:
     mean of each 10 steps). Dropout stays off (eval mode) while training.
+
+    Runs on the shared trainer (``slimkit.training``): under ``torchrun``/``accelerate launch`` each
+    process draws its own passages and gradients are averaged; with ``output_dir`` it checkpoints
+    every ``save_every`` steps and on Ctrl-C (then raises ``TrainingInterrupted``) and resumes by default.
     """
     from slimkit_nlp.families import resolve_family
 
@@ -118,29 +137,44 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
             deltas[name] = d
         params = [p for d in deltas.values() for p in d.parameters()]
         lr = 1e-3 if lr is None else lr
+    from transformers import get_linear_schedule_with_warmup
+
+    from slimkit.training import TrainLoop, describe_model, tensor_digest
+
+    loop = TrainLoop(output_dir, save_every=save_every, resume=resume, seed=seed, accelerator=accelerator,
+                     callbacks=callbacks, fingerprint={
+                         "trainer": "spatten-distill", "model": describe_model(model), "data": tensor_digest(input_ids),
+                         "steps": steps, "lr": lr, "batch_size": batch_size, "rank": rank, "token_loss": token_loss,
+                         "seed": seed, "bf16": bf16})
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
+    student, opt = loop.prepare(_Student(model, backbone), opt)
+    sched = get_linear_schedule_with_warmup(opt, min(20, steps), steps)
+    device = loop.device
+    input_ids, attention_mask, targets = input_ids.to(device), attention_mask.to(device), targets.to(device)
+    token_targets = token_targets.to(device) if token_targets is not None else None
     history, window = [], []
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="spatten distill", disable=not show_progress, leave=False)
     try:
-        with torch.enable_grad():
+        start, extra = loop.restore(student, opt, sched)
+        history, window = list(extra.get("history", [])), list(extra.get("window", []))
+        bar = tqdm(range(start, steps), initial=start, total=steps, desc="spatten distill",
+                   disable=not (show_progress and loop.accelerator.is_local_main_process), leave=False)
+        with torch.enable_grad(), loop.signals():
             for step in bar:
-                idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=gen)
-                with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = backbone(input_ids=input_ids[idx], attention_mask=attention_mask[idx])
-                emb = mean_pool(out.last_hidden_state.float(), out.kept_token_weights.float())
+                gen = loop.seed_step(step)
+                idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=gen).to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    hidden, kept, owner = student(input_ids[idx], attention_mask[idx])
+                emb = mean_pool(hidden.float(), kept.float())
                 loss = (1 - torch.cosine_similarity(emb, targets[idx], dim=-1)).mean()
                 if token_loss > 0:
-                    own = out.token_owner
-                    rec = out.last_hidden_state.float().gather(1, own.clamp(min=0)[..., None].expand(
-                        -1, -1, out.last_hidden_state.shape[-1]))
-                    ok = (own >= 0).to(rec.dtype)
+                    rec = hidden.float().gather(1, owner.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+                    ok = (owner >= 0).to(rec.dtype)
                     tok = (1 - torch.cosine_similarity(rec, token_targets[idx], dim=-1)) * ok
                     loss = loss + token_loss * tok.sum() / ok.sum().clamp(min=1.0)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                loop.accelerator.backward(loss)
+                loop.accelerator.clip_grad_norm_(params, 1.0)
                 opt.step()
                 sched.step()
                 window.append(loss.detach().item())
@@ -148,6 +182,7 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
                     history.append(sum(window) / len(window))
                     window = []
                     bar.set_postfix(loss=f"{history[-1]:.4f}")
+                loop.end_step(step + 1, student, opt, sched, lambda: {"history": history, "window": window}, final=step + 1 == steps)
     finally:
         if deltas:
             import torch.nn.utils.parametrize as parametrize
