@@ -228,6 +228,50 @@ def prompt_count(ctx, default: int = 40, quick: int = 4) -> int:
     return quick if ctx.quick else default
 
 
+BUDGETS_ENV = "SLIMKIT_BENCH_BUDGETS"
+PRESSES_ENV = "SLIMKIT_BENCH_PRESSES"
+
+
+def chosen_budgets(default: tuple[float, ...]) -> tuple[float, ...]:
+    """KV budgets to measure: ``$SLIMKIT_BENCH_BUDGETS`` (comma-separated shares in (0, 1]), else ``default``."""
+    import os
+
+    from slimkit.errors import SlimkitError
+
+    raw = os.environ.get(BUDGETS_ENV)
+    if not raw:
+        return tuple(default)
+    try:
+        budgets = tuple(float(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        budgets = ()
+    if not budgets or any(not 0.0 < b <= 1.0 for b in budgets):
+        raise SlimkitError(f"{BUDGETS_ENV} must be comma-separated KV shares in (0, 1], got {raw!r}; "
+                           f"e.g. {BUDGETS_ENV}=0.5,0.25")
+    return budgets
+
+
+def chosen_presses(default: tuple[str, ...]) -> tuple[str, ...]:
+    """kvpress presses to run: ``$SLIMKIT_BENCH_PRESSES`` (comma-separated, ``SnapKV`` or ``SnapKVPress``),
+    else ``default``; a name that is not among ``default`` is refused with the list."""
+    import os
+
+    from slimkit.errors import SlimkitError
+
+    raw = os.environ.get(PRESSES_ENV)
+    if not raw:
+        return tuple(default)
+    chosen = []
+    for name in (x.strip() for x in raw.split(",") if x.strip()):
+        full = name if name.endswith("Press") else name + "Press"
+        if full not in default:
+            raise SlimkitError(f"{PRESSES_ENV}: unknown press {name!r}; choose from {', '.join(default)}")
+        chosen.append(full)
+    if not chosen:
+        raise SlimkitError(f"{PRESSES_ENV} names no press; e.g. {PRESSES_ENV}=SnapKV,ObservedAttention")
+    return tuple(chosen)
+
+
 def rerun_benchmark_in_peer_env(name: str, ctx, n_prompts: int) -> dict:
     """Run ``slimkit bench NAME`` in the LLM peer virtualenv (same threads, seed, quick and prompt count)
     and return its result, with ``ran_in`` saying where and why; ``SlimkitError`` if it fails."""

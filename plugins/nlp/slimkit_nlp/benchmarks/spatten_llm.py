@@ -108,6 +108,7 @@ def run(ctx) -> dict:
     from slimkit_nlp.models import load_smollm2
 
     from .llm_eval import fix_threads
+    from .peers import chosen_budgets, chosen_presses
 
     fix_threads(ctx.threads)
     n_prompts = prompt_count(ctx)
@@ -115,7 +116,8 @@ def run(ctx) -> dict:
     prompts = load_prompts(tok, n=n_prompts, prompt_tokens=PROMPT_TOKENS, continuation_tokens=CONTINUATION_TOKENS,
                            seed=ctx.seed)
     rprompts = retrieval_prompts(tok, n=max(2, n_prompts // 2), seed=ctx.seed)
-    methods = build_methods(model)
+    budgets, presses = chosen_budgets(BUDGETS), chosen_presses(PRESSES)
+    methods = build_methods(model, budgets=budgets, presses=presses)
     t0 = time.perf_counter()
 
     per = {m.name: [] for m in methods}
@@ -154,7 +156,7 @@ def run(ctx) -> dict:
         r["prefill_vs_dense"] = r["prefill_s"] / dense["prefill_s"]
         r["decode_vs_dense"] = r["decode_tok_s"] / dense["decode_tok_s"]
     goals = []
-    for b in BUDGETS:
+    for b in budgets:
         presses = [r for r in rows if r["kind"] == "kvpress" and r["budget"] == b]
         best_top1 = max(presses, key=lambda r: r["top1"])
         best_retr = max(presses, key=lambda r: r["retrieval"])
@@ -176,7 +178,7 @@ def run(ctx) -> dict:
         "kvpress_version": _version("kvpress"),
         "prompts": n_prompts, "retrieval_prompts": len(rprompts), "prompt_tokens": PROMPT_TOKENS,
         "continuation_tokens": CONTINUATION_TOKENS, "step_tokens": STEP_TOKENS, "decode_tokens": DECODE_TOKENS,
-        "threads": ctx.threads, "budgets": list(BUDGETS),
+        "threads": ctx.threads, "budgets": list(budgets), "presses": list(chosen_presses(PRESSES)),
         "timing": f"prompt 0, {repeats} interleaved rounds after one warm-up round, medians",
         "default_setting": SPATTEN_SETTINGS[0][0], "goals_judge": "the default setting",
         "rows": rows, "goals": goals, "measure_seconds": time.perf_counter() - t0,
