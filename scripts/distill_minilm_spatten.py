@@ -14,12 +14,13 @@ validation cosine before and after on passages of the validation plays).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
 
 import torch
+
+from slimkit.io import atomic_write_json
 
 OUT = Path(__file__).resolve().parents[1] / "plugins/nlp/slimkit_nlp/assets/minilm-spatten"
 
@@ -78,7 +79,7 @@ def main() -> None:
             "validation_cosine_before": before, "validation_cosine_after": after,
             "seconds": info["seconds"], "loss_history": info["history"],
             "threads": args.threads, "torch": torch.__version__}
-    (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(args.out / "training.json", meta)
     print(f"wrote {args.out}")
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from slimkit.io import atomic_write_json
+
 OUT = Path(__file__).resolve().parents[1] / "plugins/nlp/slimkit_nlp/assets/gpt2-shakespeare"
 
 
@@ -105,7 +107,7 @@ def main() -> None:
     info = {"previous_runs": earlier,
             "train_seconds": round(time.time() - t0, 1), "params": sum(p.numel() for p in model.parameters()),
             **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
-    (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_json(args.out / "training.json", info)
     print(json.dumps(info, indent=2))
 
 

@@ -137,9 +137,13 @@ def run_benchmark(bench: Benchmark, json_path: str | os.PathLike | None = None, 
         "seconds": round(time.perf_counter() - t0, 2),
         **data,
     }
-    json_path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    from .io import atomic_write_text
+
+    atomic_write_text(json_path, json.dumps(result, indent=2, default=_json_default) + "\n")
     png = json_path.with_suffix(".png")
-    (bench.plot or default_plot)(result, png)
+    partial = png.with_name(f".{png.stem}.partial.png")       # the plot is drawn aside, then renamed
+    (bench.plot or default_plot)(result, partial)
+    os.replace(partial, png)
     result["plot"] = str(png)
     return result
 

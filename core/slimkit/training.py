@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .errors import ConfigError, SlimkitError
+from .errors import ConfigError
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from slimkit.errors import SlimkitError
+from slimkit.io import atomic_write_text
 
 TORCH = "torch==2.13.0"
 PEER_REQUIREMENTS = (
@@ -139,7 +140,7 @@ def ensure_peer_env(progress: Callable[[str], None] = print, force: bool = False
             _run([py, "-m", "pip", "install", "-q", *PEER_REQUIREMENTS, "-e", f"{root}[nlp]"],
                  f"pip install -e {root}[nlp] (pyproject.toml changed)", progress)
             data["pyproject"] = _pyproject_hash(root)
-            (venv / STAMP).write_text(json.dumps(data, indent=1))
+            atomic_write_text(venv / STAMP, json.dumps(data, indent=1))
         return venv
     t0 = time.time()
     progress(f"building the LLM peer virtualenv in {venv} (once; a few minutes)")
@@ -163,7 +164,7 @@ def ensure_peer_env(progress: Callable[[str], None] = print, force: bool = False
             f"the LLM peer virtualenv in {venv} was installed but its packages do not import: "
             + " | ".join(res.stderr.strip().splitlines()[-5:]))
     versions = json.loads(res.stdout.strip().splitlines()[-1])
-    (venv / STAMP).write_text(json.dumps({
+    atomic_write_text(venv / STAMP, json.dumps({
         "requirements": [TORCH, *PEER_REQUIREMENTS], "repo": str(root), "pyproject": _pyproject_hash(root),
         "versions": versions,
         "built_s": round(time.time() - t0, 1)}, indent=1))

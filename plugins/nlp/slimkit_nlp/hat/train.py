@@ -9,7 +9,6 @@ Output folder: ``space.yaml`` (the design space), ``supernet.safetensors`` (the 
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence

@@ -59,17 +59,22 @@ def small_gpt2(ctx) -> tuple[torch.nn.Module, str]:
     from slimkit_nlp.train import train_causal_lm
 
     budget = 20 if ctx.quick else 60
-    path = Path(ctx.out_dir) / f"pq-fallback-gpt2-{budget}s.pt"
+    path = Path(ctx.out_dir) / f"pq-fallback-gpt2-{budget}s.safetensors"
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=1024, n_embd=128, n_layer=4, n_head=4,
                                        bos_token_id=10, eos_token_id=10, resid_pdrop=0.0, embd_pdrop=0.0,
                                        attn_pdrop=0.0))
     if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
+        from slimkit.api import load_weights_checked
+
+        load_weights_checked(model, path)
     else:
         train_causal_lm(model, load_text("train"), None, block_size=256, batch_size=8, time_budget_s=budget,
                         lr=2e-3, warmup_steps=20, threads=ctx.threads, show_progress=ctx.show_progress)
-        torch.save(model.state_dict(), path)
+        from safetensors.torch import save_model
+
+        save_model(model, str(path.with_name(path.name + ".partial")))
+        path.with_name(path.name + ".partial").replace(path)
     return model.eval(), f"fallback GPT-2 (d=128, 4 layers) trained {budget} s here ({reason})"
 
 

@@ -200,15 +200,14 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
 
 def save_deltas(deltas: dict, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Write ``distill(..., rank=r)["deltas"]`` (``{linear name: (B, A)}``) as one safetensors file."""
-    from safetensors.torch import save_file
+    from slimkit.io import save_safetensors
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, (b, a) in deltas.items():
         tensors[f"{name}.B"] = b.to(dtype).contiguous()
         tensors[f"{name}.A"] = a.to(dtype).contiguous()
-    save_file(tensors, str(p), metadata={"format": "slimkit-lowrank-deltas", "version": "1"})
+    save_safetensors(tensors, p, metadata={"format": "slimkit-lowrank-deltas", "version": "1"})
     return p
 
 
@@ -220,9 +219,12 @@ def load_deltas(model, path: str | Path) -> int:
     """
     from safetensors import safe_open
 
+    from slimkit.io import check_safetensors
+
     p = Path(path)
     if not p.exists():
         raise SlimkitError(f"no delta file at {str(p)!r}; make one with distill(..., rank=r) and save_deltas")
+    check_safetensors(p, fix="make it again with distill(..., rank=r) and save_deltas")
     modules = dict(model.named_modules())
     with safe_open(str(p), framework="pt") as f:
         names = sorted({k.rsplit(".", 1)[0] for k in f.keys()})
