@@ -52,20 +52,29 @@ def hat() -> None:
 @click.option("--block", default=64, show_default=True, help="LM block length")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--time-budget", type=float, default=None, help="stop after this many seconds")
-@click.option("--checkpoint-every", default=200, show_default=True)
+@click.option("--checkpoint-every", default=100, show_default=True,
+              help="training checkpoint every N steps (0: only on Ctrl-C / SIGTERM)")
+@click.option("--resume/--no-resume", default=None,
+              help="default: continue from the output folder's newest checkpoint when its settings match; "
+                   "--resume requires one; --no-resume deletes the folder's checkpoints and starts over")
 @click.option("--output-dir", required=True, type=click.Path())
-def train_cmd(task_name, space_file, steps, batch_size, lr, block, seed, time_budget, checkpoint_every, output_dir):
+def train_cmd(task_name, space_file, steps, batch_size, lr, block, seed, time_budget, checkpoint_every, resume,
+              output_dir):
     """Train the weight-shared SuperTransformer (one sampled SubTransformer per step)."""
     from slimkit.errors import SlimkitError
     from .supernet import SuperTransformer
     from .tasks import make_task
+    from slimkit.training import TrainingInterrupted, interrupted_exit
+
     from .train import train_supernet
     try:
         space = _space(space_file, None, task_name)
         task = make_task(task_name, block=block)
         state = train_supernet(SuperTransformer(space), task, steps=steps, batch_size=batch_size, lr=lr,
                                seed=seed, output_dir=output_dir, checkpoint_every=checkpoint_every,
-                               time_budget_s=time_budget)
+                               time_budget_s=time_budget, resume=resume)
+    except TrainingInterrupted as e:
+        interrupted_exit(e, click.echo)
     except SlimkitError as e:
         _fail(e)
     click.echo(json.dumps(state, indent=2))
@@ -84,19 +93,26 @@ def train_cmd(task_name, space_file, steps, batch_size, lr, block, seed, time_bu
 @click.option("--reference/--no-reference", default=False, show_default=True,
               help="pair every run with a fixed reference model (cancels load drift on a shared machine)")
 @click.option("--seed", default=0, show_default=True)
-def measure_cmd(space_file, checkpoint, num, csv_path, src_len, steps, warmup, runs, threads, reference, seed):
-    """Measure sampled SubTransformers on this machine (HAT protocol) into a CSV."""
+@click.option("--overwrite", is_flag=True, default=False,
+              help="delete the CSV's rows and measure again (needed when its stored settings differ)")
+def measure_cmd(space_file, checkpoint, num, csv_path, src_len, steps, warmup, runs, threads, reference, seed,
+                overwrite):
+    """Measure sampled SubTransformers on this machine (HAT protocol) into a CSV.
+
+    The settings (protocol, seed, machine, space) are stored in <csv>.settings.json; a rerun with the
+    same settings resumes, one with other settings is refused (use a new --csv or --overwrite)."""
     from slimkit.errors import SlimkitError
-    from .latency import MeasureSettings, measure_dataset
+    from .latency import MeasureSettings, measure_dataset, settings_path
     try:
         space = _space(space_file, checkpoint)
         rows = measure_dataset(space, num, csv_path, MeasureSettings(src_len, steps, warmup, runs, threads,
                                                                            reference=reference),
-                               seed=seed, progress=_progress("hat measure"))
+                               seed=seed, progress=_progress("hat measure"), overwrite=overwrite)
     except SlimkitError as e:
         _fail(e)
     lat = sorted(r["latency_ms"] for r in rows)
-    click.echo(f"{len(rows)} configurations in {csv_path}: latency {lat[0]:.2f} .. {lat[-1]:.2f} ms")
+    span = f": latency {lat[0]:.2f} .. {lat[-1]:.2f} ms" if lat else ""
+    click.echo(f"{len(rows)} configurations in {csv_path}{span} (settings in {settings_path(csv_path)})")
 
 
 @hat.command("fit-predictor")
@@ -106,16 +122,26 @@ def measure_cmd(space_file, checkpoint, num, csv_path, src_len, steps, warmup, r
 @click.option("--out", "out_path", required=True, type=click.Path(), help="predictor file (.pt)")
 @click.option("--holdout", default=0.2, show_default=True)
 @click.option("--epochs", default=1000, show_default=True)
-@click.option("--src-len", default=16, show_default=True, help="as measured (for the FLOPs baseline)")
-@click.option("--steps", default=8, show_default=True, help="as measured (for the FLOPs baseline)")
+@click.option("--src-len", type=int, default=None,
+              help="as measured (for the FLOPs baseline); default: from <csv>.settings.json, else 16")
+@click.option("--steps", type=int, default=None,
+              help="as measured (for the FLOPs baseline); default: from <csv>.settings.json, else 8")
 def fit_cmd(csv_path, space_file, checkpoint, out_path, holdout, epochs, src_len, steps):
-    """Train the MLP latency predictor; report held-out RMSE, MAPE, Kendall tau vs a FLOPs fit."""
+    """Train the MLP latency predictor; report held-out RMSE, MAPE, Kendall tau vs a FLOPs fit.
+
+    The space and lengths come from the CSV's settings file (written by `hat measure`); a --space,
+    --checkpoint, --src-len or --steps that contradicts it is refused."""
     from slimkit.errors import SlimkitError
-    from .latency import read_csv
+    from .latency import fit_inputs, read_csv
     from .predictor import fit_and_evaluate
     try:
-        space = _space(space_file, checkpoint)
-        pred, report = fit_and_evaluate(space, read_csv(csv_path), src_len, steps, holdout, epochs=epochs)
+        given = _space(space_file, checkpoint) if (space_file or checkpoint) else None
+        rows = read_csv(csv_path)
+        space, src_len, steps, note = fit_inputs(csv_path, rows, given, src_len, steps)
+        if note:
+            click.echo(note, err=True)
+        space = space or _space(None, None)
+        pred, report = fit_and_evaluate(space, rows, src_len, steps, holdout, epochs=epochs)
         pred.save(out_path)
     except SlimkitError as e:
         _fail(e)
@@ -165,7 +191,9 @@ def search_cmd(checkpoint, pred_path, latency_bound, task_name, block, method, p
                                 evaluations or population * iterations, seed, progress=_progress("hat random"))
     except SlimkitError as e:
         _fail(e)
-    Path(out_path).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+    from slimkit.io import atomic_write_json
+
+    atomic_write_json(out_path, res.to_dict())
     click.echo(f"best val loss {res.best_loss:.4f}, predicted {res.best_latency_pred_ms:.2f} ms, "
                f"{res.evaluations} evaluations; written to {out_path}")
 
@@ -186,7 +214,9 @@ def export_cmd(checkpoint, sub_path, output_dir):
         net = load_supernet(checkpoint)
         sub = None
         if sub_path:
-            data = json.loads(Path(sub_path).read_text())
+            from slimkit.io import read_json
+
+            data = read_json(sub_path, what="SubTransformer config", fix="pass the JSON written by `slimkit hat search`")
             sub = SubConfig.from_dict(data["best"] if "best" in data else data)
         model = net.export(sub)
         sub = sub or net.space.largest()
@@ -197,7 +227,10 @@ def export_cmd(checkpoint, sub_path, output_dir):
                 b = model(input_ids=ids, decoder_input_ids=ids).logits
             else:
                 a, b = net(sub, ids), model(input_ids=ids).logits
-        model.save_pretrained(output_dir)
+        from slimkit.io import atomic_folder
+
+        with atomic_folder(output_dir) as tmp:
+            model.save_pretrained(str(tmp))
     except SlimkitError as e:
         _fail(e)
     click.echo(f"exported {count_params(model):,} parameters (SuperTransformer {count_params(net):,}) to "

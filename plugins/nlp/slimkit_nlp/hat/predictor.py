@@ -80,12 +80,15 @@ class LatencyPredictor:
         return out[0] if single else out
 
     def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        import io
+
+        from slimkit.io import atomic_write_bytes
+
+        buf = io.BytesIO()    # loaded back with weights_only=True: tensors and plain values only
         torch.save({"format": "slimkit-hat-predictor", "version": 1, "space": self.space.to_dict(),
                     "hidden": self.hidden, "layers": self.layers, "y_mean": self.y_mean,
-                    "state_dict": self.net.state_dict()}, p)
-        return p
+                    "state_dict": self.net.state_dict()}, buf)
+        return atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyPredictor":

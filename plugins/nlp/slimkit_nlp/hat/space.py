@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.errors import ConfigError, one_of
+from slimkit.io import FileFormatError, atomic_write_text, read_json
 
 TASKS = ("encdec", "decoder")
 
@@ -83,6 +84,20 @@ class HatSpace:
                               f"choose head counts that divide qkv_dim")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"space dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < self.vocab_size:
+                raise ConfigError(f"space field {name!r} must be a token id in [0, vocab_size={self.vocab_size}), "
+                                  f"got {v!r}; use an id inside the vocabulary")
+        if self.is_encdec and max(self.ende_span_choices) > max(self.encoder_layer_choices):
+            raise ConfigError(f"ende_span_choices {self.ende_span_choices} holds a span of "
+                              f"{max(self.ende_span_choices)} encoder layers but the encoder has at most "
+                              f"{max(self.encoder_layer_choices)}, so that choice would silently attend to fewer; "
+                              f"use spans of at most {max(self.encoder_layer_choices)}")
+        if all(len(c) == 1 for c in self.gene_choices()):
+            raise ConfigError("the space holds a single architecture (every choice list has one value), so HAT "
+                              "would have nothing to train, measure or search over; give at least one "
+                              "*_choices field two values")
         self.dropout = float(self.dropout)
         self.layer_norm_eps = float(self.layer_norm_eps)
 
@@ -197,12 +212,11 @@ class HatSpace:
     def save(self, path: str | Path) -> Path:
         """Write the space as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         if p.suffix in (".yaml", ".yml"):
             import yaml
-            p.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+            atomic_write_text(p, yaml.safe_dump(self.to_dict(), sort_keys=False))
         else:
-            p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")
         return p
 
     @classmethod
@@ -210,12 +224,16 @@ class HatSpace:
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"no space file at {str(p)!r}; write one with HatSpace().save(path)")
-        text = p.read_text()
+        fix = "write it again with HatSpace.save(path)"
         if p.suffix in (".yaml", ".yml"):
             import yaml
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                raise FileFormatError(f"space file {str(p)!r} cannot be read as YAML ({type(e).__name__}), "
+                                      f"probably truncated or edited by hand; {fix}") from None
         else:
-            data = json.loads(text)
+            data = read_json(p, "space file", fix)
         if not isinstance(data, dict):
             raise ConfigError(f"{str(p)!r} does not hold a mapping of space fields")
         return cls.from_dict(data)

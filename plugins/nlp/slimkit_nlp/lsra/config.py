@@ -42,6 +42,10 @@ class LSRAConfig(TechniqueConfig):
             raise ConfigError(f"attention_ratio must be between 0 and 1 (exclusive), got {self.attention_ratio}")
         if not self.kernel_sizes or any(k < 1 for k in self.kernel_sizes):
             raise ConfigError(f"kernel_sizes must be a non-empty list of sizes >= 1, got {list(self.kernel_sizes)}")
+        if 1 in self.kernel_sizes:
+            raise ConfigError(f"kernel_sizes {list(self.kernel_sizes)} holds a size of 1, whose softmax-normalised "
+                              f"kernel is the constant 1, so that conv branch would see no neighbouring token; "
+                              f"use sizes >= 2 (e.g. 3)")
         if self.conv_heads < 1:
             raise ConfigError(f"conv_heads must be >= 1, got {self.conv_heads}")
         if not 0.0 <= self.weight_dropout < 1.0:

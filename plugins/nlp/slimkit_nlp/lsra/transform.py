@@ -179,6 +179,20 @@ def _split_heads(heads: int, head_dim: int, d: int, cfg: LSRAConfig, family: str
     return keep, attn
 
 
+def _check_kernels(kernels: list[int], causal: bool, max_positions, family: str) -> None:
+    """``ConfigError`` for kernel sizes the converted model cannot use as asked: longer than any input the
+    model reads (taps that only ever see padding), or even in a bidirectional model (no centred window)."""
+    for i, K in enumerate(kernels):
+        if isinstance(max_positions, int) and K > max_positions:
+            raise ConfigError(f"kernel size {K} of layer {i} is longer than the {max_positions} positions this "
+                              f"{family} model reads, so {K - max_positions} of its taps would only ever see "
+                              f"padding; use kernel sizes of at most {max_positions}")
+        if not causal and K % 2 == 0:
+            raise ConfigError(f"kernel size {K} of layer {i} is even, so the bidirectional conv of this {family} "
+                              f"model cannot centre its window on the token (it would read {K // 2} tokens before "
+                              f"and {K - 1 - K // 2} after); use odd sizes such as {K - 1} or {K + 1}")
+
+
 def _new_lsra(d, attn, keep, K, cfg, causal, dropout, std, gen_seed):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(gen_seed)
@@ -211,6 +225,7 @@ def _convert_gpt2(model, cfg: LSRAConfig, report: LSRAReport) -> None:
                                     "(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False)")
     causal = True if cfg.causal is None else cfg.causal
     kernels = kernel_sizes_for(len(blocks), cfg.kernel_sizes)
+    _check_kernels(kernels, causal, getattr(c, "n_positions", None), "GPT-2")
     for i, block in enumerate(blocks):
         old = block.attn
         W, b = old.c_attn.weight, old.c_attn.bias  # [d, 3d] (in, out)
@@ -262,6 +277,7 @@ def _convert_bert(model, cfg: LSRAConfig, report: LSRAReport) -> None:
     keep, a = _split_heads(H, hd, d, cfg, "BERT")
     causal = bool(getattr(c, "is_decoder", False)) if cfg.causal is None else cfg.causal
     kernels = kernel_sizes_for(len(atts), cfg.kernel_sizes)
+    _check_kernels(kernels, causal, getattr(c, "max_position_embeddings", None), "BERT")
     ffns = _bert_ffns(model)
     for i, att in enumerate(atts):
         s, o = att.self, att.output

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from slimkit.errors import SlimkitError, UnsupportedModelError
+from slimkit.errors import ConfigError, SlimkitError, UnsupportedModelError
 from slimkit_nlp.compat import cache_name, output_cache, pick_cache
 from slimkit_nlp.families import resolve_family
 
@@ -114,6 +114,28 @@ def _wrap_generate(model) -> None:
         model._prepare_cache_for_generation = types.MethodType(_pq_prepare_cache, model)
 
 
+def _max_positions(model) -> int | None:
+    """The longest sequence the model's position embeddings cover (``None`` when it does not say)."""
+    cfg = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def check_positions(model, config: ProgressiveQuantConfig) -> None:
+    """``ConfigError`` when the grouped layout would never quantize a key within the model's positions: keys
+    leave the float16 window only in whole groups of ``key_group`` beyond the newest ``residual_length``."""
+    limit = _max_positions(model)
+    if config.layout != "grouped" or limit is None or config.key_group + config.residual_length <= limit:
+        return
+    raise ConfigError(f"key_group={config.key_group} + residual_length={config.residual_length} = "
+                      f"{config.key_group + config.residual_length} tokens exceed the {limit} positions of this "
+                      f"{type(model).__name__}, so no key would ever be quantized and the cache would stay float16; "
+                      f"lower key_group or residual_length so that their sum is at most {limit}")
+
+
 def apply_progressive_quant(model, config: ProgressiveQuantConfig):
     """Quantize attention inputs progressively (in place); returns ``model``."""
     modules = _attention_modules(model)
@@ -123,6 +145,7 @@ def apply_progressive_quant(model, config: ProgressiveQuantConfig):
         head_dim = getattr(m, "head_dim", None)
         if isinstance(head_dim, int):
             check_dims(config, head_dim)  # ConfigError naming head_dim and the group / width
+    check_positions(model, config)
     register()
     stats = PQStats(msb_bits=config.msb_bits, lsb_bits=config.lsb_bits, value_bits=config.value_bits)
     rt = PQRuntime(config=config, stats=stats)

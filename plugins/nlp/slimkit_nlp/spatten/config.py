@@ -101,7 +101,8 @@ class SpattenConfig(TechniqueConfig):
         if from_version < 3:              # versions 1-2: token_keep averaged over the pruned layers only
             data = dict(data)
             data.setdefault("decoder_budget", "pruned_layers")
-            data.setdefault("generation_pruning", True)   # versions 1-2 evicted during generation by default
+            # versions 1-2 evicted during generation by default (a no-op, now refused, when nothing is pruned)
+            data.setdefault("generation_pruning", data.get("token_keep", cls.token_keep) < 1.0)
         return data
 
     def window_share(self) -> Union[float, str]:
@@ -133,3 +134,20 @@ class SpattenConfig(TechniqueConfig):
             raise ConfigError(f"sink_tokens must be >= 0, got {self.sink_tokens}")
         if self.protect_tokens is not None and any(t < 0 for t in self.protect_tokens):
             raise ConfigError("protect_tokens must hold token ids >= 0")
+        # settings that would make a part of the technique silently do nothing
+        if self.token_keep < 1.0 and self.token_start >= 1.0:
+            raise ConfigError(f"token_start=1.0 leaves no layer to prune tokens in, so token_keep={self.token_keep:g} "
+                              f"would never act; use token_start < 1 (e.g. 0.15)")
+        if self.head_keep < 1.0 and self.head_start >= 1.0:
+            raise ConfigError(f"head_start=1.0 leaves no layer to prune heads in, so head_keep={self.head_keep:g} "
+                              f"would never act; use head_start < 1 (e.g. 0.3)")
+        if self.token_keep >= 1.0:
+            flags = [(self.pruned_tokens == "merge", "pruned_tokens='merge' has no pruned token to merge",
+                      "pruned_tokens='drop'"),
+                     (self.generation_pruning, "generation_pruning=True has nothing to evict", "generation_pruning=False"),
+                     (not self.prefill_pruning, "prefill_pruning=False has no cache to compress",
+                      "prefill_pruning=True")]
+            for on, what, off in flags:
+                if on:
+                    raise ConfigError(f"{what} at token_keep=1.0 (no token is pruned); lower token_keep (e.g. 0.5) "
+                                      f"or drop the option ({off})")

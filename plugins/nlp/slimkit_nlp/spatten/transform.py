@@ -7,6 +7,7 @@ in ``config.json`` and ``load_pretrained(dir)`` / ``restore(model)`` re-apply it
 """
 from __future__ import annotations
 
+import math
 import types
 import weakref
 from typing import Any
@@ -17,6 +18,7 @@ from ..families import NO_WEIGHTS_IMPLEMENTATIONS, resolve_family
 from .config import SpattenConfig
 from .forward import spatten_forward
 from .runtime import SpattenRuntime, warn_switch
+from .schedule import keep_schedule
 
 CONFIG_KEY = "slimkit_spatten"
 
@@ -34,6 +36,57 @@ def _ensure_weights(model, backbone) -> None:
         warn_switch(type(model).__name__, impl, "eager")
 
 
+def _search_keep(ok, lowest: bool) -> float | None:
+    """The smallest (``lowest``) or largest keep ratio in 0.01 steps in (0, 1) for which ``ok(keep)``."""
+    steps = range(1, 100) if lowest else range(99, 0, -1)
+    return next((j / 100 for j in steps if ok(j / 100)), None)
+
+
+def _last_full(n_layers: int, start: float, min_layers: int) -> int:
+    """Layers never pruned at the head of the stack (as ``keep_schedule`` counts them)."""
+    return min(n_layers, max(min_layers, math.ceil(start * n_layers - 1e-9)))
+
+
+def check_pruning_acts(rt: SpattenRuntime, config: SpattenConfig, name: str) -> None:
+    """``ConfigError`` when ``token_keep`` / ``head_keep`` ask for pruning that this model's depth and head
+    count turn into no pruning at all (or, for heads, into keeping more than asked)."""
+    L, n = rt.n_layers, rt.n_units
+    if config.token_keep < 1.0 and rt.cascade and all(r >= 1.0 for r in rt.token_ratios):
+        if L <= 1:
+            raise ConfigError(f"token_keep={config.token_keep:g} cannot prune tokens of this 1-layer {name}, whose "
+                              f"only layer scores the tokens and is never pruned; use token_keep=1.0 or a deeper model")
+        raise ConfigError(f"token_keep={config.token_keep:g} never prunes a token of this {L}-layer {name}: "
+                          f"token_start={config.token_start:g} keeps all {_last_full(L, config.token_start, 1)} "
+                          f"layers unpruned; use token_start <= {math.floor((L - 1) / L * 100) / 100:g}")
+    if config.head_keep >= 1.0:
+        return
+
+    def counts(keep: float) -> list[int]:   # heads each layer asks for (the runtime keeps at least one)
+        return [round(r * n) for r in keep_schedule(L, keep, config.head_start, 0, config.token_slope)]
+
+    if n <= 1:
+        raise ConfigError(f"head_keep={config.head_keep:g} cannot prune heads of this {name}: its layers have a "
+                          f"single head unit (query heads sharing a key/value head count as one) and one always "
+                          f"stays; use head_keep=1.0")
+    if _last_full(L, config.head_start, 0) >= L:
+        raise ConfigError(f"head_keep={config.head_keep:g} never prunes a head of this {L}-layer {name}: "
+                          f"head_start={config.head_start:g} keeps all {L} layers unpruned; use head_start <= "
+                          f"{math.floor((L - 1) / L * 100) / 100:g}")
+    wanted = counts(config.head_keep)
+    if all(c >= n for c in wanted):
+        best = _search_keep(lambda k: any(c < n for c in counts(k)), lowest=False) or 0.5
+        raise ConfigError(f"head_keep={config.head_keep:g} keeps all {n} head units in every layer of this {name} "
+                          f"(the share rounds to {n} of {n}), so no head is pruned; use head_keep <= {best:g} or "
+                          f"head_keep=1.0 to turn head pruning off")
+    if any(c < 1 for c in wanted):
+        layer = next(i for i, c in enumerate(wanted) if c < 1)
+        least = _search_keep(lambda k: all(c >= 1 for c in counts(k)), lowest=True)
+        fix = f"use head_keep >= {least:g}" if least is not None else "use a lower token_slope"
+        raise ConfigError(f"head_keep={config.head_keep:g} asks for less than one of the {n} head units of layer "
+                          f"{layer} of this {name}, but one always stays, so more heads would be kept than asked; "
+                          f"{fix}")
+
+
 def apply_spatten(model: Any, config: SpattenConfig) -> Any:
     """Make ``model`` prune tokens (and heads) in cascade on every forward; returns ``model``."""
     family = resolve_family(model)
@@ -44,8 +97,9 @@ def apply_spatten(model: Any, config: SpattenConfig) -> Any:
     if family.causal and config.pruned_tokens == "merge":
         raise ConfigError(f"pruned_tokens='merge' is for encoders; {type(model).__name__} is a decoder, whose "
                           f"pruned tokens are evicted from the KV cache: use pruned_tokens='drop' (the default)")
+    rt = SpattenRuntime(family, backbone, config)   # ConfigError for budgets the model cannot meet
+    check_pruning_acts(rt, config, type(model).__name__)
     _ensure_weights(model, backbone)
-    rt = SpattenRuntime(family, backbone, config)
     rt.owners = [weakref.ref(backbone)] + ([weakref.ref(model)] if model is not backbone else [])
     backbone._spatten_runtime = rt
     backbone.forward = types.MethodType(spatten_forward, backbone)
