@@ -62,7 +62,7 @@ EXAMPLES = {
     "tsm": (_tiny_resnet, {"n_segment": 4}, lambda m: _logits(m(torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))))),
     "r2plus1d": (_conv3d_net, {}, lambda m: m(torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1)))),
     "spatten": (_tiny_bert, {"token_keep": 0.5}, lambda m: _logits(m(input_ids=IDS))),
-    "progressive-quant": (_tiny_gpt2, {}, lambda m: _logits(m(input_ids=IDS))),
+    "progressive-quant": (_tiny_gpt2, {"key_group": 16}, lambda m: _logits(m(input_ids=IDS))),
     "lsra": (_tiny_gpt2, {}, lambda m: _logits(m(input_ids=IDS))),
     "hat": (_tiny_gpt2, {}, lambda m: _logits(m(input_ids=IDS))),
 }
