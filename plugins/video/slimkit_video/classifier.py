@@ -51,6 +51,26 @@ def _prefixed(config, prefix: str):
     return config.replace(target_modules=[f"{prefix}.{n}" for n in tm])
 
 
+def _carried(config, n_segment: int):
+    """A backbone's TSM config as the classifier's: names under ``backbone``, ``n_segment`` explicit."""
+    config = _prefixed(config, "backbone")
+    if getattr(config, "n_segment", 0) is None:
+        config = config.replace(n_segment=n_segment)
+    return config
+
+
+def _check_options(n_segment: int, num_classes: Optional[int], dropout: float) -> None:
+    """Refuse classifier settings that mean nothing or would silently break training."""
+    if n_segment < 1:
+        raise ConfigError(f"n_segment must be >= 1 (frames per clip), got {n_segment}")
+    if num_classes is not None and num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes} must be at least 1 (or None when the backbone "
+                          f"returns the logits)")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout={dropout!r} must lie in [0, 1) (0 turns it off; 1 would zero every feature "
+                          f"in training); pass e.g. 0.5")
+
+
 class VideoClassifier(nn.Module):
     """TSN-style video classifier around a frame backbone (see the module docstring).
 
@@ -67,8 +87,7 @@ class VideoClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, n_segment: int = 8, num_classes: Optional[int] = None,
                  feature_dim: Optional[int] = None, dropout: float = 0.0, clip_input: bool = False):
         super().__init__()
-        if n_segment < 1:
-            raise ConfigError(f"n_segment must be >= 1 (frames per clip), got {n_segment}")
+        _check_options(n_segment, num_classes, dropout)
         self.backbone = backbone
         self.n_segment = int(n_segment)
         self.clip_input = bool(clip_input)
@@ -81,7 +100,7 @@ class VideoClassifier(nn.Module):
         self._check_shift_segments()
         applied = [c for c in getattr(backbone, APPLIED_ATTR, []) or [] if c.technique == "tsm"]
         if applied:
-            object.__setattr__(self, APPLIED_ATTR, [_prefixed(c, "backbone") for c in applied])
+            object.__setattr__(self, APPLIED_ATTR, [_carried(c, self.n_segment) for c in applied])
 
     def _probe_dim(self) -> int:
         was = self.backbone.training
@@ -92,12 +111,17 @@ class VideoClassifier(nn.Module):
         self.backbone.train(was)
         return int(feats.shape[-1])
 
-    def _check_shift_segments(self) -> None:
+    def _backbone_segments(self) -> set:
+        """Clip lengths the backbone's TSM modules expect: the temporal pool's, else the shifts'."""
         from .tsm.modules import TemporalPool, TemporalShift
 
-        if any(isinstance(m, TemporalPool) for m in self.backbone.modules()):
-            return  # segments change inside; the shifts check the batch themselves
-        segs = {m.n_segment for m in self.backbone.modules() if isinstance(m, TemporalShift)}
+        pools = {m.n_segment for m in self.backbone.modules() if isinstance(m, TemporalPool)}
+        if pools:
+            return pools  # the shifts after the pool see fewer frames
+        return {m.n_segment for m in self.backbone.modules() if isinstance(m, TemporalShift)}
+
+    def _check_shift_segments(self) -> None:
+        segs = self._backbone_segments()
         if segs and segs != {self.n_segment}:
             raise ConfigError(
                 f"the backbone's temporal shifts use n_segment={sorted(segs)[0]} but the classifier "

@@ -24,7 +24,11 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from slimkit.errors import ConfigError
+
 CLASSES = ("left_to_right", "right_to_left")
+#: smallest frame side: below it the shape (radius 9-16 % of the side) is under a pixel and cannot move
+MIN_SIZE = 16
 SHAPES = ("disc", "square", "triangle")
 
 
@@ -33,6 +37,17 @@ def _size(size) -> tuple[int, int]:
         return size, size
     h, w = size
     return int(h), int(w)
+
+
+def check_clip_settings(size, num_frames: int) -> None:
+    """Refuse frames too small to show the moving shape, and clips too short to have a direction."""
+    h, w = _size(size)
+    if min(h, w) < MIN_SIZE:
+        raise ConfigError(f"size={size!r} is too small for the synthetic clips (the moving shape would be under a "
+                          f"pixel); use frames of at least {MIN_SIZE}x{MIN_SIZE} pixels")
+    if int(num_frames) < 2:
+        raise ConfigError(f"{num_frames!r} frames per synthetic clip cannot show a direction of motion; "
+                          f"use at least 2")
 
 
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -65,6 +80,7 @@ def render_clip(label: int, num_frames: int = 8, size=64, rng: np.random.Generat
     """One clip of class ``label`` (index into ``CLASSES``) as uint8 ``(T, H, W, 3)`` RGB."""
     if label not in (0, 1):
         raise ValueError(f"label must be 0 ({CLASSES[0]}) or 1 ({CLASSES[1]}), got {label!r}")
+    check_clip_settings(size, num_frames)
     rng = rng if rng is not None else np.random.default_rng()
     h, w = _size(size)
     t = int(num_frames)
@@ -116,6 +132,9 @@ class SyntheticTemporalDataset(Dataset):
     def __init__(self, n_per_class: int = 100, num_frames: int = 8, size=64, seed: int = 0,
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
                  raw: bool = False, cache: bool = False):
+        check_clip_settings(size, num_frames)
+        if int(n_per_class) < 1:
+            raise ConfigError(f"n_per_class={n_per_class!r} must be at least 1 clip per class")
         self.n = int(n_per_class) * len(CLASSES)
         self.num_frames, self.size, self.seed = int(num_frames), size, int(seed)
         self.mean, self.std, self.raw = tuple(mean), tuple(std), raw
@@ -145,6 +164,7 @@ def write_synthetic_videos(folder, n_per_class: int = 10, num_frames: int = 16, 
     """Write ``n_per_class`` mp4 clips per class under ``folder/<class>/NNNN.mp4``; return ``(path, label)``."""
     import cv2
 
+    check_clip_settings(size, num_frames)
     folder = Path(folder)
     h, w = _size(size)
     items = []
@@ -172,6 +192,7 @@ class SyntheticFrames:
     """
 
     def __init__(self, size=64, seed: int = 0, clip_len: int = 16):
+        check_clip_settings(size, clip_len)
         self.size, self.clip_len = size, int(clip_len)
         self.rng = np.random.default_rng(seed)
         self.label = -1

@@ -107,6 +107,9 @@ class VideoDataset(Dataset):
         if not self.items:
             raise SourceError("the video dataset is empty; give at least one (path, label) item")
         self.num_segments, self.size, self.train = int(num_segments), _size(size), bool(train)
+        if min(self.size) < 1:
+            raise ConfigError(f"size={size!r} must be a positive frame size in pixels (an int or (height, width)), "
+                              f"e.g. 224")
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.skip_corrupt = skip_corrupt
@@ -185,6 +188,9 @@ class VideoDataset(Dataset):
             # The size must exactly match"); decode those with OpenCV instead
             if "DECORDArrayCopyFromTo" not in str(e):
                 raise
+            frames = _read_cv2(path, idx, h, w)
+        if frames.shape != (self.num_segments, h, w, 3):
+            # decord pads the rows of some narrow sizes and mislabels the channels (8x8 -> (8, 8, 12))
             frames = _read_cv2(path, idx, h, w)
         if frames.shape != (self.num_segments, h, w, 3):
             raise ValueError(f"decoded frames have shape {frames.shape}")

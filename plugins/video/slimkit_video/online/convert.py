@@ -19,6 +19,7 @@ frame exactly that. ``stream.reset(i)`` resets only stream ``i`` of a batch.
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -251,8 +252,32 @@ class OnlineStream(nn.Module):
         return f"layout={self.layout!r}, buffers={len(self.cells)}"
 
 
+def _frame_shape(frame_shape: Optional[Sequence[int]]) -> Optional[tuple]:
+    """``frame_shape`` as a tuple of three positive ints ``(C, H, W)``, or ``None``."""
+    if frame_shape is None:
+        return None
+    try:
+        shape = tuple(operator.index(d) for d in frame_shape)
+    except TypeError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"frame_shape must be three positive ints (C, H, W), got {frame_shape!r}; "
+                          f"pass e.g. frame_shape=(3, 224, 224)")
+    return shape
+
+
+def _time_dim(out_time_dim: Optional[int], layout: str) -> int:
+    """The output time axis to squeeze: only the ``"clip"`` layout has one (default 1)."""
+    if out_time_dim is None:
+        return 1
+    if layout != "clip":
+        raise ConfigError(f"out_time_dim={out_time_dim} has no effect with layout {layout!r} (only 'clip' models "
+                          f"return a time axis); leave it out, or pass layout='clip' for a 3D network")
+    return out_time_dim
+
+
 def to_online(model: nn.Module, *, layout: str = "auto",
-              output: Union[str, Callable, None] = None, out_time_dim: int = 1,
+              output: Union[str, Callable, None] = None, out_time_dim: Optional[int] = None,
               frame_shape: Optional[Sequence[int]] = None, share_weights: bool = True) -> OnlineStream:
     """Convert a causal video model into an :class:`OnlineStream` that takes one frame per call.
 
@@ -261,7 +286,8 @@ def to_online(model: nn.Module, *, layout: str = "auto",
 
     - ``"frames"``: ``(N*T, C, H, W)`` (a TSM image backbone); each step feeds ``(B, C, H, W)``.
     - ``"clip"``: ``(N, C, T, H, W)`` (a 3D network); each step feeds ``(B, C, 1, H, W)`` and
-      squeezes ``out_time_dim`` of the output (per-frame outputs ``(N, T, K)`` -> ``(B, K)``).
+      squeezes ``out_time_dim`` (default 1) of the output (per-frame outputs ``(N, T, K)`` -> ``(B, K)``);
+      ``out_time_dim`` with another layout is refused (it would do nothing).
     - ``"video"``: a ``slimkit_video.VideoClassifier`` (clips ``(N, T, C, H, W)``); each step runs
       its backbone on ``(B, C, H, W)`` and its head, giving the per-frame logits that the
       classifier averages over ``T`` offline (``return_per_frame=True``).
@@ -284,6 +310,8 @@ def to_online(model: nn.Module, *, layout: str = "auto",
         _check_module(name, m)
     if layout == "auto":
         layout = _detect_layout(model)
+    out_time_dim = _time_dim(out_time_dim, layout)
+    frame_shape = _frame_shape(frame_shape)
     if output is None:
         output_fn = _default_output
     elif isinstance(output, str):

@@ -6,22 +6,26 @@ import click
 
 @click.command("stream")
 @click.option("--source", "source_spec", default="auto", show_default=True,
-              help="webcam:N, a video file or folder, synthetic[:SIZE], lavfi:GRAPH, or 'auto' "
+              help="webcam[:N], a video file or folder (file:PATH or PATH), synthetic[:SIZE] (SIZE >= 16), "
+                   "lavfi:GRAPH, or 'auto' "
                    "(webcam:0 when a camera exists, else synthetic).")
 @click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
               help="A checkpoint folder of 'slimkit video train --direction past'. Default: the shipped "
                    "demo model (a shape moving left or right).")
-@click.option("--seconds", type=float, default=None, help="Stop after this many seconds (default: until the "
-              "source ends or Ctrl-C).")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds (default: until the source ends or Ctrl-C).")
 @click.option("--show", is_flag=True, help="Open a window with the prediction drawn on the frame (needs a display).")
-@click.option("--history", default=8, show_default=True, help="Frames averaged for the smoothed prediction.")
-@click.option("--print-every", type=int, default=None,
+@click.option("--history", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Frames averaged for the smoothed prediction.")
+@click.option("--print-every", type=click.IntRange(min=1), default=None,
               help="Print a status line every N frames (default: every frame on a terminal, else every 10).")
 @click.option("--reset-on-cut/--no-reset-on-cut", default=True, show_default=True,
               help="Reset the stream buffers at a scene cut (and always at a new file).")
-@click.option("--cut-threshold", default=10.0, show_default=True,
-              help="Scene-cut threshold: mean absolute difference of 16x16 grey thumbnails (0-255).")
-@click.option("--threads", default=1, show_default=True, help="torch threads for inference.")
+@click.option("--cut-threshold", type=click.FloatRange(min=0, max=255, min_open=True, max_open=True), default=10.0,
+              show_default=True, help="Scene-cut threshold: mean absolute difference of 16x16 grey thumbnails "
+              "(0-255, exclusive; to never reset at cuts use --no-reset-on-cut).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads for inference.")
 def stream_command(source_spec, model_dir, seconds, show, history, print_every, reset_on_cut, cut_threshold,
                    threads) -> None:
     """Stream a causal TSM model frame by frame: per-frame latency, FPS and the smoothed prediction.

@@ -16,6 +16,8 @@ class R2Plus1DConfig(TechniqueConfig):
         keeps the parameter count of that convolution (R(2+1)D); ``"full"``: min(o*t, i*kh*kw),
         exact; an int: that M for every layer (clamped at full rank, reported); a float in
         (0, 1]: the smallest M keeping that fraction of the kernel's spectral energy (sum of s^2).
+        Only variants ``"r2plus1d"`` and ``"p3d-a"`` have a width to choose: applying another variant
+        with a rank other than ``"match"`` is refused.
     init: ``"svd"`` sets both kernels from the truncated SVD of the trained 3D kernel (the best
         rank-M approximation); ``"random"`` uses PyTorch's default initialisation.
     variant: ``"r2plus1d"`` and ``"p3d-a"``: T(S(x)) (same operator); ``"p3d-b"``: S(x) + T(x),
@@ -23,7 +25,8 @@ class R2Plus1DConfig(TechniqueConfig):
         SVD-initialised with M fixed to the output width.
     mid_activation: insert BatchNorm3d + ReLU between the spatial and temporal convolution (as in
         R(2+1)D); the block is then nonlinear and the SVD only an initialisation.
-    exclude: fnmatch patterns of module names to leave as 3D convolutions (e.g. ``["stem.*"]``).
+    exclude: fnmatch patterns of module names to leave as 3D convolutions (e.g. ``["stem.*"]``); a
+        pattern that matches no Conv3d of the model is refused when applying.
     """
 
     technique: ClassVar[str] = "r2plus1d"

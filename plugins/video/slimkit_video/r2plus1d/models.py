@@ -48,6 +48,13 @@ class BasicBlock3D(nn.Module):
         return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
+def check_dropout(dropout: float) -> None:
+    """Refuse a dropout probability outside [0, 1): below 0 means nothing, 1 zeroes every feature."""
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout={dropout!r} must lie in [0, 1) (0 turns it off; 1 would zero every feature "
+                          f"in training); pass e.g. 0.5")
+
+
 class VideoResNet(nn.Module):
     """(N, C, T, H, W) -> (N, num_classes). ``kind`` is ``"3d"`` (R3D) or ``"2+1d"`` (R(2+1)D)."""
 
@@ -61,8 +68,12 @@ class VideoResNet(nn.Module):
             raise ConfigError(f"kind={kind!r} must be '3d' or '2+1d'")
         if mid_width not in ("per-conv", "per-block"):
             raise ConfigError(f"mid_width={mid_width!r} must be 'per-conv' or 'per-block'")
-        if width < 1 or num_classes < 1 or in_channels < 1 or clip_len < 1:
-            raise ConfigError("width, num_classes, in_channels and clip_len must be positive integers")
+        sizes = dict(width=width, num_classes=num_classes, in_channels=in_channels, clip_len=clip_len)
+        bad = next((k for k, v in sizes.items() if not isinstance(v, int) or v < 1), None)
+        if bad is not None:
+            raise ConfigError(f"{bad}={sizes[bad]!r} must be a positive integer; width, num_classes, in_channels "
+                              f"and clip_len all count something")
+        check_dropout(dropout)
         self.kind, self.depth, self.width, self.clip_len = kind, depth, width, clip_len
         self.num_classes, self.in_channels = num_classes, in_channels
         if kind == "3d":

@@ -5,6 +5,10 @@ Every ``nn.Conv3d`` with a temporal kernel t > 1 and a spatial kernel kh*kw > 1 
 ``init="svd"`` the block's kernels come from the truncated SVD of the trained kernel (``svd``), so
 that, without a mid activation, the block computes the best rank-M approximation of the 3D
 convolution (exact at full rank). The report is at ``model.r2plus1d_report``.
+
+Refused before anything is changed (``ConfigError``): an explicit ``rank`` with variant ``p3d-b``
+or ``p3d-c`` (their widths are fixed, so the rank would do nothing) and an ``exclude`` pattern
+that matches no Conv3d of the model (a typo would silently convert the layers meant to stay 3D).
 """
 import fnmatch
 import warnings
@@ -12,7 +16,7 @@ import warnings
 import torch
 from torch import nn
 
-from slimkit.errors import UnsupportedModelError
+from slimkit.errors import ConfigError, UnsupportedModelError, one_of
 from slimkit.measure import count_params
 
 from .config import R2Plus1DConfig
@@ -131,10 +135,36 @@ def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
+FIXED_WIDTH = {"p3d-b": "its two parallel branches have no intermediate width",
+               "p3d-c": "its intermediate width is fixed at out_channels"}
+
+
+def check_rank_is_used(config: R2Plus1DConfig) -> None:
+    """Refuse a rank other than the default for the variants whose width is fixed (it would do nothing)."""
+    if config.variant in FIXED_WIDTH and config.rank != "match":
+        raise ConfigError(
+            f"rank={config.rank!r} has no effect with variant {config.variant!r} ({FIXED_WIDTH[config.variant]}); "
+            f"leave rank out, or use variant 'r2plus1d' to choose the width")
+
+
+def check_exclude_patterns(model: nn.Module, config: R2Plus1DConfig) -> None:
+    """Refuse ``exclude`` patterns that match no Conv3d name (they would exclude nothing)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv3d)]
+    if not names:
+        return  # nothing to convert at all: apply_r2plus1d says so
+    for pattern in config.exclude:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(
+                f"exclude pattern {pattern!r} matches no Conv3d of {type(model).__name__}, so it would exclude "
+                f"nothing; match the Conv3d names (fnmatch), which look like {one_of(names[:4])}")
+
+
 def apply_r2plus1d(model: nn.Module, config: R2Plus1DConfig) -> nn.Module:
     """Replace eligible Conv3d layers in place (a bare Conv3d is returned as its block)."""
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"'r2plus1d' converts torch nn.Module 3D CNNs, got {type(model).__name__}")
+    check_rank_is_used(config)
+    check_exclude_patterns(model, config)
     report = ConversionReport(variant=config.variant, init=config.init, rank=str(config.rank),
                               mid_activation=config.mid_activation)
     inside_blocks = {f"{n}." for n, m in model.named_modules() if isinstance(m, BLOCKS)}

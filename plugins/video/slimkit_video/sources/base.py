@@ -1,6 +1,7 @@
 """The frame-source protocol shared by every source.
 
-A source is an iterator of RGB ``uint8`` frames of shape ``(H, W, 3)`` with:
+A source is an iterator of RGB ``uint8`` frames of shape ``(H, W, 3)`` (``FrameSource`` turns grey
+and RGBA frames of a subclass into RGB and refuses other shapes with a ``SourceError``) with:
 
 - ``fps``: its frame rate (frames per second of video time);
 - ``live``: ``True`` when frames arrive in real time by themselves (a camera); ``False`` when
@@ -34,6 +35,26 @@ def source_error(problem: str) -> SourceError:
     return SourceError(f"{problem}; {known_sources_hint()}")
 
 
+def as_rgb_frame(frame: np.ndarray, source: str) -> np.ndarray:
+    """``frame`` as RGB ``uint8`` ``(H, W, 3)``: grey ``(H, W)`` / ``(H, W, 1)`` is repeated to three
+    channels and RGBA loses its alpha; anything else (an empty frame, other channel counts) raises
+    ``SourceError`` naming the shape."""
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.ndim != 3 or frame.shape[0] < 1 or frame.shape[1] < 1 or frame.shape[2] not in (1, 3, 4):
+        raise source_error(f"source {source!r} delivered a frame of shape {frame.shape}, not an image (H, W, 3), "
+                           f"(H, W) or (H, W, 1) grey, or (H, W, 4) RGBA; fix or re-encode the source")
+    if frame.dtype != np.uint8:
+        raise source_error(f"source {source!r} delivered {frame.dtype} pixels, not uint8 (0-255); "
+                           f"convert its frames with frame.astype(numpy.uint8)")
+    if frame.shape[2] == 1:
+        return np.repeat(frame, 3, axis=2)
+    if frame.shape[2] == 4:
+        return np.ascontiguousarray(frame[:, :, :3])
+    return frame
+
+
 class FrameSource:
     """Base class: subclasses implement ``_next() -> np.ndarray`` (raise ``StopIteration`` at the end)."""
 
@@ -60,7 +81,7 @@ class FrameSource:
     def __next__(self) -> np.ndarray:
         if self._closed:
             raise StopIteration
-        frame = self._next()
+        frame = as_rgb_frame(self._next(), self.name)
         self.frames_read += 1
         return frame
 

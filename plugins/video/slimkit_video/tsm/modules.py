@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.errors import ShapeError
+from slimkit.errors import ConfigError, ShapeError
 
 from .shift import INPLACE_MIN_NUMEL, shift_inplace_, temporal_shift, unshift_inplace_
 
@@ -53,7 +53,18 @@ class TemporalShift(nn.Module):
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()
                 and not torch.compiler.is_compiling() and not _exporting())
 
+    def _check_moves_channels(self, x: torch.Tensor) -> None:
+        """Refuse an input so narrow that ``C // shift_div == 0``: the shift would move nothing (plain TSN)."""
+        if torch.jit.is_tracing() or _exporting():
+            return  # shapes are symbolic there; the eager forward before export checked them
+        if x.dim() >= 2 and x.shape[1] < self.shift_div:
+            raise ConfigError(
+                f"a temporal shift with shift_div={self.shift_div} got an input of {x.shape[1]} channels, so "
+                f"{x.shape[1]} // {self.shift_div} = 0 channels would move (plain TSN); apply tsm with "
+                f"shift_div <= {x.shape[1]} or target wider layers")
+
     def forward(self, x: torch.Tensor, *args, **kwargs):
+        self._check_moves_channels(x)
         if self._can_shift_inplace(x):
             token = shift_inplace_(x, self.n_segment, self.shift_div, self.direction)
             try:

@@ -13,6 +13,12 @@ wrapper works too):
 - Anything else through ``target_modules`` (qualified names or a regex): each targeted module
   is wrapped, so its input is shifted.
 
+Refused before anything is changed (``ConfigError``): an explicit ``n_segment`` that differs
+from the ``VideoClassifier`` the model is or contains (``n_segment=None`` takes the classifier's),
+``place="block"`` with ``target_modules`` (``place`` only chooses among the built-in families'
+layers), and a ``shift_div`` larger than the channel count of some shifted layer (no channel
+would move there: plain TSN). After a refusal the model is left as it was.
+
 Wrapping renames weights (``...layer.0.convolution.weight`` -> ``...layer.0.net.convolution.weight``):
 load pretrained image weights first, then apply; ``slimkit.from_pretrained`` re-applies and loads.
 """
@@ -24,7 +30,7 @@ from torch import nn
 
 from slimkit.errors import ConfigError, UnsupportedModelError, one_of
 
-from .config import TSMConfig, pooled_segments
+from .config import DEFAULT_SEGMENTS, TSMConfig, check_segments, pooled_segments
 from .modules import TemporalPool, TemporalShift
 
 SUPPORTED = ("ResNetModel", "ResNetForImageClassification", "MobileNetV2Model",
@@ -113,15 +119,110 @@ def _apply_targets(model: nn.Module, cfg: TSMConfig) -> int:
     return len(chosen)
 
 
+# -- checks ---------------------------------------------------------------------------------------
+def _classifier_segments(model: nn.Module) -> set[int]:
+    """The ``n_segment`` of every ``VideoClassifier`` that is ``model`` or inside it."""
+    from slimkit_video.classifier import VideoClassifier
+
+    return {m.n_segment for m in model.modules() if isinstance(m, VideoClassifier)}
+
+
+def resolve_segments(model: nn.Module, config: TSMConfig) -> TSMConfig:
+    """``config`` with ``n_segment`` set: the classifier's when ``None``; refuse a disagreeing one."""
+    segs = _classifier_segments(model)
+    if len(segs) > 1:
+        raise ConfigError(
+            f"the model holds VideoClassifiers with different n_segment ({', '.join(map(str, sorted(segs)))}); "
+            f"apply tsm to each classifier separately")
+    wanted = next(iter(segs), None)
+    if config.n_segment is None:
+        n = wanted if wanted is not None else DEFAULT_SEGMENTS
+        check_segments(n, config.temporal_pool, config.direction)
+        return config.replace(n_segment=n)
+    if wanted is not None and config.n_segment != wanted:
+        raise ConfigError(
+            f"tsm n_segment={config.n_segment} disagrees with the VideoClassifier's n_segment={wanted} "
+            f"(frames per clip), so the shifts would mix frames of different clips; pass n_segment={wanted} "
+            f"or leave n_segment out to take the classifier's")
+    return config
+
+
+def _check_place(config: TSMConfig) -> None:
+    if config.target_modules is not None and config.place != "blockres":
+        raise ConfigError(
+            f"place={config.place!r} has no effect with target_modules (the input of each targeted module is "
+            f"shifted); leave place out, or target the blocks themselves")
+
+
+def input_channels(net: nn.Module) -> int | None:
+    """Channels of the input of ``net``: those of its first conv / linear / norm layer (None if unknown)."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return int(m.in_channels)
+        if isinstance(m, nn.Linear):
+            return int(m.in_features)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return int(m.num_features)
+        if isinstance(m, nn.GroupNorm):
+            return int(m.num_channels)
+    return None
+
+
+def _check_channels(model: nn.Module, config: TSMConfig) -> None:
+    """Refuse a ``shift_div`` for which some shifted layer would move no channel (``C // shift_div == 0``)."""
+    widths = {}
+    for name, m in model.named_modules():
+        if isinstance(m, TemporalShift):
+            c = input_channels(m.net)
+            if c is not None:
+                widths[name] = c
+    if not widths:
+        return
+    name, narrowest = min(widths.items(), key=lambda kv: kv[1])
+    if narrowest // config.shift_div == 0:
+        idle = sum(c // config.shift_div == 0 for c in widths.values())
+        raise ConfigError(
+            f"shift_div={config.shift_div} moves no channel in {idle} of {len(widths)} shifted layers (the "
+            f"narrowest, {name!r}, has {narrowest} input channels and {narrowest} // {config.shift_div} = 0), "
+            f"which is plain TSN there; use shift_div <= {narrowest} (8 is the paper's value)")
+
+
+def _remove_wrappers(model: nn.Module) -> None:
+    """Undo an insertion: replace every ``TemporalShift`` / ``TemporalPool`` by the module it wraps."""
+    while True:
+        found = next(((n, m) for n, m in model.named_modules() if isinstance(m, (TemporalShift, TemporalPool))),
+                     None)
+        if found is None:
+            return
+        _set(model, found[0], found[1].net)
+
+
+# -- apply ----------------------------------------------------------------------------------------
 def apply_tsm(model: nn.Module, config: TSMConfig) -> nn.Module:
-    """Insert ``TemporalShift`` (and ``TemporalPool``) modules in place; return ``model``."""
+    """Insert ``TemporalShift`` (and ``TemporalPool``) modules in place; return ``model``.
+
+    A refused setting (see the module docstring) raises ``ConfigError`` and leaves ``model`` unchanged.
+    """
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"tsm needs a torch.nn.Module, got {type(model).__name__}")
     if any(isinstance(m, TemporalShift) for m in model.modules()):
         raise ConfigError("this model already has temporal shifts; apply tsm to the original model once")
+    config = resolve_segments(model, config)
+    _check_place(config)
+    _insert(model, config)
+    try:
+        _check_channels(model, config)
+    except ConfigError:
+        _remove_wrappers(model)
+        raise
+    return model
+
+
+def _insert(model: nn.Module, config: TSMConfig) -> None:
+    """Wrap the layers chosen by ``config`` (built-in families or ``target_modules``)."""
     if config.target_modules is not None:
         _apply_targets(model, config)
-        return model
+        return
     ResNetEncoder, MobileNetV2Model = _hf_classes()
     count = 0
     if ResNetEncoder is not None:
@@ -134,4 +235,3 @@ def apply_tsm(model: nn.Module, config: TSMConfig) -> nn.Module:
             f"tsm found nothing to shift in {type(model).__name__}; it supports Hugging Face "
             f"{one_of(SUPPORTED)} out of the box, and any other model with "
             "target_modules=[qualified module names] or a regex")
-    return model
