@@ -17,7 +17,7 @@ _EXPORTS = {
     "dequantize": "quant", "dequantize_msb": "quant", "join_planes": "quant", "pack": "quant",
     "quantize": "quant", "split_planes": "quant", "unpack": "quant", "pack_fast": "quant", "unpack_fast": "quant",
     "PQStats": "stats",
-    "apply_progressive_quant": "transform", "pq_stats": "transform", "runtime_of": "transform",
+    "apply_progressive_quant": "transform", "pq_stats": "transform", "runtime_of": "state",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,7 +21,8 @@ from torch import nn
 
 from .quant import dequantize, dequantize_msb, quantize, split_planes
 
-NAME = "slimkit_pq"
+from .state import ATTENTION_NAME as NAME
+from .state import layer_index_of, runtime_of
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -85,7 +86,7 @@ def _needs_lsb(cfg, p: torch.Tensor, q: torch.Tensor, k_scale: torch.Tensor, sca
 
 def eager_reference(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Plain eager attention (for modules progressive quantization does not cover)."""
-    from .cache import PackedKV
+    from .handles import PackedKV
 
     if isinstance(key, PackedKV):
         key, value = key.layer.dequantized_keys(), key.layer.dequantized_values()
@@ -110,9 +111,9 @@ def pq_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tens
 
 
 def _pq_attention(module, query, key, value, attention_mask, scaling, dropout):
-    from .cache import PackedKV
+    from .handles import PackedKV
 
-    rt = getattr(module, "slimkit_pq", None)
+    rt = runtime_of(module)
     if rt is None:
         return eager_reference(module, query, key, value, attention_mask, scaling, dropout)
     cfg = rt.config
@@ -135,7 +136,7 @@ def _pq_attention(module, query, key, value, attention_mask, scaling, dropout):
 
     if isinstance(key, PackedKV):  # packed cache: read the MSB plane, and LSB rows only where needed
         p, out, recomputed = _attend_packed(rt, key.layer, q_msb, q_full, attention_mask, scaling, qs)
-        rt.stats.add(module.__dict__.get("slimkit_pq_layer", -1), b * h * lq, recomputed)
+        rt.stats.add(layer_index_of(module), b * h * lq, recomputed)
         return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
 
     k_codes, ks, kz = quantize(key, msb_bits + lsb_bits, cfg.align_bits)
@@ -153,7 +154,7 @@ def _pq_attention(module, query, key, value, attention_mask, scaling, dropout):
             k_full = dequantize(k_codes, ks, kz)
             p_full = _softmax(q_full, _repeat_kv(k_full, groups), scaling, attention_mask)
             p = torch.where(need[..., None], p_full, p)
-    rt.stats.add(module.__dict__.get("slimkit_pq_layer", -1), b * h * lq, recomputed)
+    rt.stats.add(layer_index_of(module), b * h * lq, recomputed)
 
     p = nn.functional.dropout(p, p=dropout, training=module.training)
     out = torch.matmul(p, _repeat_kv(v, groups))
@@ -229,7 +230,7 @@ def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling, q_scale=No
 
 # -- grouped layout ---------------------------------------------------------------------------
 def _grouped_forward(module, rt, query, key, value, attention_mask, scaling, dropout):
-    from .cache import PackedKV
+    from .handles import PackedKV
     from .grouped import GroupedPQLayer
 
     if scaling is None:
@@ -253,7 +254,7 @@ def _grouped_forward(module, rt, query, key, value, attention_mask, scaling, dro
         out = torch.matmul(p, _repeat_kv(v, g).float())
         return out.to(query.dtype).transpose(1, 2).contiguous(), p.to(query.dtype)
     p, out, recomputed, read = attend_grouped(rt.config, layer, query, attention_mask, scaling)
-    rt.stats.add(module.__dict__.get("slimkit_pq_layer", -1), b * h * lq, recomputed)
+    rt.stats.add(layer_index_of(module), b * h * lq, recomputed)
     rt.stats.lsb_bytes_read += read
     rt.stats.lsb_bytes_stored += layer.lsb_bytes()
     if dropout and module.training:  # training through the quantized attention: dropout as eager does

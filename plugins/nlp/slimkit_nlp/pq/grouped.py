@@ -232,7 +232,7 @@ class GroupedPQLayer(PackedLayerBase):
         self.length += n
         self._flush()
         if self.return_handles:
-            from .cache import PackedKV
+            from .handles import PackedKV
 
             b, h = key_states.shape[:2]
             return (PackedKV(self, "keys", (b, h, self.length, self.head_dim), key_states.dtype, key_states.device),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import types
-from dataclasses import dataclass
 
 from torch import nn
 
@@ -11,30 +10,13 @@ from slimkit.errors import ConfigError, SlimkitError, UnsupportedModelError
 from slimkit_nlp.compat import cache_name, output_cache, pick_cache
 from slimkit_nlp.families import resolve_family
 
-from .attention import NAME, register
+from .attention import register
 from .config import ProgressiveQuantConfig
+from .state import ATTENTION_NAME as NAME
+from .state import PQRuntime, attach_runtime, runtime_of
 from .stats import PQStats
 
 log = logging.getLogger("slimkit.nlp.pq")
-RUNTIME_ATTR = "slimkit_pq"
-LAYER_ATTR = "slimkit_pq_layer"
-
-
-@dataclass
-class PQRuntime:
-    """State shared by the attention modules of one model (each module also holds its layer index)."""
-
-    config: ProgressiveQuantConfig
-    stats: PQStats
-    in_generate: bool = False
-    last_cache: object = None
-
-
-def runtime_of(model) -> PQRuntime | None:
-    """The progressive-quant state of ``model`` (``None`` if not applied)."""
-    return model.__dict__.get("_slimkit_pq_runtime")
-
-
 def pq_stats(model) -> PQStats:
     """Stats of the last forward (or the last ``generate`` call as a whole)."""
     rt = runtime_of(model)
@@ -150,10 +132,7 @@ def apply_progressive_quant(model, config: ProgressiveQuantConfig):
     stats = PQStats(msb_bits=config.msb_bits, lsb_bits=config.lsb_bits, value_bits=config.value_bits)
     rt = PQRuntime(config=config, stats=stats)
     first = runtime_of(model) is None
-    model.__dict__["_slimkit_pq_runtime"] = rt
-    for i, m in enumerate(modules):
-        m.__dict__[RUNTIME_ATTR] = rt
-        m.__dict__[LAYER_ATTR] = i
+    attach_runtime(model, modules, rt)
     current = model.config._attn_implementation
     if current != NAME:
         if current not in (None, "eager"):
