@@ -83,6 +83,14 @@ def families() -> dict[str, FamilyAdapter]:
     return dict(_FAMILIES)
 
 
+def get_family(name: str) -> FamilyAdapter:
+    """The registered adapter called ``name``; ``UnsupportedModelError`` listing the names otherwise."""
+    table = families()
+    if name not in table:
+        raise UnsupportedModelError(f"no model family {name!r}; registered families are {', '.join(sorted(table))}")
+    return table[name]
+
+
 def supported_families() -> list[str]:
     return list(families())
 
@@ -140,6 +148,6 @@ def _ensure_builtins() -> None:
     _FAMILIES.update(others)
 
 
-__all__ = ["FamilyAdapter", "DecoderFamily", "DecoderSpec", "register_family", "unregister_family", "families",
+__all__ = ["FamilyAdapter", "get_family", "DecoderFamily", "DecoderSpec", "register_family", "unregister_family", "families",
            "supported_families", "resolve_family", "attention_function", "attn_implementation", "returns_weights",
            "linear_rows", "linear_cols", "split_heads", "unit_rows", "NO_WEIGHTS_IMPLEMENTATIONS"]

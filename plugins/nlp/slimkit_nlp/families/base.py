@@ -16,7 +16,8 @@ no Mult-Adds.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,29 @@ def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     """``(B, L, n * d) -> (B, n, L, d)``."""
     b, l, _ = x.shape
     return x.view(b, l, -1, head_dim).transpose(1, 2)
+
+
+Linear = tuple[torch.Tensor, Optional[torch.Tensor]]   # (weight [out, in], bias [out] or None)
+
+
+@dataclass
+class LayerWeights:
+    """One layer's parameters in ``nn.Linear`` layout (``weight [out, in]``), as views of the model's
+    own tensors (no copies), for conversions that rebuild layers (``lsra``, ``hat``).
+
+    ``q``, ``k``, ``v``: the query/key/value projections ``[H*d, D]``; ``out``: the attention output
+    projection ``[D, H*d]``; ``ffn_in`` ``[F, D]`` and ``ffn_out`` ``[D, F]``: the feed-forward pair;
+    ``attn_norm`` / ``ffn_norm``: the LayerNorm before (pre-norm) or after (post-norm) each block.
+    """
+
+    q: Linear
+    k: Linear
+    v: Linear
+    out: Linear
+    ffn_in: Linear
+    ffn_out: Linear
+    attn_norm: nn.Module
+    ffn_norm: nn.Module
 
 
 class FamilyAdapter:
@@ -120,6 +144,20 @@ class FamilyAdapter:
         """Weights of the attention output projection (part of ``attn_weight_numel``); 0 when unknown,
         which counts it with q/k/v in the Mult-Adds statistics."""
         return 0
+
+    # -- weights and rebuilding (conversions) -------------------------------------------
+    def layer_weights(self, layer: nn.Module) -> LayerWeights:
+        """``layer``'s projections in ``nn.Linear`` layout (see :class:`LayerWeights`)."""
+        raise NotImplementedError(f"the {self.name} adapter does not expose layer weights")
+
+    def replace_attention(self, layer: nn.Module, module: nn.Module) -> None:
+        """Put ``module`` where ``layer``'s attention block is (the module HF calls with hidden states)."""
+        raise NotImplementedError(f"the {self.name} adapter cannot replace attention blocks")
+
+    def keep_ffn_units(self, layer: nn.Module, units: torch.Tensor) -> None:
+        """Shrink ``layer``'s feed-forward to the hidden ``units`` (sorted indices), in the family's own module
+        types, copying their weights."""
+        raise NotImplementedError(f"the {self.name} adapter cannot shrink feed-forward layers")
 
     def num_heads(self, backbone: nn.Module) -> int:
         return backbone.config.num_attention_heads

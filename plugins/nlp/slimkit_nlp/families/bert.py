@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import FamilyAdapter, linear_cols, linear_rows, split_heads, unit_rows
+from .base import FamilyAdapter, LayerWeights, linear_cols, linear_rows, split_heads, unit_rows
 
 
 class BertFamily(FamilyAdapter):
@@ -59,6 +59,30 @@ class BertFamily(FamilyAdapter):
         k = linear_rows(x, att.key.weight, att.key.bias, rows)
         v = linear_rows(x, att.value.weight, att.value.bias, rows)
         return split_heads(q, d), split_heads(k, d), split_heads(v, d)
+
+    def layer_weights(self, layer):
+        s, o = layer.attention.self, layer.attention.output
+        return LayerWeights(q=(s.query.weight, s.query.bias), k=(s.key.weight, s.key.bias),
+                            v=(s.value.weight, s.value.bias), out=(o.dense.weight, o.dense.bias),
+                            ffn_in=(layer.intermediate.dense.weight, layer.intermediate.dense.bias),
+                            ffn_out=(layer.output.dense.weight, layer.output.dense.bias),
+                            attn_norm=o.LayerNorm, ffn_norm=layer.output.LayerNorm)
+
+    def replace_attention(self, layer, module):
+        layer.attention = module
+
+    def keep_ffn_units(self, layer, units):
+        from torch import nn
+
+        inter, out = layer.intermediate, layer.output
+        d, k = inter.dense.in_features, len(units)
+        fc, pr = nn.Linear(d, k).train(inter.training), nn.Linear(k, d).train(out.training)
+        with torch.no_grad():
+            fc.weight.copy_(inter.dense.weight[units])
+            fc.bias.copy_(inter.dense.bias[units])
+            pr.weight.copy_(out.dense.weight[:, units])
+            pr.bias.copy_(out.dense.bias)
+        inter.dense, out.dense = fc, pr
 
     def out_weight_numel(self, layer):
         return layer.attention.output.dense.weight.numel()

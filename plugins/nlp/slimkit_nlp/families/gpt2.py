@@ -5,7 +5,7 @@ learned absolute positions ``wpe`` added once at the input; final ``ln_f``.
 """
 from __future__ import annotations
 
-from .base import FamilyAdapter, linear_cols, linear_rows, split_heads, unit_rows
+from .base import FamilyAdapter, LayerWeights, linear_cols, linear_rows, split_heads, unit_rows
 
 
 class GPT2Family(FamilyAdapter):
@@ -54,6 +54,32 @@ class GPT2Family(FamilyAdapter):
             allrows = torch.cat([rows, rows + D, rows + 2 * D], dim=1)
             q, k, v = linear_rows(x, w, b, allrows).chunk(3, dim=2)
         return split_heads(q, d), split_heads(k, d), split_heads(v, d)
+
+    def layer_weights(self, layer):
+        att, mlp = layer.attn, layer.mlp
+        D = att.embed_dim
+        w, b = att.c_attn.weight.t(), att.c_attn.bias      # Conv1D stores (in, out): view as (out, in)
+        return LayerWeights(q=(w[:D], b[:D]), k=(w[D:2 * D], b[D:2 * D]), v=(w[2 * D:], b[2 * D:]),
+                            out=(att.c_proj.weight.t(), att.c_proj.bias),
+                            ffn_in=(mlp.c_fc.weight.t(), mlp.c_fc.bias), ffn_out=(mlp.c_proj.weight.t(), mlp.c_proj.bias),
+                            attn_norm=layer.ln_1, ffn_norm=layer.ln_2)
+
+    def replace_attention(self, layer, module):
+        layer.attn = module
+
+    def keep_ffn_units(self, layer, units):
+        import torch
+        from transformers.pytorch_utils import Conv1D
+
+        mlp = layer.mlp
+        d, k = mlp.c_fc.weight.shape[0], len(units)
+        fc, pr = Conv1D(k, d).train(mlp.training), Conv1D(d, k).train(mlp.training)
+        with torch.no_grad():
+            fc.weight.copy_(mlp.c_fc.weight[:, units])
+            fc.bias.copy_(mlp.c_fc.bias[units])
+            pr.weight.copy_(mlp.c_proj.weight[units, :])
+            pr.bias.copy_(mlp.c_proj.bias)
+        mlp.c_fc, mlp.c_proj = fc, pr
 
     def out_weight_numel(self, layer):
         return layer.attn.c_proj.weight.numel()

@@ -22,22 +22,23 @@ from .supernet import SuperTransformer
 def _gpt2_parts(model):
     """(config, GPT2Model or None) for a GPT2Config, GPT2Model or GPT2LMHeadModel."""
     from transformers import GPT2Config
+
+    from slimkit_nlp.families import get_family
+
     if isinstance(model, GPT2Config):
         return model, None
-    cfg = getattr(model, "config", None)
-    if getattr(cfg, "model_type", None) != "gpt2":
+    fam = get_family("gpt2")
+    base = fam.backbone(model) if isinstance(model, torch.nn.Module) else None
+    if base is None:
         raise UnsupportedModelError(
             f"hat builds a SuperTransformer from GPT-2 models or configs, got {type(model).__name__}; "
             f"pass a transformers GPT2Config, GPT2Model or GPT2LMHeadModel, or build one with "
             f"slimkit_nlp.hat.SuperTransformer(HatSpace(...))")
-    base = getattr(model, "transformer", model)
-    if not hasattr(base, "h") or not hasattr(base, "wte"):
-        raise UnsupportedModelError(f"{type(model).__name__} has no GPT-2 blocks (.h, .wte); pass a GPT2LMHeadModel")
     head = getattr(model, "lm_head", None)
     if head is not None and head.weight is not base.wte.weight and not torch.equal(head.weight, base.wte.weight):
         raise UnsupportedModelError("hat needs GPT-2's output head tied to its token embeddings "
                                     "(tie_word_embeddings=True); this model has a separate lm_head")
-    return cfg, base
+    return base.config, base
 
 
 def _choices(given, default, maximum, name):
@@ -78,27 +79,27 @@ def space_for_gpt2(cfg, options: HatConfig) -> HatSpace:
 
 @torch.no_grad()
 def load_gpt2_weights(net: SuperTransformer, base) -> None:
-    n = base.wte.weight.shape[1]
+    """Copy a GPT-2 backbone's weights into the decoder-only SuperTransformer (layer by layer, in
+    ``nn.Linear`` layout through the ``gpt2`` families adapter)."""
+    from slimkit_nlp.families import get_family
+
+    fam = get_family("gpt2")
     dec = net.decoder
     dec.embed_tokens.weight.copy_(base.wte.weight)
     dec.embed_positions.weight.copy_(base.wpe.weight)
     dec.layer_norm.weight.copy_(base.ln_f.weight)
     dec.layer_norm.bias.copy_(base.ln_f.bias)
-    for blk, lay in zip(base.h, dec.layers):
-        w, b = blk.attn.c_attn.weight, blk.attn.c_attn.bias  # [n, 3n], [3n]
-        for j, proj in enumerate((lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj)):
-            proj.weight.copy_(w[:, j * n:(j + 1) * n].t())
-            proj.bias.copy_(b[j * n:(j + 1) * n])
-        lay.self_attn.out_proj.weight.copy_(blk.attn.c_proj.weight.t())
-        lay.self_attn.out_proj.bias.copy_(blk.attn.c_proj.bias)
-        lay.self_attn_layer_norm.weight.copy_(blk.ln_1.weight)
-        lay.self_attn_layer_norm.bias.copy_(blk.ln_1.bias)
-        lay.final_layer_norm.weight.copy_(blk.ln_2.weight)
-        lay.final_layer_norm.bias.copy_(blk.ln_2.bias)
-        lay.ffn.fc1.weight.copy_(blk.mlp.c_fc.weight.t())
-        lay.ffn.fc1.bias.copy_(blk.mlp.c_fc.bias)
-        lay.ffn.fc2.weight.copy_(blk.mlp.c_proj.weight.t())
-        lay.ffn.fc2.bias.copy_(blk.mlp.c_proj.bias)
+    for blk, lay in zip(fam.layers(base), dec.layers):
+        w = fam.layer_weights(blk)
+        att = lay.self_attn
+        pairs = ((att.q_proj, w.q), (att.k_proj, w.k), (att.v_proj, w.v), (att.out_proj, w.out),
+                 (lay.ffn.fc1, w.ffn_in), (lay.ffn.fc2, w.ffn_out))
+        for linear, (weight, bias) in pairs:
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
+        for norm, src in ((lay.self_attn_layer_norm, w.attn_norm), (lay.final_layer_norm, w.ffn_norm)):
+            norm.weight.copy_(src.weight)
+            norm.bias.copy_(src.bias)
 
 
 def apply_hat(model, config: HatConfig) -> SuperTransformer:

@@ -22,7 +22,7 @@ from .config import LSRAConfig
 from .modeling import kernel_sizes_for
 from .modules import LSRA, param_init_
 
-SUPPORTED = "GPT-2 (GPT2Model / GPT2LMHeadModel ...) and BERT-family encoders (BERT, RoBERTa, MiniLM, ELECTRA ...)"
+SUPPORTED = "GPT-2 (GPT2Model / GPT2LMHeadModel ...) and BERT-family encoders (BERT, RoBERTa, XLM-R, MiniLM ...)"
 
 
 # -- attention masks coming from Hugging Face models ------------------------------------------
@@ -138,33 +138,25 @@ def _numel(*tensors) -> int:
     return sum(t.numel() for t in tensors if t is not None)
 
 
-# -- model families -------------------------------------------------------------------------
-def _gpt2_blocks(model):
-    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block
-
-    return [b for b in model.modules() if isinstance(b, GPT2Block) and isinstance(b.attn, GPT2Attention)]
+# -- model families (module structure lives in slimkit_nlp.families) ---------------------------
+LSRA_FAMILIES = ("gpt2", "bert")
 
 
-def _bert_attentions(model):
-    out = []
-    for m in model.modules():
-        s, o = getattr(m, "self", None), getattr(m, "output", None)
-        if (isinstance(s, nn.Module) and isinstance(o, nn.Module)
-                and all(isinstance(getattr(s, n, None), nn.Linear) for n in ("query", "key", "value"))
-                and isinstance(getattr(o, "dense", None), nn.Linear) and isinstance(getattr(o, "LayerNorm", None), nn.LayerNorm)
-                and not getattr(m, "is_cross_attention", False)):
-            out.append(m)
-    return out
+def _family_of(model):
+    """The families adapter of ``model`` when lsra converts that family; ``UnsupportedModelError`` otherwise."""
+    from slimkit_nlp.families import resolve_family
 
-
-def _bert_ffns(model):
-    """(intermediate.dense, output.dense) of each BERT layer, in order."""
-    pairs = []
-    for m in model.modules():
-        i, o = getattr(m, "intermediate", None), getattr(m, "output", None)
-        if isinstance(getattr(i, "dense", None), nn.Linear) and isinstance(getattr(o, "dense", None), nn.Linear):
-            pairs.append((i, o))
-    return pairs
+    try:
+        fam = resolve_family(model)
+    except UnsupportedModelError:
+        fam = None
+    if fam is None or fam.name not in LSRA_FAMILIES:
+        raise UnsupportedModelError(f"lsra supports {SUPPORTED}; {type(model).__name__} is not one of them")
+    layers = fam.layers(fam.backbone(model))
+    if any(isinstance(getattr(layer, "attn", None) or getattr(layer, "attention", None), _HFLSRAMixin)
+           for layer in layers):
+        raise ConfigError("this model already has LSRA blocks; apply lsra to the original model")
+    return fam, layers
 
 
 def _split_heads(heads: int, head_dim: int, d: int, cfg: LSRAConfig, family: str) -> tuple[int, int]:
@@ -212,109 +204,76 @@ def _top_units(w_in_rows: torch.Tensor, w_out_cols: torch.Tensor, k: int) -> tor
     return score.topk(k).indices.sort().values
 
 
-def _convert_gpt2(model, cfg: LSRAConfig, report: LSRAReport) -> None:
-    from transformers.pytorch_utils import Conv1D
-
-    blocks = _gpt2_blocks(model)
-    c = model.config
-    d, H = c.n_embd, c.n_head
-    hd = d // H
-    keep, a = _split_heads(H, hd, d, cfg, "GPT-2")
-    if getattr(c, "scale_attn_by_inverse_layer_idx", False) or not getattr(c, "scale_attn_weights", True):
-        raise UnsupportedModelError("LSRA conversion supports GPT-2 with the standard 1/sqrt(head_dim) attention scale "
-                                    "(scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False)")
-    causal = True if cfg.causal is None else cfg.causal
-    kernels = kernel_sizes_for(len(blocks), cfg.kernel_sizes)
-    _check_kernels(kernels, causal, getattr(c, "n_positions", None), "GPT-2")
-    for i, block in enumerate(blocks):
-        old = block.attn
-        W, b = old.c_attn.weight, old.c_attn.bias  # [d, 3d] (in, out)
-        lsra = _new_lsra(d, a, keep, kernels[i], cfg, causal, c.resid_pdrop, c.initializer_range, cfg.seed * 1000 + i)
-        at = lsra.attn
-        for j, proj in enumerate((at.q_proj, at.k_proj, at.v_proj)):
-            _copy_(proj.weight, W[:a, j * d: j * d + a].T)
-            _copy_(proj.bias, b[j * d: j * d + a])
-        _copy_(at.out_proj.weight, old.c_proj.weight[:a, :a].T)
-        _copy_(at.out_proj.bias, old.c_proj.bias[:a])
-        kept = 4 * a * a + 4 * a
-        new = sum(p.numel() for p in lsra.conv.parameters())
-        before = _numel(old.c_attn.weight, old.c_attn.bias, old.c_proj.weight, old.c_proj.bias)
-        block.attn = GPT2LSRAAttention(lsra, old.layer_idx if old.layer_idx is not None else i, c.resid_pdrop)
-        block.attn.train(old.training)
-        row = {"layer": i, "kept_heads": list(range(keep)), "attn_channels": a, "conv_channels": d - a,
-               "kernel_size": kernels[i], "conv_type": cfg.conv_type, "causal": causal}
-        report.kept_parameters += kept
-        report.new_parameters += new
-        report.dropped_parameters += before - kept
-        if cfg.ffn_dim is not None:
-            mlp = block.mlp
-            hidden = mlp.c_fc.weight.shape[1]
-            if cfg.ffn_dim > hidden:
-                raise ConfigError(f"ffn_dim={cfg.ffn_dim} is larger than the FFN's {hidden} hidden units; pass at most {hidden}")
-            idx = _top_units(mlp.c_fc.weight.T, mlp.c_proj.weight.T, cfg.ffn_dim)
-            fc, pr = Conv1D(cfg.ffn_dim, d).train(mlp.training), Conv1D(d, cfg.ffn_dim).train(mlp.training)
-            _copy_(fc.weight, mlp.c_fc.weight[:, idx])
-            _copy_(fc.bias, mlp.c_fc.bias[idx])
-            _copy_(pr.weight, mlp.c_proj.weight[idx, :])
-            _copy_(pr.bias, mlp.c_proj.bias)
-            report.kept_parameters += _numel(fc.weight, fc.bias, pr.weight, pr.bias)
-            report.dropped_parameters += (hidden - cfg.ffn_dim) * (2 * d + 1)
-            mlp.c_fc, mlp.c_proj = fc, pr
-            row.update(ffn_before=hidden, ffn_after=cfg.ffn_dim)
-        report.layers.append(row)
-    if causal and len(blocks) == getattr(c, "n_layer", -1):
-        # DynamicCache(config=...) then builds hybrid layers (KV + conv buffer) that beam search can reorder
-        c.layer_types = ["hybrid"] * c.n_layer
-    report.train = [f"*.attn.lsra.conv.* (conv branch, {report.new_parameters:,} new parameters)",
-                    "fine-tune everything for best results (the attention half now reads only its own channels)"]
+def _copy_attention_half(lsra: LSRA, w, a: int) -> None:
+    """The attention branch keeps the first ``a`` channels of q/k/v/out (its ``keep`` heads)."""
+    at = lsra.attn
+    for proj, (weight, bias) in ((at.q_proj, w.q), (at.k_proj, w.k), (at.v_proj, w.v), (at.out_proj, w.out)):
+        _copy_(proj.weight, weight[:a, :a])
+        _copy_(proj.bias, bias[:a])
 
 
-def _convert_bert(model, cfg: LSRAConfig, report: LSRAReport) -> None:
-    atts = _bert_attentions(model)
-    c = model.config
-    d, H = c.hidden_size, c.num_attention_heads
-    hd = d // H
-    keep, a = _split_heads(H, hd, d, cfg, "BERT")
+def _shrink_ffn(fam, layer, w, cfg: LSRAConfig, d: int, report: LSRAReport, row: dict) -> None:
+    hidden = w.ffn_in[0].shape[0]
+    if cfg.ffn_dim > hidden:
+        raise ConfigError(f"ffn_dim={cfg.ffn_dim} is larger than the FFN's {hidden} hidden units; pass at most {hidden}")
+    fam.keep_ffn_units(layer, _top_units(w.ffn_in[0], w.ffn_out[0], cfg.ffn_dim))
+    report.kept_parameters += cfg.ffn_dim * (2 * d + 1) + d
+    report.dropped_parameters += (hidden - cfg.ffn_dim) * (2 * d + 1)
+    row.update(ffn_before=hidden, ffn_after=cfg.ffn_dim)
+
+
+def _family_settings(fam, c, cfg: LSRAConfig) -> dict:
+    """Model size, dropout, positions and causality from the family's config names."""
+    if fam.name == "gpt2":
+        if getattr(c, "scale_attn_by_inverse_layer_idx", False) or not getattr(c, "scale_attn_weights", True):
+            raise UnsupportedModelError("LSRA conversion supports GPT-2 with the standard 1/sqrt(head_dim) attention "
+                                        "scale (scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False)")
+        return {"label": "GPT-2", "d": c.n_embd, "heads": c.n_head, "dropout": c.resid_pdrop,
+                "positions": getattr(c, "n_positions", None), "causal": True if cfg.causal is None else cfg.causal}
     causal = bool(getattr(c, "is_decoder", False)) if cfg.causal is None else cfg.causal
-    kernels = kernel_sizes_for(len(atts), cfg.kernel_sizes)
-    _check_kernels(kernels, causal, getattr(c, "max_position_embeddings", None), "BERT")
-    ffns = _bert_ffns(model)
-    for i, att in enumerate(atts):
-        s, o = att.self, att.output
-        lsra = _new_lsra(d, a, keep, kernels[i], cfg, causal, c.hidden_dropout_prob, c.initializer_range,
+    return {"label": "BERT", "d": c.hidden_size, "heads": c.num_attention_heads, "dropout": c.hidden_dropout_prob,
+            "positions": getattr(c, "max_position_embeddings", None), "causal": causal}
+
+
+def _lsra_block(fam, layer, lsra: LSRA, index: int, dropout: float) -> nn.Module:
+    """The drop-in attention module of the family around ``lsra``."""
+    old = fam.attention(layer)
+    idx = getattr(old, "layer_idx", None)
+    idx = index if idx is None else idx
+    if fam.name == "gpt2":
+        return GPT2LSRAAttention(lsra, idx, dropout).train(layer.attn.training)
+    return BertLSRAAttention(lsra, layer.attention.output.LayerNorm, idx or index, dropout).train(layer.attention.training)
+
+
+def _convert(model, fam, layers, cfg: LSRAConfig, report: LSRAReport) -> None:
+    """Replace every layer's attention with LSRA (its first heads keep their weights; the conv branch is new)."""
+    c = model.config
+    st = _family_settings(fam, c, cfg)
+    d, H = st["d"], st["heads"]
+    keep, a = _split_heads(H, d // H, d, cfg, st["label"])
+    kernels = kernel_sizes_for(len(layers), cfg.kernel_sizes)
+    _check_kernels(kernels, st["causal"], st["positions"], st["label"])
+    for i, layer in enumerate(layers):
+        w = fam.layer_weights(layer)
+        before = sum(p.numel() for p in (fam.attention(layer) if fam.name == "gpt2" else layer.attention).parameters())
+        lsra = _new_lsra(d, a, keep, kernels[i], cfg, st["causal"], st["dropout"], c.initializer_range,
                          cfg.seed * 1000 + i)
-        at = lsra.attn
-        for proj, src in ((at.q_proj, s.query), (at.k_proj, s.key), (at.v_proj, s.value), (at.out_proj, o.dense)):
-            _copy_(proj.weight, src.weight[:a, :a])
-            _copy_(proj.bias, src.bias[:a])
-        kept = 4 * a * a + 4 * a + _numel(o.LayerNorm.weight, o.LayerNorm.bias)
-        before = sum(p.numel() for p in att.parameters())
-        new_att = BertLSRAAttention(lsra, o.LayerNorm, getattr(s, "layer_idx", None) or i, c.hidden_dropout_prob)
-        new_att.train(att.training)
-        parent = next(m for m in model.modules() if getattr(m, "attention", None) is att)
-        parent.attention = new_att
+        _copy_attention_half(lsra, w, a)
+        kept = 4 * a * a + 4 * a + (0 if fam.name == "gpt2" else _numel(w.attn_norm.weight, w.attn_norm.bias))
+        fam.replace_attention(layer, _lsra_block(fam, layer, lsra, i, st["dropout"]))
         row = {"layer": i, "kept_heads": list(range(keep)), "attn_channels": a, "conv_channels": d - a,
-               "kernel_size": kernels[i], "conv_type": cfg.conv_type, "causal": causal}
+               "kernel_size": kernels[i], "conv_type": cfg.conv_type, "causal": st["causal"]}
         report.kept_parameters += kept
         report.new_parameters += sum(p.numel() for p in lsra.conv.parameters())
         report.dropped_parameters += before - kept
-        if cfg.ffn_dim is not None and i < len(ffns):
-            inter, out = ffns[i]
-            hidden = inter.dense.out_features
-            if cfg.ffn_dim > hidden:
-                raise ConfigError(f"ffn_dim={cfg.ffn_dim} is larger than the FFN's {hidden} hidden units; pass at most {hidden}")
-            idx = _top_units(inter.dense.weight, out.dense.weight, cfg.ffn_dim)
-            fc, pr = nn.Linear(d, cfg.ffn_dim).train(inter.training), nn.Linear(cfg.ffn_dim, d).train(out.training)
-            _copy_(fc.weight, inter.dense.weight[idx])
-            _copy_(fc.bias, inter.dense.bias[idx])
-            _copy_(pr.weight, out.dense.weight[:, idx])
-            _copy_(pr.bias, out.dense.bias)
-            report.kept_parameters += _numel(fc.weight, fc.bias, pr.weight, pr.bias)
-            report.dropped_parameters += (hidden - cfg.ffn_dim) * (2 * d + 1)
-            inter.dense, out.dense = fc, pr
-            row.update(ffn_before=hidden, ffn_after=cfg.ffn_dim)
+        if cfg.ffn_dim is not None:
+            _shrink_ffn(fam, layer, w, cfg, d, report, row)
         report.layers.append(row)
-    report.train = [f"*.attention.lsra.conv.* (conv branch, {report.new_parameters:,} new parameters)",
+    if fam.name == "gpt2" and st["causal"] and len(layers) == getattr(c, "n_layer", -1):
+        # DynamicCache(config=...) then builds hybrid layers (KV + conv buffer) that beam search can reorder
+        c.layer_types = ["hybrid"] * c.n_layer
+    where = "attn" if fam.name == "gpt2" else "attention"
+    report.train = [f"*.{where}.lsra.conv.* (conv branch, {report.new_parameters:,} new parameters)",
                     "fine-tune everything for best results (the attention half now reads only its own channels)"]
 
 
@@ -323,16 +282,10 @@ def apply_lsra(model: Any, config: LSRAConfig) -> Any:
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"lsra converts torch models ({SUPPORTED}); got {type(model).__name__}")
     before = sum(p.numel() for p in model.parameters())
-    if _gpt2_blocks(model):
-        report = LSRAReport("GPT-2")
-        _convert_gpt2(model, config, report)
-    elif _bert_attentions(model):
-        report = LSRAReport(type(model.config).__name__.replace("Config", "") if hasattr(model, "config") else "BERT")
-        if not hasattr(model, "config"):
-            raise UnsupportedModelError("lsra needs a Hugging Face BERT-family model with a .config")
-        _convert_bert(model, config, report)
-    else:
-        raise UnsupportedModelError(f"lsra supports {SUPPORTED}; {type(model).__name__} has no such attention blocks")
+    fam, layers = _family_of(model)
+    label = "GPT-2" if fam.name == "gpt2" else type(model.config).__name__.replace("Config", "")
+    report = LSRAReport(label)
+    _convert(model, fam, layers, config, report)
     report.params_before = before
     report.params_after = sum(p.numel() for p in model.parameters())
     object.__setattr__(model, "lsra_report", report)
