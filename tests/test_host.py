@@ -13,7 +13,7 @@ import pytest
 import slimkit
 from slimkit import hookspecs
 from slimkit.host import HOST
-from slimkit.registry import registry
+from slimkit.registry import install_command, registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,14 +92,14 @@ def test_missing_extra_gives_the_exact_install_hint(fresh_host):
     HOST.load()
     info = {i.name: i for i in slimkit.plugins()}["video"]
     assert not info.available
-    assert info.reason == "missing dependency decord: pip install 'slimkit[video]'"
+    assert info.reason == f"missing dependency decord: {install_command('video')}"
     video_techniques = sorted(registry().techniques_of("video"))
     assert video_techniques, "registry.toml lists no video technique"
     name = video_techniques[0]
     with pytest.raises(slimkit.MissingExtraError) as e:
         slimkit.apply(object(), name)
     assert str(e.value) == (f"technique {name!r} is provided by plugin 'video', "
-                            f"which is not installed: pip install 'slimkit[video]'")
+                            f"which is not installed: {install_command('video')}")
     # the other plugin is untouched
     assert {i.name: i for i in slimkit.plugins()}["nlp"].available
 

@@ -27,7 +27,6 @@ from .api import (
     sources,
     techniques,
 )
-from .bench import Benchmark, BenchContext, benchmarks, goal, run_benchmark
 from .config import TechniqueConfig
 from .errors import (
     ConfigError,
@@ -41,6 +40,30 @@ from .errors import (
 from .hookspecs import hookimpl
 from .host import HOST
 from .technique import ModelEntry, SourceEntry, Technique
+
+
+# Names that need torch are imported on first use, so that ``import slimkit`` and ``slimkit --help``
+# start fast (``slimkit.goal`` works as before; ``import slimkit`` alone does not import torch).
+_LAZY = {
+    "Benchmark": "bench", "BenchContext": "bench", "benchmarks": "bench", "goal": "bench",
+    "run_benchmark": "bench",
+}
+
+
+def __getattr__(name: str):
+    """Import a lazily exported name (``slimkit.goal``, ``slimkit.Benchmark``, ...) on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
 
 
 def plugins():

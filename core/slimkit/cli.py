@@ -1,14 +1,24 @@
-"""The ``slimkit`` command line: plugins, techniques, bench, and plugin commands."""
+"""The ``slimkit`` command line: plugins, techniques, bench, and plugin commands.
+
+Start-up stays fast: nothing here imports torch, and ``slimkit --help`` lists the plugins' commands
+from an index written the last time they were loaded (``$SLIMKIT_CACHE/cli-commands.json``, rebuilt
+whenever an installed plugin, its version, its source files or ``SLIMKIT_LOAD_PLUGINS`` change), so it
+does not import the plugins' command modules. Every other invocation loads them for real.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+from pathlib import Path
 
 import click
 
 from . import __version__
 from .errors import SlimkitError
-from .host import HOST
+from .host import ENTRY_POINT_GROUP, ENV_VAR, HOST
+from .progress import QUIET_ENV
 
 
 class _Group(click.Group):
@@ -24,8 +34,13 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="slimkit")
-def cli() -> None:
+@click.option("--quiet", "-q", is_flag=True,
+              help=f"No progress bars or time estimates (also off when stderr is not a terminal; "
+                   f"{QUIET_ENV}=1 does the same).")
+def cli(quiet: bool) -> None:
     """slimkit: make video and NLP models fast enough for phones, cameras and laptops."""
+    if quiet:
+        os.environ[QUIET_ENV] = "1"  # child processes (benchmark peers, launchers) stay quiet too
 
 
 @cli.command()
@@ -96,7 +111,7 @@ def bench(names, list_, json_path, quick, threads, seed) -> None:
     """Run benchmarks: writes JSON and a PNG plot for each."""
     from pathlib import Path
 
-    from .bench import benchmarks, run_benchmark
+    from .bench import QUICK_NOTE, benchmarks, goal_line, run_benchmark
     from .errors import ConfigError, one_of
 
     table = benchmarks()
@@ -115,10 +130,10 @@ def bench(names, list_, json_path, quick, threads, seed) -> None:
             Path(json_path).parent / f"{name}.json" if json_path else Path("bench-results") / f"{name}.json")
         click.echo(f"== {name}: {table[name].summary}", err=True)
         result = run_benchmark(table[name], path, quick=quick, threads=threads, seed=seed)
+        if quick and result.get("goals"):
+            click.echo(f"  {QUICK_NOTE}: the figures below are not the benchmark's result")
         for g in result.get("goals", []):
-            mark = "PASS" if g["passed"] else "MISS"
-            op = ">=" if g.get("higher_is_better", True) else "<="
-            click.echo(f"  [{mark}] {g['name']}: {g['value']:.4g}{g.get('unit', '')} (goal {op} {g['target']:.4g})")
+            click.echo(f"  {goal_line(g)}")
         click.echo(f"  wrote {path} and {result['plot']}")
 
 
@@ -147,7 +162,9 @@ def demo(ctx) -> None:
         cmd.main(args=list(args), prog_name=f"slimkit {name}", standalone_mode=False)
         ran += 1
     if not ran:
-        raise click.ClickException("no demo is available: pip install 'slimkit[all]'")
+        from .registry import install_command
+
+        raise click.ClickException(f"no demo is available: {install_command('all')}")
 
 
 def _table(rows) -> None:
@@ -158,11 +175,18 @@ def _table(rows) -> None:
             click.echo("  ".join("-" * w for w in widths))
 
 
+COMMAND_PLUGIN: dict[str, str] = {}   # top-level plugin command -> the plugin that added it
+
+
 def _load_plugin_commands() -> None:
+    """Let every loaded plugin add its commands (a plugin whose hook raises is marked unavailable)."""
     pm = HOST.ensure_loaded()
     for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        before = dict(cli.commands)
         try:
             impl.function(cli)
+            COMMAND_PLUGIN.update({name: impl.plugin_name for name, cmd in cli.commands.items()
+                                   if before.get(name) is not cmd})
         except Exception as e:  # a broken plugin must not break the CLI
             info = HOST.infos.get(impl.plugin_name)
             if info is not None:
@@ -170,10 +194,204 @@ def _load_plugin_commands() -> None:
                 info.reason = f"register_commands failed: {type(e).__name__}: {e}"
 
 
-def main(argv=None) -> int:
-    _load_plugin_commands()
+# -- the command index: `slimkit --help` without importing the plugins' command modules ----------------
+def is_core_command(cmd: click.Command) -> bool:
+    """Whether ``cmd`` is one of slimkit's own commands (defined in this module), not a plugin's."""
+    return getattr(cmd.callback, "__module__", None) == __name__
+
+
+def command_index_path() -> Path:
+    """Where the index of plugin commands lives (``$SLIMKIT_CACHE``, default ``~/.cache/slimkit``)."""
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit")) / "cli-commands.json"
+
+
+def _source_files(entry_point_value: str) -> list[str]:
+    """The ``.py`` files of the package behind an entry point (found without importing it)."""
+    import importlib.util
+
+    top = entry_point_value.split(":")[0].split(".")[0]
     try:
-        cli.main(args=argv, prog_name="slimkit", standalone_mode=True)
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        files = []
+        for root in spec.submodule_search_locations:
+            for folder, dirs, names in os.walk(root):
+                dirs[:] = [d for d in dirs if d != "__pycache__"]
+                files += [os.path.join(folder, n) for n in names if n.endswith(".py")]
+        return sorted(files)
+    return [spec.origin] if spec.origin else []
+
+
+def plugin_fingerprint() -> str:
+    """A digest of what decides the plugins' commands: slimkit's version, the installed plugins and
+    their versions, their source files (name, size, mtime), which of the built-in plugins' dependencies
+    are missing, and ``SLIMKIT_LOAD_PLUGINS``."""
+    import importlib.metadata
+
+    from .host import _missing_imports
+    from .registry import registry
+
+    h = hashlib.sha256(f"{__version__}|{os.environ.get(ENV_VAR)}".encode())
+    for name, entry in sorted(registry().plugins.items()):
+        h.update(f"|{name} misses {_missing_imports(entry.requires)}".encode())
+    eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    for ep in sorted(eps, key=lambda e: (e.name, e.value)):
+        dist = f"{ep.dist.name}=={ep.dist.version}" if ep.dist else ""
+        h.update(f"|{ep.name}={ep.value}@{dist}".encode())
+        for path in _source_files(ep.value):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            h.update(f"|{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def plugin_commands() -> dict[str, dict]:
+    """``{name: {"help", "short_help"}}`` of the top-level commands the loaded plugins added."""
+    return {name: {"help": cmd.help, "short_help": cmd.short_help} for name, cmd in cli.commands.items()
+            if not is_core_command(cmd) and not isinstance(cmd, _IndexedCommand)}
+
+
+def save_command_index() -> None:
+    """Remember the plugins' commands for the next ``slimkit --help`` (best effort: a read-only cache is fine)."""
+    data = {"fingerprint": plugin_fingerprint(), "commands": plugin_commands()}
+    path = command_index_path()
+    try:
+        if path.exists() and json.loads(path.read_text()) == data:
+            return
+        from .io import atomic_write_json
+
+        atomic_write_json(path, data)
+    except (OSError, ValueError):
+        pass
+
+
+def read_command_index() -> dict[str, dict] | None:
+    """The indexed commands (as :func:`plugin_commands`), or ``None`` when there is none or it is out of date."""
+    try:
+        data = json.loads(command_index_path().read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("fingerprint") != plugin_fingerprint():
+        return None
+    commands = data.get("commands")
+    return commands if isinstance(commands, dict) else None
+
+
+class _IndexedCommand(click.Command):
+    """A plugin command known from the index: enough for ``slimkit --help``; running it loads the real one."""
+
+    def invoke(self, ctx):
+        _load_plugin_commands()
+        real = cli.commands.get(self.name)
+        if real is None or isinstance(real, _IndexedCommand):
+            raise click.ClickException(f"command {self.name!r} is no longer provided by any plugin; "
+                                       f"see slimkit plugins")
+        return real.main(args=list(ctx.args), prog_name=ctx.command_path, standalone_mode=False)
+
+
+def _add_indexed_commands(index: dict[str, dict]) -> None:
+    """Add a stand-in for each indexed command: ``slimkit --help`` shows it exactly as the real one."""
+    for name, texts in index.items():
+        if name not in cli.commands and isinstance(texts, dict):
+            cli.add_command(_IndexedCommand(name, help=texts.get("help"), short_help=texts.get("short_help"),
+                                            add_help_option=False,
+                                            context_settings={"ignore_unknown_options": True,
+                                                              "allow_extra_args": True}))
+
+
+def only_top_level_help(args: list[str]) -> bool:
+    """True for ``slimkit``, ``slimkit --help`` and ``slimkit --version`` (no command runs)."""
+    return all(a in ("--help", "--version", "--quiet", "-q") for a in args)
+
+
+def _warn_about_unmatched_plugin_selection() -> None:
+    """The ``SLIMKIT_LOAD_PLUGINS`` warning of the host, for the help path that loads no plugin."""
+    import importlib.metadata
+    import warnings
+
+    from .host import PluginSelectionWarning, _allowed, unmatched_selection_warning
+
+    allowed = _allowed()
+    if allowed is not None:
+        names = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        sentence = unmatched_selection_warning(allowed, names)
+        if sentence is not None:
+            warnings.warn(PluginSelectionWarning(sentence))
+
+
+def prepare_commands(args: list[str]) -> None:
+    """Load the plugins' commands, or, for top-level help only, take them from an up-to-date index."""
+    if only_top_level_help(args):
+        index = read_command_index()
+        if index is not None:
+            _warn_about_unmatched_plugin_selection()
+            _add_indexed_commands(index)
+            return
+    _load_plugin_commands()
+    save_command_index()
+
+
+def one_line_warnings() -> None:
+    """Show slimkit's own warnings as ``Warning: sentence`` (not Python's file and source line)."""
+    import warnings
+
+    default = warnings.formatwarning
+    if getattr(default, "slimkit_one_line", False):
+        return
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if category.__module__.split(".")[0] in ("slimkit", "slimkit_video", "slimkit_nlp"):
+            return f"Warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    formatwarning.slimkit_one_line = True
+    warnings.formatwarning = formatwarning
+
+
+# -- the README's command table ----------------------------------------------------------------------
+def _usage(cmd: click.Command, path: str) -> str:
+    args = [p.make_metavar(click.Context(cmd)) for p in cmd.params if isinstance(p, click.Argument)]
+    return " ".join([path, *args])
+
+
+def _walk(cmd: click.Command, path: str):
+    """``(usage, short help)`` of ``cmd`` and, for groups, of every sub-command, in order."""
+    if isinstance(cmd, click.Group):
+        for name in sorted(cmd.commands):
+            yield from _walk(cmd.commands[name], f"{path} {name}")
+        return
+    yield _usage(cmd, path), cmd.get_short_help_str(limit=200)
+
+
+def command_table_markdown() -> str:
+    """The README's command table, generated from the CLI itself: slimkit's own commands and those of
+    the built-in plugins (a third-party plugin installed here does not change it)."""
+    from .registry import registry
+
+    _load_plugin_commands()
+    builtin = set(registry().plugins)
+    lines = ["| command | plugin | what it does |", "| --- | --- | --- |"]
+    for name in sorted(cli.commands):
+        plugin = COMMAND_PLUGIN.get(name, "core")
+        if plugin != "core" and plugin not in builtin:
+            continue
+        for usage, help_ in _walk(cli.commands[name], f"slimkit {name}"):
+            lines.append(f"| `{usage}` | {plugin} | {help_.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    one_line_warnings()
+    prepare_commands(args)
+    try:
+        cli.main(args=args, prog_name="slimkit", standalone_mode=True)
     except SystemExit as e:
         return int(e.code or 0)
     return 0

@@ -2,7 +2,8 @@
 
 Plugins come from the ``slimkit.plugins`` entry-point group (built-ins too).
 ``SLIMKIT_LOAD_PLUGINS`` limits which load: unset loads all, ``""`` loads none,
-``"video,nlp"`` loads those. A plugin whose dependencies are missing or that
+``"video,nlp"`` loads those; a name that matches no installed plugin is warned about
+(``PluginSelectionWarning``), since it selects nothing. A plugin whose dependencies are missing or that
 raises on import or in a hook is listed as unavailable with the reason; the
 host and the other plugins keep working.
 
@@ -47,6 +48,21 @@ _KINDS = {
 
 class PluginClashWarning(UserWarning):
     """Two plugins registered the same name; the refused registration is listed in ``slimkit plugins``."""
+
+
+class PluginSelectionWarning(UserWarning):
+    """``SLIMKIT_LOAD_PLUGINS`` names a plugin that is not installed (so it selects nothing)."""
+
+
+def unmatched_selection_warning(allowed: set[str], installed) -> str | None:
+    """The sentence for ``SLIMKIT_LOAD_PLUGINS`` names that match no installed plugin, or ``None``."""
+    unknown = sorted(allowed - set(installed))
+    if not unknown:
+        return None
+    names = ", ".join(repr(n) for n in unknown)
+    known = ", ".join(repr(n) for n in sorted(installed)) or "none"
+    return (f"{ENV_VAR} names {names}, which no installed plugin is called (installed: {known}); use the "
+            f"plugin names `slimkit plugins` lists (entry-point names in {ENTRY_POINT_GROUP!r}, not package names)")
 
 
 @dataclass
@@ -230,6 +246,10 @@ class Host:
             reg = registry()
             allowed = _allowed()
             eps, refused = _entry_points()
+            if allowed is not None:
+                sentence = unmatched_selection_warning(allowed, eps)
+                if sentence is not None:
+                    self._warn_once(sentence, PluginSelectionWarning)
             self._load_refusals = {}
             for ep in refused:
                 sentence = _entry_point_refusal(ep, eps[ep.name])
@@ -450,11 +470,11 @@ class Host:
                 self.infos.setdefault(clash.loser, PluginInfo(name=clash.loser)).refused.append(clash.refusal())
                 self.infos.setdefault(clash.winner, PluginInfo(name=clash.winner)).overrides.append(clash.note())
 
-    def _warn_once(self, sentence: str) -> None:
-        """A ``PluginClashWarning`` with ``sentence``, once per process."""
+    def _warn_once(self, sentence: str, category: type[Warning] = PluginClashWarning) -> None:
+        """A warning (``PluginClashWarning`` unless told) with ``sentence``, once per process."""
         if sentence not in self._warned:
             self._warned.add(sentence)
-            warnings.warn(PluginClashWarning(sentence), stacklevel=4)
+            warnings.warn(category(sentence), stacklevel=4)
 
     def _collect_every_table(self) -> None:
         """Build every registration table, so that infos list techniques and every name clash."""

@@ -282,9 +282,9 @@ def train_causal_lm(
         tokens = step * block_size * batch_size * acc.num_processes
         bar = None
         if show_progress and acc.is_local_main_process:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=steps if steps else int(time_budget_s), initial=step if steps else int(train_s),
-                       desc="train", unit="step" if steps else "s", dynamic_ncols=True, leave=False)
+            from slimkit.progress import bar as progress_bar
+            bar = progress_bar(total=steps if steps else int(time_budget_s), initial=step if steps else int(train_s),
+                               desc="train", unit="step" if steps else "s")
         ebs = eval_batch_size or batch_size
 
         def state() -> dict:

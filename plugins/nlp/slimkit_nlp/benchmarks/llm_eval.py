@@ -507,3 +507,49 @@ def time_prefill_and_decode(methods: Sequence[Method], prompt: Prompt, decode_to
                      "decode_tok_s": decode_tokens / statistics.median(decode[m.name]) if decode_tokens else 0.0,
                      "kv_bytes": kv[m.name],
                      "prefill_runs": prefill[m.name], "decode_runs": decode[m.name]} for m in methods}
+
+
+# -- resumable measurements ------------------------------------------------------------------------
+class MeasurementStore:
+    """Per-(prompt, method) results of a long benchmark, kept on disk so an interrupted run resumes.
+
+    The store is one JSON file under ``~/.cache/slimkit/bench-progress/`` named by a fingerprint of
+    everything that changes the numbers (``settings``, plus a hash of the benchmark and technique
+    sources), written atomically after every new result. A rerun with the same settings and code
+    skips what is already measured; any change of settings or code starts a fresh file.
+    """
+
+    def __init__(self, name: str, settings: dict, source_dirs: Sequence[str] = ()):
+        import hashlib
+        import json
+        from pathlib import Path
+
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+        for d in source_dirs:
+            for f in sorted(Path(d).rglob("*.py")):
+                h.update(f.read_bytes())
+        root = Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit")) / "bench-progress"
+        self.path = root / f"{name}-{h.hexdigest()[:16]}.json"
+        self.data: dict[str, Any] = {}
+        if self.path.exists():
+            from slimkit.io import FileFormatError, read_json
+
+            try:
+                self.data = dict(read_json(self.path).get("results", {}))
+            except (FileFormatError, AttributeError):
+                self.data = {}        # a damaged progress file only costs the re-measurement
+        self.settings = settings
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def measure(self, key: str, fn: Callable[[], Any]) -> Any:
+        """The stored result for ``key``, else ``fn()`` (stored before returning)."""
+        if key in self.data:
+            return self.data[key]
+        value = fn()
+        self.data[key] = value
+        from slimkit.io import atomic_write_json
+
+        atomic_write_json(self.path, {"settings": self.settings, "results": self.data})
+        return value

@@ -303,7 +303,7 @@ def plot(result, png) -> None:
 def main(argv=None) -> int:
     import argparse
 
-    from slimkit.bench import benchmarks, run_benchmark
+    from slimkit.bench import benchmarks, goal_line, run_benchmark
 
     ap = argparse.ArgumentParser(prog="python -m slimkit_nlp.benchmarks.pq_llm", description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=None, help=f"prompts (default {DEFAULT_PROMPTS})")
@@ -316,9 +316,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     result = run_benchmark(benchmarks()["pq-llm"], args.json, threads=args.threads, seed=args.seed)
     for g in result.get("goals", []):
-        op = ">=" if g.get("higher_is_better", True) else "<="
-        print(f"  [{'PASS' if g['passed'] else 'MISS'}] {g['name']}: {g['value']:.4g}{g.get('unit', '')} "
-              f"(goal {op} {g['target']:.4g})")
+        print(f"  {goal_line(g)}")
     print(f"  wrote {args.json} and {result['plot']} in {time.time() - t0:.0f} s")
     return 0
 

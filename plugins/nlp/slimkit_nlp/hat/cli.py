@@ -29,8 +29,9 @@ def default_space_for(task_name: str):
 
 
 def _progress(desc):
-    from tqdm.auto import tqdm
-    return lambda it, total: tqdm(it, total=total, desc=desc, dynamic_ncols=True)
+    """A tqdm bar with a time estimate (silent under `slimkit --quiet` or when stderr is not a terminal)."""
+    from slimkit.progress import progress_callback
+    return progress_callback(desc)
 
 
 def _fail(e):

@@ -8,8 +8,10 @@ outputs (each normalised by the encoder's final LayerNorm), concatenated along t
 Token embeddings are tied to the output projection. Registered with ``AutoConfig``,
 ``AutoModelForCausalLM`` (decoder-only) and ``AutoModelForSeq2SeqLM`` (encoder-decoder).
 This file depends on torch and transformers only. Load an export with the Auto classes after
-``import slimkit_nlp.hat.modeling``; slimkit never passes ``trust_remote_code`` (``save_pretrained``
-also copies this file beside the weights with an ``auto_map``, for users who choose to trust it).
+``import slimkit_nlp`` (which registers this module with them as soon as transformers' Auto classes
+are imported) or ``import slimkit_nlp.hat.modeling``; slimkit never passes ``trust_remote_code``
+(``save_pretrained`` also copies this file beside the weights with an ``auto_map``, for users who
+choose to trust it).
 
 The functional helpers (``attend``, ``activation``) are shared with the SuperTransformer
 so that a slice and its export compute exactly the same arithmetic.
@@ -94,17 +96,30 @@ class HatModelConfig(PretrainedConfig):
     Decoder-only when ``encoder_layers == 0``. ``qkv_dim`` is the q/k/v width of every
     attention; head dim = ``qkv_dim / heads``; ``ende_spans[i]`` = number of last encoder
     layers decoder layer ``i`` attends to.
+
+    The standard transformers names are accepted for the decoder: ``hidden_size`` (=
+    ``decoder_embed_dim``), ``num_hidden_layers`` (= ``decoder_layers``) and ``num_attention_heads``
+    (every decoder layer's heads); a value that contradicts the explicit one is refused. Special token
+    ids must fit the vocabulary: the defaults 0 / 1 / 2 (pad / bos / eos) need ``vocab_size >= 3``.
     """
 
     model_type = MODEL_TYPE
 
     def __init__(self, vocab_size: int = 256, max_position_embeddings: int = 256, qkv_dim: int = 256,
                  encoder_embed_dim: int = 0, encoder_layers: int = 0, encoder_ffn_dims=None,
-                 encoder_heads=None, decoder_embed_dim: int = 256, decoder_layers: int = 2,
+                 encoder_heads=None, decoder_embed_dim: int | None = None, decoder_layers: int | None = None,
                  decoder_ffn_dims=None, decoder_heads=None, ende_heads=None, ende_spans=None,
                  activation: str = "gelu", layer_norm_eps: float = 1e-5, dropout: float = 0.0,
                  pad_token_id: int = 0, bos_token_id: int = 1, eos_token_id: int = 2,
                  decoder_start_token_id: int | None = None, **kwargs):
+        decoder_embed_dim = _standard_name(kwargs, "hidden_size", "decoder_embed_dim", decoder_embed_dim, 256)
+        decoder_layers = _standard_name(kwargs, "num_hidden_layers", "decoder_layers", decoder_layers, 2)
+        heads = kwargs.pop("num_attention_heads", None)
+        if decoder_heads is None:
+            decoder_heads = [heads or 4] * decoder_layers
+        elif heads is not None and heads != max(decoder_heads):
+            raise ValueError(f"num_attention_heads={heads} contradicts decoder_heads={list(decoder_heads)} (the "
+                             f"largest is {max(decoder_heads)}); pass only one of the two")
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
         self.qkv_dim = qkv_dim
@@ -115,7 +130,7 @@ class HatModelConfig(PretrainedConfig):
         self.decoder_embed_dim = decoder_embed_dim
         self.decoder_layers = decoder_layers
         self.decoder_ffn_dims = list(decoder_ffn_dims or [4 * decoder_embed_dim] * decoder_layers)
-        self.decoder_heads = list(decoder_heads or [4] * decoder_layers)
+        self.decoder_heads = list(decoder_heads)
         self.ende_heads = list(ende_heads or [])
         self.ende_spans = list(ende_spans or [])
         self.activation = activation
@@ -125,12 +140,33 @@ class HatModelConfig(PretrainedConfig):
         self.num_hidden_layers = decoder_layers
         self.num_attention_heads = max(self.decoder_heads) if self.decoder_heads else 1
         is_ed = encoder_layers > 0
+        start = decoder_start_token_id if decoder_start_token_id is not None else (bos_token_id if is_ed else None)
+        _check_token_ids(vocab_size, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
+                         eos_token_id=eos_token_id, decoder_start_token_id=start)
         kwargs.pop("is_encoder_decoder", None)
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         decoder_start_token_id=(decoder_start_token_id if decoder_start_token_id is not None
-                                                 else (bos_token_id if is_ed else None)),
-                         is_encoder_decoder=is_ed, **kwargs)
+                         decoder_start_token_id=start, is_encoder_decoder=is_ed, **kwargs)
+
+
+def _standard_name(kwargs: dict, standard: str, own: str, value, default):
+    """``value`` of ``own``, else the standard transformers name from ``kwargs``, else ``default``;
+    both given and different is refused."""
+    other = kwargs.pop(standard, None)
+    if value is None:
+        return other if other is not None else default
+    if other is not None and other != value:
+        raise ValueError(f"{standard}={other} contradicts {own}={value}; pass only one of the two")
+    return value
+
+
+def _check_token_ids(vocab_size: int, **ids) -> None:
+    """Refuse special token ids the embedding cannot hold (one sentence with the fix)."""
+    for name, value in ids.items():
+        for token in (value if isinstance(value, (list, tuple)) else [value]):
+            if token is not None and not 0 <= int(token) < vocab_size:
+                raise ValueError(f"{name}={token} is outside the vocabulary of {vocab_size} tokens; "
+                                 f"pass an id below {vocab_size}")
 
 
 # ------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def train_supernet(net: SuperTransformer, task, steps: int = 1000, batch_size: i
     Returns ``{"step", "train_loss", "val_loss_largest", "val_loss_smallest", "seconds", "seed"}``.
     """
     from accelerate.utils import DistributedDataParallelKwargs
-    from tqdm.auto import tqdm
+    from slimkit.progress import bar as progress_bar
     from transformers import get_cosine_schedule_with_warmup
 
     from slimkit.training import TrainLoop, describe_model, make_accelerator
@@ -109,8 +109,8 @@ def train_supernet(net: SuperTransformer, task, steps: int = 1000, batch_size: i
     elapsed0 = float(extra.get("seconds", 0.0))
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, initial=start, desc="hat train", disable=not (progress and acc.is_local_main_process),
-               dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(total=steps, initial=start, desc="hat train", unit="step", mininterval=1.0,
+                       enabled=progress and acc.is_local_main_process)
 
     def state() -> dict:
         return {"losses": losses[-100:], "seconds": elapsed0 + time.perf_counter() - t0}

@@ -1,6 +1,7 @@
 """Lite Transformer as Hugging Face models: ``LiteTransformerConfig``, ``LiteTransformerForCausalLM``,
 ``LiteTransformerForConditionalGeneration`` (registered with ``AutoConfig``, ``AutoModelForCausalLM``
-and ``AutoModelForSeq2SeqLM`` when ``slimkit_nlp.lsra`` is imported).
+and ``AutoModelForSeq2SeqLM`` when this module is imported, which ``import slimkit_nlp`` arranges
+as soon as transformers' Auto classes are imported: no remote code).
 
 Each layer is pre-norm: ``x + LSRA(LN(x))`` [``+ CrossAttention(LN(x), encoder)``] ``+ FFN(LN(x))``;
 the FFN is flattened (hidden = d_model) unless ``ffn_dim`` says otherwise. Positions are learned.
@@ -49,6 +50,11 @@ class LiteTransformerConfig(PreTrainedConfig):
     conv_type: "lightweight" or "dynamic". conv_heads: head groups sharing a kernel. glu: GLU on the
     conv branch input. ffn_dim: FFN hidden size (None = d_model, the flattened FFN).
     cross_attention_heads: heads of the full-width encoder-decoder attention (None: same head dim as n_head).
+
+    The standard transformers names work too: ``hidden_size`` (= d_model), ``num_attention_heads``
+    (= n_head) and ``num_hidden_layers`` (= decoder_layers). ``bos_token_id`` / ``eos_token_id`` left
+    unset become the last id of the vocabulary (GPT-2's end-of-text convention, so they always fit; for
+    byte-level text 255 never occurs in UTF-8); ids outside the vocabulary are refused.
     """
 
     model_type = "lite_transformer"
@@ -86,6 +92,8 @@ class LiteTransformerConfig(PreTrainedConfig):
     decoder_start_token_id: int | None = 0
 
     def __post_init__(self, **kwargs):
+        self._take_standard_names(kwargs)
+        self._derive_special_tokens()
         self.kernel_sizes = kernel_sizes_for(self.decoder_layers, self.kernel_sizes)
         self.encoder_kernel_sizes = kernel_sizes_for(self.encoder_layers, self.encoder_kernel_sizes)
         if self.ffn_dim is None:
@@ -94,6 +102,27 @@ class LiteTransformerConfig(PreTrainedConfig):
         self.layer_types = ["hybrid"] * self.decoder_layers
         self._check()
         super().__post_init__(**kwargs)
+
+    def _take_standard_names(self, kwargs: dict) -> None:
+        """Apply ``hidden_size`` / ``num_attention_heads`` / ``num_hidden_layers`` before anything is derived
+        from ``d_model`` / ``n_head`` / ``decoder_layers`` (the per-layer kernels and cache layer types)."""
+        for standard, own in self.attribute_map.items():
+            if standard in kwargs:
+                setattr(self, own, kwargs.pop(standard))
+
+    def _derive_special_tokens(self) -> None:
+        """Unset BOS/EOS become the vocabulary's last id; an id the embedding cannot hold is refused."""
+        last = self.vocab_size - 1
+        if self.bos_token_id is None:
+            self.bos_token_id = last
+        if self.eos_token_id is None:
+            self.eos_token_id = last
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            for token in (value if isinstance(value, list) else [value]):
+                if token is not None and not 0 <= token < self.vocab_size:
+                    raise ConfigError(f"{name}={token} is outside the vocabulary of {self.vocab_size} tokens; "
+                                      f"pass an id below {self.vocab_size} or leave it unset (then {last})")
 
     @property
     def attn_dim(self) -> int:

@@ -114,7 +114,7 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
         token_targets = torch.cat(states) if token_loss > 0 else None
         del states
 
-    from tqdm.auto import tqdm
+    from slimkit.progress import bar as progress_bar
 
     was_training = model.training
     model.eval()
@@ -157,8 +157,8 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     try:
         start, extra = loop.restore(student, opt, sched)
         history, window = list(extra.get("history", [])), list(extra.get("window", []))
-        bar = tqdm(range(start, steps), initial=start, total=steps, desc="spatten distill",
-                   disable=not (show_progress and loop.accelerator.is_local_main_process), leave=False)
+        bar = progress_bar(range(start, steps), initial=start, total=steps, desc="spatten distill", unit="step",
+                           enabled=show_progress and loop.accelerator.is_local_main_process)   # time left per step
         with torch.enable_grad(), loop.signals():
             for step in bar:
                 gen = loop.seed_step(step)
