@@ -7,12 +7,7 @@
 """
 from __future__ import annotations
 
-try:
-    from importlib.metadata import PackageNotFoundError, version as _version
-
-    __version__ = _version("slimkit")
-except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0.0.0+local"
+from ._version import __version__
 
 from .api import (
     apply,
@@ -68,7 +63,9 @@ def __dir__():
 
 def plugins():
     """Every known plugin with its state: ``PluginInfo(name, version, available, reason, techniques)``."""
-    return HOST.plugin_infos()
+    from .api import plugin_infos
+
+    return plugin_infos()
 
 
 def register_plugin(plugin, name: str | None = None) -> str:

@@ -44,6 +44,17 @@ def _not_available(kind: str, name: str, plugin: str | None) -> Exception | None
     return None
 
 
+def plugin_infos() -> list:
+    """Every known plugin (``PluginInfo``), after building every registration table, so that the infos
+    list each plugin's techniques and every refused name clash."""
+    from .bench import benchmarks
+    from .measure.macs import _custom_counters
+
+    for build in (techniques, models, sources, benchmarks, _custom_counters):
+        build()
+    return HOST.plugin_infos()
+
+
 def get_technique(name: str) -> Technique:
     """The technique called ``name``; a clear error with the fix when it is not there."""
     table = techniques()
@@ -113,7 +124,7 @@ def write_pretrained(model: Any, folder: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_model
 
-    from . import __version__
+    from ._version import __version__
     from .config import CONFIG_FILE
     from .io import atomic_write_json
 

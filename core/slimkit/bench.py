@@ -215,7 +215,7 @@ def run_benchmark(bench: Benchmark, json_path: str | os.PathLike | None = None, 
     t0 = time.perf_counter()
     with fixed_threads(threads):
         data = bench.run(ctx)
-    from . import __version__
+    from ._version import __version__
     result = {
         "benchmark": bench.name,
         "summary": bench.summary,

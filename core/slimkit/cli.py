@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import SlimkitError
 from .host import ENTRY_POINT_GROUP, ENV_VAR, HOST
 from .progress import QUIET_ENV
@@ -47,7 +47,9 @@ def cli(quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """Installed and known plugins, their state and techniques."""
-    infos = HOST.plugin_infos()
+    from .api import plugin_infos
+
+    infos = plugin_infos()
     if as_json:
         click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
         return

@@ -476,18 +476,9 @@ class Host:
             self._warned.add(sentence)
             warnings.warn(category(sentence), stacklevel=4)
 
-    def _collect_every_table(self) -> None:
-        """Build every registration table, so that infos list techniques and every name clash."""
-        from .api import models, sources, techniques
-        from .bench import benchmarks
-        from .measure.macs import _custom_counters
-
-        for build in (techniques, models, sources, benchmarks, _custom_counters):
-            build()
-
     def plugin_infos(self) -> list[PluginInfo]:
-        """Every known plugin, with its techniques and the name clashes of every registration table."""
-        self._collect_every_table()
+        """Every known plugin as far as the tables built so far tell (``slimkit.api.plugin_infos`` builds
+        every table first, so that the infos list techniques and every name clash)."""
         self.ensure_loaded()
         return sorted(self.infos.values(), key=lambda i: i.name)
 

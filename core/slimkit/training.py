@@ -282,7 +282,7 @@ class TrainLoop:
                 atomic_write_json(tmp / OPT_META, _jsonable(meta))
                 if scheduler is not None:
                     atomic_write_json(tmp / SCHED_FILE, _jsonable(scheduler.state_dict()))
-                from . import __version__
+                from ._version import __version__
 
                 atomic_write_json(tmp / STATE_FILE, {"format": FORMAT, "step": step, "slimkit_version": __version__,
                                                      "fingerprint": self.fingerprint, "extra": _jsonable(extra or {})})
