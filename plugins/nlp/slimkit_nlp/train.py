@@ -30,7 +30,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -160,34 +160,14 @@ def _save_final(model, accelerator, directory: Path, state: dict) -> None:
 
 # -- training ------------------------------------------------------------------------------
 def train_causal_lm(
-    model: torch.nn.Module,
-    train_text: TextLike,
-    eval_text: Optional[TextLike] = None,
-    *,
-    tokenizer: Any = None,
-    block_size: int = 128,
-    batch_size: int = 16,
-    steps: Optional[int] = None,
-    time_budget_s: Optional[float] = None,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    warmup_steps: int = 20,
-    grad_clip: float = 1.0,
-    eval_every: Optional[int] = None,
-    eval_tokens: Optional[int] = 65536,
-    eval_batch_size: Optional[int] = None,
-    output_dir: Optional[Union[str, os.PathLike]] = None,
-    save_every: Optional[int] = None,
-    keep_checkpoints: int = 2,
-    seed: int = 0,
-    threads: Optional[int] = None,
-    show_progress: bool = True,
-    accelerator: Any = None,
-    log_every: int = 10,
-    callback: Optional[Callable[[dict], None]] = None,
-    clock: str = "wall",
-    resume: Optional[bool] = None,
-    callbacks: Sequence[Callable[[int], None]] = (),
+    model: torch.nn.Module, train_text: TextLike, eval_text: Optional[TextLike] = None, *, tokenizer: Any = None,
+    block_size: int = 128, batch_size: int = 16, steps: Optional[int] = None, time_budget_s: Optional[float] = None,
+    lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 20, grad_clip: float = 1.0,
+    eval_every: Optional[int] = None, eval_tokens: Optional[int] = 65536, eval_batch_size: Optional[int] = None,
+    output_dir: Optional[Union[str, os.PathLike]] = None, save_every: Optional[int] = None, keep_checkpoints: int = 2,
+    seed: int = 0, threads: Optional[int] = None, show_progress: bool = True, accelerator: Any = None,
+    log_every: int = 10, callback: Optional[Callable[[dict], None]] = None, clock: str = "wall",
+    resume: Optional[bool] = None, callbacks: Sequence[Callable[[int], None]] = (),
 ) -> dict:
     """Train ``model`` as a causal LM on ``train_text``; evaluate perplexity on ``eval_text``.
 
@@ -226,32 +206,15 @@ def train_causal_lm(
         mean loss), ``final_train_loss`` (mean of the last logging window), ``eval_loss``,
         ``eval_perplexity``, ``eval_tokens``, ``history`` (logged rows), ``evals`` and ``output_dir``.
     """
-    if steps is None and time_budget_s is None:
-        raise ConfigError("train_causal_lm needs steps or time_budget_s; pass steps=N or time_budget_s=SECONDS")
-    if steps is not None and steps < 1:
-        raise ConfigError(f"steps must be at least 1, got {steps}; pass a positive number of steps")
-    if time_budget_s is not None and time_budget_s <= 0:
-        raise ConfigError(f"time_budget_s must be positive, got {time_budget_s}; pass a number of seconds")
-    if clock not in ("wall", "cpu"):
-        raise ConfigError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    _check_lm_settings(steps, time_budget_s, clock, block_size, batch_size)
     now = time.perf_counter if clock == "wall" else time.process_time
-    if block_size < 1 or batch_size < 1:
-        raise ConfigError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
     from slimkit.training import TrainLoop, describe_model, tensor_digest
 
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        train_ids = encode_text(train_text, tokenizer)
-        if len(train_ids) < block_size + 2:
-            raise SlimkitError(f"training text has {len(train_ids)} tokens, fewer than block_size+2={block_size + 2}; "
-                               "pass more text or a smaller block_size")
-        eval_ids = encode_text(eval_text, tokenizer) if eval_text is not None else None
-        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-        if vocab is not None and int(train_ids.max()) >= vocab:
-            raise SlimkitError(f"token id {int(train_ids.max())} is outside the model's vocabulary of {vocab}; "
-                               "use a tokenizer that matches the model (ByteTokenizer needs vocab_size >= 256)")
+        train_ids, eval_ids = _encode_training(model, train_text, eval_text, tokenizer, block_size)
         out_dir = Path(output_dir) if output_dir else None
         loop = TrainLoop(out_dir, save_every=save_every, keep=max(keep_checkpoints, 1), resume=resume, seed=seed,
                          accelerator=accelerator, callbacks=callbacks, fingerprint={
@@ -261,111 +224,206 @@ def train_causal_lm(
                              "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
                              "grad_clip": grad_clip, "seed": seed, "clock": clock})
         acc = loop.accelerator
-        decay, no_decay = [], []
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.dim() < 2 else decay).append(p)  # biases and norm scales: no decay
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
-        model, opt = loop.prepare(model, opt)
-        sched = None
-        if steps is not None and time_budget_s is None:
-            from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
-            sched = get_cosine_with_min_lr_schedule_with_warmup(opt, warmup_steps, steps, min_lr_rate=0.1)
+        model, opt = loop.prepare(model, _lm_optimizer(model, lr, weight_decay))
+        sched = _lm_schedule(opt, steps, time_budget_s, warmup_steps)
         start, extra = loop.restore(model, opt, sched)
         model.train()
-        history, evals = list(extra.get("history", [])), list(extra.get("evals", []))
-        window: list[float] = []
-        initial_loss = extra.get("initial_loss")
-        step, train_s = start, float(extra.get("train_seconds", 0.0))
-        tokens = step * block_size * batch_size * acc.num_processes
-        bar = None
-        if show_progress and acc.is_local_main_process:
-            from slimkit.progress import bar as progress_bar
-            bar = progress_bar(total=steps if steps else int(time_budget_s), initial=step if steps else int(train_s),
-                               desc="train", unit="step" if steps else "s")
+        log = _LmLog.resume(extra, start, block_size * batch_size * acc.num_processes)
+        bar = _lm_bar(show_progress and acc.is_local_main_process, steps, time_budget_s, log)
         ebs = eval_batch_size or batch_size
-
-        def state() -> dict:
-            return {"history": history, "evals": evals, "initial_loss": initial_loss, "train_seconds": train_s}
-
-        done = (steps is not None and step >= steps) or (time_budget_s is not None and train_s >= time_budget_s)
+        done = log.finished(steps, time_budget_s)
         with loop.signals():
             while not done:
                 t0 = now()
-                gen = loop.seed_step(step)
-                if sched is None:
-                    cur_lr = lr_at(step, steps, train_s, time_budget_s, lr, warmup_steps)
-                    for g in opt.param_groups:
-                        g["lr"] = cur_lr
-                else:
-                    cur_lr = sched.get_last_lr()[0]
-                starts = torch.randint(0, len(train_ids) - block_size - 1, (batch_size,), generator=gen)
-                block = torch.stack([train_ids[s: s + block_size + 1] for s in starts.tolist()]).to(acc.device)
-                loss = _lm_loss(model, block)
-                acc.backward(loss)
-                if grad_clip:
-                    acc.clip_grad_norm_(model.parameters(), grad_clip)
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                tokens += block_size * batch_size * acc.num_processes
-                train_s += now() - t0
-                window.append(loss.item())
-                if not math.isfinite(window[-1]):
-                    raise SlimkitError(f"training loss became {window[-1]} at step {step}; lower lr (now {lr})")
-                if initial_loss is None:
-                    initial_loss = window[-1]
-                if bar is not None:
-                    if steps:
-                        bar.update(1)
-                    else:
-                        bar.n = min(int(train_s), int(time_budget_s))
-                        bar.refresh()
-                    bar.set_postfix(loss=f"{window[-1]:.3f}", lr=f"{cur_lr:.2e}")
-                done = (steps is not None and step >= steps) or (time_budget_s is not None and train_s >= time_budget_s)
-                if acc.num_processes > 1 and time_budget_s is not None:  # every process stops at the same step
-                    flag = acc.reduce(torch.tensor([float(done)], device=acc.device), reduction="sum")
-                    done = bool(flag.item() > 0)
-                if step % log_every == 0 or done:
-                    row = {"step": step, "loss": sum(window) / len(window), "lr": cur_lr, "elapsed_s": round(train_s, 3)}
-                    history.append(row)
-                    window = []
-                    if callback:
-                        callback(row)
-                if eval_ids is not None and eval_every and step % eval_every == 0 and not done:
-                    ev = evaluate_perplexity(model, eval_ids, block_size, ebs, eval_tokens, acc)
-                    evals.append({"step": step, **ev})
-                loop.end_step(step, model, opt, sched, state, final=done)
+                gen = loop.seed_step(log.step)
+                cur_lr = _current_lr(opt, sched, log, steps, time_budget_s, lr, warmup_steps)
+                loss = _lm_step(model, opt, sched, acc, train_ids, gen, block_size, batch_size, grad_clip)
+                log.record(loss, now() - t0, lr)
+                _update_bar(bar, log, steps, time_budget_s, cur_lr)
+                done = _agree(acc, log.finished(steps, time_budget_s), time_budget_s is not None)
+                if log.step % log_every == 0 or done:
+                    log.write_row(cur_lr, callback)
+                if eval_ids is not None and eval_every and log.step % eval_every == 0 and not done:
+                    log.evaluate(model, eval_ids, block_size, ebs, eval_tokens, acc)
+                loop.end_step(log.step, model, opt, sched, log.state, final=done)
         if bar is not None:
             bar.close()
-        metrics = {"steps": step, "tokens_seen": tokens, "train_seconds": round(train_s, 3),
-                   "initial_loss": initial_loss, "final_train_loss": history[-1]["loss"] if history else None,
-                   "block_size": block_size, "batch_size": batch_size, "lr": lr,
-                   "num_processes": acc.num_processes, "clock": clock,
-                   "resumed_from": str(loop.resumed_from) if loop.resumed_from else None}
+        metrics = {"block_size": block_size, "batch_size": batch_size, "lr": lr, "num_processes": acc.num_processes,
+                   "clock": clock, "resumed_from": str(loop.resumed_from) if loop.resumed_from else None,
+                   "output_dir": str(out_dir) if out_dir else None}
         if eval_ids is not None:
-            ev = evaluate_perplexity(model, eval_ids, block_size, ebs, eval_tokens, acc)
-            evals.append({"step": step, **ev})
-            metrics.update(ev)
-        metrics["history"] = history
-        metrics["evals"] = evals
-        metrics["output_dir"] = str(out_dir) if out_dir else None
-        if out_dir is not None:
-            from slimkit.io import atomic_write_json
-
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                _save_final(model, acc, out_dir / "final", {"step": step, "history": history})
-                atomic_write_json(out_dir / "metrics.json", metrics)
-            acc.wait_for_everyone()
+            metrics.update(log.evaluate(model, eval_ids, block_size, ebs, eval_tokens, acc))
+        metrics = {**log.summary(), **metrics, "history": log.history, "evals": log.evals}
+        _save_run(model, acc, out_dir, log, metrics)
         return metrics
     finally:
         if threads:
             torch.set_num_threads(old_threads)
+
+
+def _check_lm_settings(steps, time_budget_s, clock: str, block_size: int, batch_size: int) -> None:
+    if steps is None and time_budget_s is None:
+        raise ConfigError("train_causal_lm needs steps or time_budget_s; pass steps=N or time_budget_s=SECONDS")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}; pass a positive number of steps")
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise ConfigError(f"time_budget_s must be positive, got {time_budget_s}; pass a number of seconds")
+    if clock not in ("wall", "cpu"):
+        raise ConfigError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    if block_size < 1 or batch_size < 1:
+        raise ConfigError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
+
+
+def _encode_training(model, train_text, eval_text, tokenizer, block_size: int):
+    """``(train_ids, eval_ids or None)`` as 1-D LongTensors, checked against the block size and vocabulary."""
+    train_ids = encode_text(train_text, tokenizer)
+    if len(train_ids) < block_size + 2:
+        raise SlimkitError(f"training text has {len(train_ids)} tokens, fewer than block_size+2={block_size + 2}; "
+                           "pass more text or a smaller block_size")
+    eval_ids = encode_text(eval_text, tokenizer) if eval_text is not None else None
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and int(train_ids.max()) >= vocab:
+        raise SlimkitError(f"token id {int(train_ids.max())} is outside the model's vocabulary of {vocab}; "
+                           "use a tokenizer that matches the model (ByteTokenizer needs vocab_size >= 256)")
+    return train_ids, eval_ids
+
+
+def _lm_optimizer(model, lr: float, weight_decay: float):
+    """AdamW (betas 0.9, 0.98); biases and norm scales get no weight decay."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+
+
+def _lm_schedule(opt, steps, time_budget_s, warmup_steps: int):
+    """transformers' cosine-with-min-lr schedule over ``steps``; ``None`` for a time budget (see ``lr_at``)."""
+    if steps is None or time_budget_s is not None:
+        return None
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    return get_cosine_with_min_lr_schedule_with_warmup(opt, warmup_steps, steps, min_lr_rate=0.1)
+
+
+def _current_lr(opt, sched, log, steps, time_budget_s, lr: float, warmup_steps: int) -> float:
+    """The step's learning rate: the schedule's, or (time budget) ``lr_at`` set on every group."""
+    if sched is not None:
+        return sched.get_last_lr()[0]
+    cur = lr_at(log.step, steps, log.train_s, time_budget_s, lr, warmup_steps)
+    for g in opt.param_groups:
+        g["lr"] = cur
+    return cur
+
+
+def _lm_step(model, opt, sched, acc, train_ids, gen, block_size: int, batch_size: int, grad_clip) -> float:
+    """One optimizer step on ``batch_size`` random blocks drawn with ``gen``; returns the loss."""
+    starts = torch.randint(0, len(train_ids) - block_size - 1, (batch_size,), generator=gen)
+    block = torch.stack([train_ids[s: s + block_size + 1] for s in starts.tolist()]).to(acc.device)
+    loss = _lm_loss(model, block)
+    acc.backward(loss)
+    if grad_clip:
+        acc.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _agree(acc, done: bool, needed: bool) -> bool:
+    """Every process stops at the same step (a time budget ends at different moments per process)."""
+    if acc.num_processes > 1 and needed:
+        return bool(acc.reduce(torch.tensor([float(done)], device=acc.device), reduction="sum").item() > 0)
+    return done
+
+
+class _LmLog:
+    """Steps, tokens, training seconds, logged rows and evaluations of a run (what a checkpoint keeps)."""
+
+    def __init__(self, step: int, tokens_per_step: int, train_s: float = 0.0, history=None, evals=None,
+                 initial_loss=None):
+        self.step, self.tokens_per_step, self.train_s = step, tokens_per_step, train_s
+        self.history, self.evals = list(history or []), list(evals or [])
+        self.initial_loss, self.window = initial_loss, []
+
+    @classmethod
+    def resume(cls, extra: dict, step: int, tokens_per_step: int) -> "_LmLog":
+        return cls(step, tokens_per_step, float(extra.get("train_seconds", 0.0)), extra.get("history"),
+                   extra.get("evals"), extra.get("initial_loss"))
+
+    @property
+    def tokens(self) -> int:
+        return self.step * self.tokens_per_step
+
+    def finished(self, steps, time_budget_s) -> bool:
+        return (steps is not None and self.step >= steps) or (time_budget_s is not None and self.train_s >= time_budget_s)
+
+    def record(self, loss: float, seconds: float, lr: float) -> None:
+        if not math.isfinite(loss):
+            raise SlimkitError(f"training loss became {loss} at step {self.step + 1}; lower lr (now {lr})")
+        self.step += 1
+        self.train_s += seconds
+        self.window.append(loss)
+        if self.initial_loss is None:
+            self.initial_loss = loss
+
+    def write_row(self, cur_lr: float, callback) -> None:
+        row = {"step": self.step, "loss": sum(self.window) / len(self.window), "lr": cur_lr,
+               "elapsed_s": round(self.train_s, 3)}
+        self.history.append(row)
+        self.window = []
+        if callback:
+            callback(row)
+
+    def evaluate(self, model, eval_ids, block_size: int, batch_size: int, eval_tokens, acc) -> dict:
+        """Evaluation perplexity now (recorded in ``evals``)."""
+        ev = evaluate_perplexity(model, eval_ids, block_size, batch_size, eval_tokens, acc)
+        self.evals.append({"step": self.step, **ev})
+        return ev
+
+    def summary(self) -> dict:
+        return {"steps": self.step, "tokens_seen": self.tokens, "train_seconds": round(self.train_s, 3),
+                "initial_loss": self.initial_loss,
+                "final_train_loss": self.history[-1]["loss"] if self.history else None}
+
+    def state(self) -> dict:
+        return {"history": self.history, "evals": self.evals, "initial_loss": self.initial_loss,
+                "train_seconds": self.train_s}
+
+
+def _lm_bar(enabled: bool, steps, time_budget_s, log: _LmLog):
+    if not enabled:
+        return None
+    from slimkit.progress import bar as progress_bar
+
+    return progress_bar(total=steps if steps else int(time_budget_s), initial=log.step if steps else int(log.train_s),
+                        desc="train", unit="step" if steps else "s")
+
+
+def _update_bar(bar, log: _LmLog, steps, time_budget_s, cur_lr: float) -> None:
+    if bar is None:
+        return
+    if steps:
+        bar.update(1)
+    else:
+        bar.n = min(int(log.train_s), int(time_budget_s))
+        bar.refresh()
+    bar.set_postfix(loss=f"{log.window[-1]:.3f}", lr=f"{cur_lr:.2e}")
+
+
+def _save_run(model, acc, out_dir, log: _LmLog, metrics: dict) -> None:
+    """The final model (``final/``) and ``metrics.json``, by the main process."""
+    if out_dir is None:
+        return
+    from slimkit.io import atomic_write_json
+
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        _save_final(model, acc, out_dir / "final", {"step": log.step, "history": log.history})
+        atomic_write_json(out_dir / "metrics.json", metrics)
+    acc.wait_for_everyone()
 
 
 # -- models and command line -----------------------------------------------------------------

@@ -183,17 +183,10 @@ def train(model: nn.Module, train_data, eval_data=None, *, epochs: int = 1, max_
     interrupted (Ctrl-C saves a checkpoint and raises ``slimkit.training.TrainingInterrupted``) or
     killed, then resumed, ends with the weights of an uninterrupted run (with ``num_workers=0``).
     """
+    from slimkit.progress import bar as progress_bar
     from slimkit.training import TrainLoop, describe_model
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-    if optimizer not in ("adamw", "sgd"):
-        raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
-    if schedule not in ("cosine", "constant"):
-        raise ConfigError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    if epochs < 1 and not max_steps:
-        raise ConfigError("give epochs >= 1 or max_steps >= 1")
+    _check_train_options(optimizer, schedule, epochs, max_steps)
     dataset, batch_size, collate = _unpack_data(train_data, batch_size)
     if len(dataset) == 0:
         raise ConfigError("the training data is empty; pass a dataset with at least one clip")
@@ -207,40 +200,22 @@ def train(model: nn.Module, train_data, eval_data=None, *, epochs: int = 1, max_
                                   "seed": seed})
     accelerator = loop.accelerator
     batches = EpochBatches(len(dataset), batch_size, seed, accelerator.process_index, accelerator.num_processes)
-    eval_loader = eval_data
-    if eval_data is not None and not isinstance(eval_data, DataLoader):
-        eval_loader = DataLoader(eval_data, batch_size=eval_batch_size or batch_size, shuffle=False,
-                                 num_workers=num_workers)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if eval_loader is not None:
-        model, opt, eval_loader = loop.prepare(model, opt, eval_loader)
-    else:
-        model, opt = loop.prepare(model, opt)
+    eval_loader = _eval_loader(eval_data, eval_batch_size or batch_size, num_workers)
+    opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
+    model, opt, *rest = loop.prepare(model, opt, *([eval_loader] if eval_loader is not None else []))
+    eval_loader = rest[0] if rest else None
     total = int(min(max_steps or math.inf, epochs * batches.per_epoch) if epochs >= 1 else max_steps)
-    if schedule == "cosine":
-        sched = get_cosine_schedule_with_warmup(opt, warmup_steps, total)
-    else:
-        sched = get_constant_schedule_with_warmup(opt, warmup_steps)
+    sched = _make_schedule(opt, schedule, warmup_steps, total)
     start, extra = loop.restore(model, opt, sched)
-    result = TrainResult(num_processes=accelerator.num_processes,
-                         **{k: extra[k] for k in ("losses", "epoch_losses", "eval_accuracy") if k in extra})
-    epoch_sum, epoch_n = float(extra.get("epoch_sum", 0.0)), int(extra.get("epoch_n", 0))
-    bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True,
-               disable=not (progress and accelerator.is_local_main_process))
-
-    def state() -> dict:
-        return {"losses": result.losses, "epoch_losses": result.epoch_losses,
-                "eval_accuracy": result.eval_accuracy, "epoch_sum": epoch_sum, "epoch_n": epoch_n}
-
+    run = _EpochLog(TrainResult(num_processes=accelerator.num_processes,
+                                **{k: extra[k] for k in ("losses", "epoch_losses", "eval_accuracy") if k in extra}),
+                    float(extra.get("epoch_sum", 0.0)), int(extra.get("epoch_n", 0)))
+    bar = progress_bar(total=total, initial=start, desc="train",
+                       enabled=progress and accelerator.is_local_main_process)
     model.train()
     with loop.signals():
         for step in range(start, total):
-            gen = loop.seed_step(step)
-            _reseed_dataset(dataset, gen)
+            _reseed_dataset(dataset, loop.seed_step(step))
             clips, labels = _fetch(dataset, batches.indices(step), collate, accelerator.device)
             loss = F.cross_entropy(_logits(model(clips)), labels)
             accelerator.backward(loss)
@@ -249,24 +224,14 @@ def train(model: nn.Module, train_data, eval_data=None, *, epochs: int = 1, max_
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            mean_loss = float(accelerator.reduce(loss.detach(), reduction="mean"))
-            result.losses.append(mean_loss)
-            epoch_sum += mean_loss
-            epoch_n += 1
+            run.add(float(accelerator.reduce(loss.detach(), reduction="mean")))
             bar.update(1)
-            epoch = step // batches.per_epoch
-            bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4f}")
+            bar.set_postfix(epoch=step // batches.per_epoch + 1, loss=f"{run.result.losses[-1]:.4f}")
             if (step + 1) % batches.per_epoch == 0 or step + 1 == total:
-                result.epoch_losses.append(epoch_sum / max(epoch_n, 1))
-                epoch_sum, epoch_n = 0.0, 0
-                if eval_loader is not None:
-                    acc = evaluate(model, eval_loader, accelerator, progress)
-                    model.train()
-                    result.eval_accuracy.append(acc)
-                    if accelerator.is_local_main_process and progress:
-                        bar.write(f"epoch {epoch + 1}: loss {result.epoch_losses[-1]:.4f}, eval accuracy {acc:.3f}")
-            loop.end_step(step + 1, model, opt, sched, state, final=step + 1 == total)
+                run.close_epoch(step // batches.per_epoch, model, eval_loader, accelerator, progress, bar)
+            loop.end_step(step + 1, model, opt, sched, run.state, final=step + 1 == total)
     bar.close()
+    result = run.result
     result.steps = total
     result.accuracy = result.eval_accuracy[-1] if result.eval_accuracy else None
     accelerator.wait_for_everyone()
@@ -279,6 +244,70 @@ def train(model: nn.Module, train_data, eval_data=None, *, epochs: int = 1, max_
         result.output_dir = str(output_dir)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _check_train_options(optimizer: str, schedule: str, epochs: int, max_steps: Optional[int]) -> None:
+    if optimizer not in ("adamw", "sgd"):
+        raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ConfigError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if epochs < 1 and not max_steps:
+        raise ConfigError("give epochs >= 1 or max_steps >= 1")
+
+
+def _eval_loader(eval_data, batch_size: int, num_workers: int):
+    """``eval_data`` as a ``DataLoader`` (in order), or ``None``."""
+    from torch.utils.data import DataLoader
+
+    if eval_data is None or isinstance(eval_data, DataLoader):
+        return eval_data
+    return DataLoader(eval_data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def _make_optimizer(model: nn.Module, optimizer: str, lr: float, weight_decay: float, momentum: float):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _make_schedule(opt, schedule: str, warmup_steps: int, total: int):
+    """transformers' cosine (over ``total`` steps) or constant schedule, both with linear warm-up."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    if schedule == "cosine":
+        return get_cosine_schedule_with_warmup(opt, warmup_steps, total)
+    return get_constant_schedule_with_warmup(opt, warmup_steps)
+
+
+class _EpochLog:
+    """Per-step losses, per-epoch mean losses and eval accuracies of a run (what a checkpoint keeps)."""
+
+    def __init__(self, result: TrainResult, epoch_sum: float = 0.0, epoch_n: int = 0):
+        self.result, self.epoch_sum, self.epoch_n = result, epoch_sum, epoch_n
+
+    def add(self, loss: float) -> None:
+        self.result.losses.append(loss)
+        self.epoch_sum += loss
+        self.epoch_n += 1
+
+    def close_epoch(self, epoch: int, model, eval_loader, accelerator, progress: bool, bar) -> None:
+        """Record the epoch's mean loss and, with eval data, its accuracy (the model goes back to train mode)."""
+        r = self.result
+        r.epoch_losses.append(self.epoch_sum / max(self.epoch_n, 1))
+        self.epoch_sum, self.epoch_n = 0.0, 0
+        if eval_loader is None:
+            return
+        acc = evaluate(model, eval_loader, accelerator, progress)
+        model.train()
+        r.eval_accuracy.append(acc)
+        if accelerator.is_local_main_process and progress:
+            bar.write(f"epoch {epoch + 1}: loss {r.epoch_losses[-1]:.4f}, eval accuracy {acc:.3f}")
+
+    def state(self) -> dict:
+        r = self.result
+        return {"losses": r.losses, "epoch_losses": r.epoch_losses, "eval_accuracy": r.eval_accuracy,
+                "epoch_sum": self.epoch_sum, "epoch_n": self.epoch_n}
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -433,46 +462,51 @@ def register_cli() -> None:
     @click.option("--no-progress", is_flag=True)
     def train_command(**args):
         """Train a TSM (or TSN) video classifier; runs as is or under `accelerate launch`."""
-        import slimkit
+        run_train_command(args, click.echo)
 
-        from .classifier import VideoClassifier, build_backbone
-        from .data import normalization_for
 
-        backbone = build_backbone(args["backbone"])
-        args["mean"], args["std"] = normalization_for(backbone)
-        train_ds = _open_data(args["data"], "train", args)
-        if args["val_data"]:
-            val_ds = _open_data(args["val_data"], "val", args)
-        elif args["data"] == "synthetic" or (Path(args["data"]) / "dataset_dict.json").exists():
-            val_ds = _open_data(args["data"], "val", args)
-        else:
-            val_ds = None
-        classes = list(getattr(train_ds, "classes", None) or [])
-        num_classes = len(classes) if classes else 1 + max(label for _, label in train_ds.items)
-        clf = VideoClassifier(backbone, n_segment=args["n_segment"], num_classes=num_classes)
-        if args["tsm"]:
-            clf = slimkit.apply(clf, "tsm", n_segment=args["n_segment"], shift_div=args["shift_div"],
-                                direction=args["direction"], place=args["place"],
-                                temporal_pool=args["temporal_pool"])
-        from slimkit.training import TrainingInterrupted, interrupted_exit
+def run_train_command(args: dict, echo) -> None:
+    """``slimkit video train``: build the data and the classifier from the options, train, report."""
+    import slimkit
 
-        try:
-            result = train(clf, train_ds, val_ds, epochs=args["epochs"], max_steps=args["max_steps"],
-                           batch_size=args["batch_size"], lr=args["lr"], optimizer=args["optimizer"],
-                           num_workers=args["workers"], seed=args["seed"], output_dir=args["output"],
-                           metadata={"classes": classes, "size": args["size"], "mean": list(args["mean"]),
-                                     "std": list(args["std"]), "data": args["data"]},
-                           progress=not args["no_progress"], save_every=args["save_every"],
-                           resume=args["resume"])
-        except TrainingInterrupted as e:
-            interrupted_exit(e, click.echo)
-        from accelerate import PartialState
+    from .classifier import VideoClassifier, build_backbone
+    from .data import normalization_for
 
-        if PartialState().is_main_process:
-            acc = "n/a" if result.accuracy is None else f"{result.accuracy:.3f}"
-            click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s on {result.num_processes} "
-                       f"process(es): final loss {result.epoch_losses[-1]:.4f}, eval accuracy {acc}; "
-                       f"checkpoint in {args['output']}")
+    backbone = build_backbone(args["backbone"])
+    args["mean"], args["std"] = normalization_for(backbone)
+    train_ds = _open_data(args["data"], "train", args)
+    if args["val_data"]:
+        val_ds = _open_data(args["val_data"], "val", args)
+    elif args["data"] == "synthetic" or (Path(args["data"]) / "dataset_dict.json").exists():
+        val_ds = _open_data(args["data"], "val", args)
+    else:
+        val_ds = None
+    classes = list(getattr(train_ds, "classes", None) or [])
+    num_classes = len(classes) if classes else 1 + max(label for _, label in train_ds.items)
+    clf = VideoClassifier(backbone, n_segment=args["n_segment"], num_classes=num_classes)
+    if args["tsm"]:
+        clf = slimkit.apply(clf, "tsm", n_segment=args["n_segment"], shift_div=args["shift_div"],
+                            direction=args["direction"], place=args["place"],
+                            temporal_pool=args["temporal_pool"])
+    from slimkit.training import TrainingInterrupted, interrupted_exit
+
+    try:
+        result = train(clf, train_ds, val_ds, epochs=args["epochs"], max_steps=args["max_steps"],
+                       batch_size=args["batch_size"], lr=args["lr"], optimizer=args["optimizer"],
+                       num_workers=args["workers"], seed=args["seed"], output_dir=args["output"],
+                       metadata={"classes": classes, "size": args["size"], "mean": list(args["mean"]),
+                                 "std": list(args["std"]), "data": args["data"]},
+                       progress=not args["no_progress"], save_every=args["save_every"],
+                       resume=args["resume"])
+    except TrainingInterrupted as e:
+        interrupted_exit(e, echo)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        acc = "n/a" if result.accuracy is None else f"{result.accuracy:.3f}"
+        echo(f"trained {result.steps} steps in {result.seconds:.1f} s on {result.num_processes} "
+             f"process(es): final loss {result.epoch_losses[-1]:.4f}, eval accuracy {acc}; "
+             f"checkpoint in {args['output']}")
 
 
 __all__ = ["train", "evaluate", "TrainResult", "save_checkpoint", "load_checkpoint", "checkpoint_info",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from slimkit.parts import lazy
 
-_BENCH = "slimkit_nlp.hat.bench"
+_BENCH = "slimkit_nlp.benchmarks.hat"
 
 
 def register_techniques(register) -> None:

@@ -68,6 +68,28 @@ def read_train_state(directory: str | Path) -> dict:
     return read_json(p, what="training state", fix="train it again") if p.exists() else {}
 
 
+def _check_task(net: SuperTransformer, task) -> None:
+    """``ConfigError`` when ``task`` does not fit the SuperTransformer's space."""
+    if task.vocab_size > net.space.vocab_size:
+        raise ConfigError(f"the task needs vocab_size {task.vocab_size} but the space has {net.space.vocab_size}; "
+                          f"set vocab_size in the space")
+    if task.is_encdec != net.space.is_encdec:
+        raise ConfigError(f"task is {'encoder-decoder' if task.is_encdec else 'decoder-only'} but the space task is "
+                          f"{net.space.task!r}; use a matching space")
+
+
+def _final_state(net: SuperTransformer, task, step: int, losses: list, seconds: float, seed: int, acc, loop) -> dict:
+    """The returned (and saved) summary: step, recent train loss, validation loss of the largest and the
+    smallest SubTransformer."""
+    vb = task.val_batches()
+    tail = losses[-20:]
+    return {"step": step, "train_loss": (sum(tail) / len(tail)) if tail else None,
+            "val_loss_largest": evaluate(net, net.space.largest(), task, vb),
+            "val_loss_smallest": evaluate(net, net.space.smallest(), task, vb),
+            "seconds": seconds, "seed": seed, "num_processes": acc.num_processes,
+            "resumed_from": str(loop.resumed_from) if loop.resumed_from else None}
+
+
 def train_supernet(net: SuperTransformer, task, steps: int = 1000, batch_size: int = 32, lr: float = 1e-3,
                    warmup: int = 50, weight_decay: float = 0.01, seed: int = 0, output_dir: str | Path | None = None,
                    checkpoint_every: int = 200, eval_every: int = 0, time_budget_s: float | None = None,
@@ -87,12 +109,7 @@ def train_supernet(net: SuperTransformer, task, steps: int = 1000, batch_size: i
 
     from slimkit.training import TrainLoop, describe_model, make_accelerator
 
-    if task.vocab_size > net.space.vocab_size:
-        raise ConfigError(f"the task needs vocab_size {task.vocab_size} but the space has {net.space.vocab_size}; "
-                          f"set vocab_size in the space")
-    if task.is_encdec != net.space.is_encdec:
-        raise ConfigError(f"task is {'encoder-decoder' if task.is_encdec else 'decoder-only'} but the space task is "
-                          f"{net.space.task!r}; use a matching space")
+    _check_task(net, task)
     acc = accelerator or make_accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     space = net.space
     loop = TrainLoop(output_dir, save_every=checkpoint_every, resume=resume, seed=seed, accelerator=acc,
@@ -145,14 +162,7 @@ def train_supernet(net: SuperTransformer, task, steps: int = 1000, batch_size: i
                 break
     bar.close()
     net = acc.unwrap_model(model)
-    vb = task.val_batches()
-    tail = losses[-20:]
-    result = {"step": step, "train_loss": (sum(tail) / len(tail)) if tail else None,
-              "val_loss_largest": evaluate(net, space.largest(), task, vb),
-              "val_loss_smallest": evaluate(net, space.smallest(), task, vb),
-              "seconds": elapsed0 + time.perf_counter() - t0, "seed": seed,
-              "num_processes": acc.num_processes,
-              "resumed_from": str(loop.resumed_from) if loop.resumed_from else None}
+    result = _final_state(net, task, step, losses, elapsed0 + time.perf_counter() - t0, seed, acc, loop)
     acc.wait_for_everyone()
     if output_dir is not None and acc.is_main_process:
         save_supernet(net, output_dir, result)

@@ -60,7 +60,7 @@ def register_macs_counters(register) -> None:
 def register_benchmarks(register) -> None:
     from slimkit import Benchmark
 
-    from . import bench
+    from ..benchmarks import lsra as bench
 
     register(Benchmark("lsra-cost", bench.run_cost,
                        "LSRA vs GPT-2 Transformer: Mult-Adds per token (len 30 / 512) and latency, at equal "

@@ -22,7 +22,7 @@ def register_techniques(register) -> None:
 def register_benchmarks(register) -> None:
     from slimkit import Benchmark
 
-    from . import bench
+    from ..benchmarks import pq_cache as bench
 
     register(Benchmark("pq-fidelity", bench.run_fidelity,
                        "progressive quantization vs static quantization: bits read vs perplexity/cosine",

@@ -81,10 +81,63 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     """
     from slimkit_nlp.families import resolve_family
 
-    from .transform import remove_spatten
-
     family = resolve_family(model)
     backbone = family.backbone(model)
+    attention_mask = _check_distill_inputs(model, family, backbone, input_ids, attention_mask, steps, batch_size,
+                                           lr, token_loss, rank)
+    targets, token_targets = _teacher_targets(model, teacher, input_ids, attention_mask, token_loss)
+
+    from transformers import get_linear_schedule_with_warmup
+
+    from slimkit.progress import bar as progress_bar
+    from slimkit.training import TrainLoop, describe_model, tensor_digest
+
+    was_training = model.training
+    model.eval()
+    params, lr, deltas, frozen = _trainable(model, rank, lr, torch.Generator().manual_seed(seed))
+    loop = TrainLoop(output_dir, save_every=save_every, resume=resume, seed=seed, accelerator=accelerator,
+                     callbacks=callbacks, fingerprint={
+                         "trainer": "spatten-distill", "model": describe_model(model), "data": tensor_digest(input_ids),
+                         "steps": steps, "lr": lr, "batch_size": batch_size, "rank": rank, "token_loss": token_loss,
+                         "seed": seed, "bf16": bf16})
+    student, opt = loop.prepare(_Student(model, backbone), torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
+    sched = get_linear_schedule_with_warmup(opt, min(20, steps), steps)
+    device = loop.device
+    data = [t.to(device) if t is not None else None for t in (input_ids, attention_mask, targets, token_targets)]
+    history, window = [], []
+    t0 = time.perf_counter()
+    try:
+        start, extra = loop.restore(student, opt, sched)
+        history, window = list(extra.get("history", [])), list(extra.get("window", []))
+        bar = progress_bar(range(start, steps), initial=start, total=steps, desc="spatten distill", unit="step",
+                           enabled=show_progress and loop.accelerator.is_local_main_process)   # time left per step
+        with torch.enable_grad(), loop.signals():
+            for step in bar:
+                idx = torch.randint(0, data[0].shape[0], (batch_size,), generator=loop.seed_step(step)).to(device)
+                loss = _distill_loss(student, data, idx, token_loss, bf16)
+                opt.zero_grad(set_to_none=True)
+                loop.accelerator.backward(loss)
+                loop.accelerator.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                window.append(loss.detach().item())
+                if len(window) == 10 or step == steps - 1:
+                    history.append(sum(window) / len(window))
+                    window = []
+                    bar.set_postfix(loss=f"{history[-1]:.4f}")
+                loop.end_step(step + 1, student, opt, sched, lambda: {"history": history, "window": window},
+                              final=step + 1 == steps)
+    finally:
+        _merge_deltas(model, deltas, frozen)
+        model.train(was_training)
+    factors = {name: (d.B.detach().clone(), d.A.detach().clone()) for name, d in deltas.items()}
+    return {"steps": steps, "seconds": time.perf_counter() - t0, "loss_first": history[0], "loss_last": history[-1],
+            "history": history, "deltas": factors}
+
+
+def _check_distill_inputs(model, family, backbone, input_ids, attention_mask, steps, batch_size, lr, token_loss,
+                          rank) -> torch.Tensor:
+    """Refuse what ``distill`` cannot do; return the attention mask (all ones when not given)."""
     if getattr(backbone, "_spatten_runtime", None) is None:
         raise SlimkitError("distill needs a spatten model: run slimkit.apply(model, 'spatten', ...) first")
     if family.causal:
@@ -102,100 +155,70 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
                            f"{batch_size}, {lr}, {token_loss}")
     if rank is not None and rank < 1:
         raise SlimkitError(f"rank must be a positive integer (or None to train every weight), got {rank}")
+    return attention_mask
+
+
+@torch.inference_mode()
+def _teacher_targets(model, teacher, input_ids, attention_mask, token_loss: float):
+    """The unpruned model's mean-pooled embeddings ``(N, H)`` and, with ``token_loss``, its states ``(N, L, H)``."""
+    from slimkit_nlp.families import resolve_family
+
+    from .transform import remove_spatten
 
     if teacher is None:
         teacher = remove_spatten(copy.deepcopy(model))
     t_backbone = resolve_family(teacher).backbone(teacher)
     teacher.eval()
-    with torch.inference_mode():
-        states = [t_backbone(input_ids=input_ids[i:i + 8], attention_mask=attention_mask[i:i + 8]).last_hidden_state
-                  for i in range(0, input_ids.shape[0], 8)]
-        targets = torch.cat([mean_pool(s, attention_mask[i * 8:(i + 1) * 8]) for i, s in enumerate(states)])
-        token_targets = torch.cat(states) if token_loss > 0 else None
-        del states
+    states = [t_backbone(input_ids=input_ids[i:i + 8], attention_mask=attention_mask[i:i + 8]).last_hidden_state
+              for i in range(0, input_ids.shape[0], 8)]
+    targets = torch.cat([mean_pool(s, attention_mask[i * 8:(i + 1) * 8]) for i, s in enumerate(states)])
+    return targets, (torch.cat(states) if token_loss > 0 else None)
 
-    from slimkit.progress import bar as progress_bar
 
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    deltas: dict[str, LowRankDelta] = {}
-    frozen = []
+def _trainable(model, rank, lr, gen: torch.Generator):
+    """``(params, lr, deltas, frozen)``: every weight (``rank=None``, lr 5e-5 by default) or low-rank deltas
+    of the layers' linear weights (lr 1e-3 by default; the other weights frozen, listed in ``frozen``)."""
     if rank is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        lr = 5e-5 if lr is None else lr
-    else:
-        import torch.nn.utils.parametrize as parametrize
+        return [p for p in model.parameters() if p.requires_grad], (5e-5 if lr is None else lr), {}, []
+    import torch.nn.utils.parametrize as parametrize
 
-        for p in model.parameters():
-            if p.requires_grad:
-                frozen.append(p)
-                p.requires_grad_(False)
-        for name, lin in _layer_linears(model).items():
-            d = LowRankDelta(lin.out_features, lin.in_features, rank, gen)
-            parametrize.register_parametrization(lin, "weight", d)
-            deltas[name] = d
-        params = [p for d in deltas.values() for p in d.parameters()]
-        lr = 1e-3 if lr is None else lr
-    from transformers import get_linear_schedule_with_warmup
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    deltas: dict[str, LowRankDelta] = {}
+    for name, lin in _layer_linears(model).items():
+        deltas[name] = LowRankDelta(lin.out_features, lin.in_features, rank, gen)
+        parametrize.register_parametrization(lin, "weight", deltas[name])
+    return [p for d in deltas.values() for p in d.parameters()], (1e-3 if lr is None else lr), deltas, frozen
 
-    from slimkit.training import TrainLoop, describe_model, tensor_digest
 
-    loop = TrainLoop(output_dir, save_every=save_every, resume=resume, seed=seed, accelerator=accelerator,
-                     callbacks=callbacks, fingerprint={
-                         "trainer": "spatten-distill", "model": describe_model(model), "data": tensor_digest(input_ids),
-                         "steps": steps, "lr": lr, "batch_size": batch_size, "rank": rank, "token_loss": token_loss,
-                         "seed": seed, "bf16": bf16})
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    student, opt = loop.prepare(_Student(model, backbone), opt)
-    sched = get_linear_schedule_with_warmup(opt, min(20, steps), steps)
-    device = loop.device
-    input_ids, attention_mask, targets = input_ids.to(device), attention_mask.to(device), targets.to(device)
-    token_targets = token_targets.to(device) if token_targets is not None else None
-    history, window = [], []
-    t0 = time.perf_counter()
-    try:
-        start, extra = loop.restore(student, opt, sched)
-        history, window = list(extra.get("history", [])), list(extra.get("window", []))
-        bar = progress_bar(range(start, steps), initial=start, total=steps, desc="spatten distill", unit="step",
-                           enabled=show_progress and loop.accelerator.is_local_main_process)   # time left per step
-        with torch.enable_grad(), loop.signals():
-            for step in bar:
-                gen = loop.seed_step(step)
-                idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=gen).to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    hidden, kept, owner = student(input_ids[idx], attention_mask[idx])
-                emb = mean_pool(hidden.float(), kept.float())
-                loss = (1 - torch.cosine_similarity(emb, targets[idx], dim=-1)).mean()
-                if token_loss > 0:
-                    rec = hidden.float().gather(1, owner.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
-                    ok = (owner >= 0).to(rec.dtype)
-                    tok = (1 - torch.cosine_similarity(rec, token_targets[idx], dim=-1)) * ok
-                    loss = loss + token_loss * tok.sum() / ok.sum().clamp(min=1.0)
-                opt.zero_grad(set_to_none=True)
-                loop.accelerator.backward(loss)
-                loop.accelerator.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                window.append(loss.detach().item())
-                if len(window) == 10 or step == steps - 1:
-                    history.append(sum(window) / len(window))
-                    window = []
-                    bar.set_postfix(loss=f"{history[-1]:.4f}")
-                loop.end_step(step + 1, student, opt, sched, lambda: {"history": history, "window": window}, final=step + 1 == steps)
-    finally:
-        if deltas:
-            import torch.nn.utils.parametrize as parametrize
+def _distill_loss(student, data, idx, token_loss: float, bf16: bool) -> torch.Tensor:
+    """``1 - cos`` of the pruned mean-pooled embedding to the teacher's, plus ``token_loss`` times the
+    per-token term (each input token's representative against the teacher's state of that token)."""
+    input_ids, attention_mask, targets, token_targets = data
+    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        hidden, kept, owner = student(input_ids[idx], attention_mask[idx])
+    emb = mean_pool(hidden.float(), kept.float())
+    loss = (1 - torch.cosine_similarity(emb, targets[idx], dim=-1)).mean()
+    if token_loss > 0:
+        rec = hidden.float().gather(1, owner.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+        ok = (owner >= 0).to(rec.dtype)
+        tok = (1 - torch.cosine_similarity(rec, token_targets[idx], dim=-1)) * ok
+        loss = loss + token_loss * tok.sum() / ok.sum().clamp(min=1.0)
+    return loss
 
-            for name, lin in _layer_linears(model).items():
-                if parametrize.is_parametrized(lin, "weight"):
-                    parametrize.remove_parametrizations(lin, "weight", leave_parametrized=True)
-            for p in frozen:
-                p.requires_grad_(True)
-        model.train(was_training)
-    factors = {name: (d.B.detach().clone(), d.A.detach().clone()) for name, d in deltas.items()}
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "loss_first": history[0], "loss_last": history[-1],
-            "history": history, "deltas": factors}
+
+def _merge_deltas(model, deltas: dict, frozen: list) -> None:
+    """Fold trained low-rank deltas into the weights (``W + B @ A``) and unfreeze the weights."""
+    if not deltas:
+        return
+    import torch.nn.utils.parametrize as parametrize
+
+    for _, lin in _layer_linears(model).items():
+        if parametrize.is_parametrized(lin, "weight"):
+            parametrize.remove_parametrizations(lin, "weight", leave_parametrized=True)
+    for p in frozen:
+        p.requires_grad_(True)
 
 
 def save_deltas(deltas: dict, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import slimkit
 
-from ..compat import cache_kwargs
+from slimkit_nlp.compat import cache_kwargs
 
 SWEEP_MSB = (4, 6, 8)
 SWEEP_THRESHOLDS = (0.05, 0.1, 0.2)

@@ -27,7 +27,7 @@ def _gpt2(d: int, layers: int, heads: int, positions: int = 1024, dropout: float
 
 
 def _lite(d: int, layers: int, heads: int, positions: int = 1024, dropout: float = 0.0, **kw):
-    from .modeling import LiteTransformerConfig, LiteTransformerForCausalLM
+    from slimkit_nlp.lsra.modeling import LiteTransformerConfig, LiteTransformerForCausalLM
 
     cfg = LiteTransformerConfig(vocab_size=VOCAB, d_model=d, n_head=heads, decoder_layers=layers,
                                 max_position_embeddings=positions, dropout=dropout, **kw)
@@ -62,7 +62,7 @@ def _width_for(target: float, measure, lo: int, hi: int, step: int) -> int:
 def run_cost(ctx) -> dict:
     from slimkit.measure import count_macs
 
-    from .modeling import LiteTransformerConfig, LiteTransformerLayer
+    from slimkit_nlp.lsra.modeling import LiteTransformerConfig, LiteTransformerLayer
 
     d, L, H = (128, 2, 4) if ctx.quick else (256, 6, 4)
     lens = (30, 128) if ctx.quick else (30, 512)
@@ -190,7 +190,7 @@ def run_quality(ctx) -> dict:
     import slimkit
     from slimkit_nlp.data import load_text
 
-    from ..train import train_causal_lm
+    from slimkit_nlp.train import train_causal_lm
 
     budget = 8.0 if ctx.quick else 90.0  # CPU seconds of training per model
     block, batch, lr = 128, 16, 2e-3

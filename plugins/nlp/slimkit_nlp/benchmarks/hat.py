@@ -15,9 +15,9 @@ import torch
 
 from slimkit import goal
 
-from .latency import MeasureSettings, Reference, measure_dataset, measure_sub
-from .predictor import LatencyPredictor, fit_and_evaluate
-from .space import HatSpace
+from slimkit_nlp.hat.latency import MeasureSettings, Reference, measure_dataset, measure_sub
+from slimkit_nlp.hat.predictor import LatencyPredictor, fit_and_evaluate
+from slimkit_nlp.hat.space import HatSpace
 
 # -- spaces ----------------------------------------------------------------------------------
 PREDICTOR_SETTINGS = dict(src_len=16, steps=8, warmup=2, runs=12, reference=True)
@@ -56,7 +56,7 @@ def run_predictor(ctx) -> dict:
     pred, report = fit_and_evaluate(space, rows, st.src_len, st.steps, holdout=0.2,
                                     epochs=300 if ctx.quick else 1000)
     pred.save(Path(ctx.out_dir) / "hat-predictor.pt")
-    from .predictor import FlopsLinearFit, split_rows
+    from slimkit_nlp.hat.predictor import FlopsLinearFit, split_rows
     train, test = split_rows(rows, 0.2, 0)
     flops = FlopsLinearFit(space, st.src_len, st.steps).fit([r["sub"] for r in train], [r["latency_ms"] for r in train])
     points = [{"measured_ms": r["latency_ms"], "mlp_ms": p, "flops_ms": f}
@@ -100,8 +100,8 @@ def plot_predictor(result: dict, png) -> None:
 
 # -- hat-search --------------------------------------------------------------------------------
 def _search_supernet(ctx, space, task):
-    from .supernet import SuperTransformer
-    from .train import STATE_FILE, load_supernet, train_supernet
+    from slimkit_nlp.hat.supernet import SuperTransformer
+    from slimkit_nlp.hat.train import STATE_FILE, load_supernet, train_supernet
     d = Path(ctx.out_dir) / ("hat-search-supernet-lines-quick" if ctx.quick else "hat-search-supernet-lines")
     budget = 20.0 if ctx.quick else 240.0
     if (d / STATE_FILE).exists():
@@ -114,14 +114,14 @@ def _search_supernet(ctx, space, task):
         state = train_supernet(net, task, steps=4000, batch_size=32, lr=2e-3, warmup=50, seed=ctx.seed,
                                time_budget_s=budget, progress=ctx.show_progress, checkpoint_every=0)
     state["complete"] = True
-    from .train import save_supernet
+    from slimkit_nlp.hat.train import save_supernet
     save_supernet(net, d, state)
     return net.eval(), state
 
 
 def run_search(ctx) -> dict:
-    from .search import SearchSettings, evolutionary_search, random_search
-    from .tasks import NextLineTask, evaluate
+    from slimkit_nlp.hat.search import SearchSettings, evolutionary_search, random_search
+    from slimkit_nlp.hat.tasks import NextLineTask, evaluate
     space = search_space()
     task = NextLineTask(max_len=32, val_size=128 if ctx.quick else 256)
     t0 = time.perf_counter()
@@ -136,7 +136,7 @@ def run_search(ctx) -> dict:
     # held-out check of the predictor, and the safety margin from its held-out errors: the
     # search bound is bound / (1 + q90 of the relative under-prediction), so that about 90% of
     # the found models measure under the bound even though the search leans on prediction errors
-    from .predictor import split_rows
+    from slimkit_nlp.hat.predictor import split_rows
     held_pred, pred_report = fit_and_evaluate(space, rows, st.src_len, st.steps, epochs=300 if ctx.quick else 1000)
     _, test = split_rows(rows, 0.2, 0)
     under = sorted((r["latency_ms"] - q) / q for r, q in zip(test, held_pred.predict([r["sub"] for r in test])))
@@ -213,7 +213,7 @@ def plot_search(result: dict, png) -> None:
 # -- hat-export --------------------------------------------------------------------------------
 def run_export(ctx) -> dict:
     from slimkit.measure import count_params
-    from .supernet import SuperTransformer
+    from slimkit_nlp.hat.supernet import SuperTransformer
     out = {}
     goals = []
     for task in ("encdec", "decoder"):
@@ -244,7 +244,7 @@ def run_export(ctx) -> dict:
         lat_export = ctx.latency(ex)
         lat_gen_export = ctx.latency(lambda: model.generate(input_ids=src, max_new_tokens=steps, do_sample=False))
         lat_gen_slice = ctx.latency(lambda: _greedy_slice(net, sub, src, steps, task))
-        from .latency import decode_workload
+        from slimkit_nlp.hat.latency import decode_workload
         lat_decode = ctx.latency(decode_workload(model, 16, steps))
         out[task] = {"sub": sub.to_dict(), "max_abs_diff": diff, "generate_equal": same_gen,
                      "params_export": count_params(model), "params_supernet": count_params(net),
