@@ -236,3 +236,25 @@ def test_spatten_method_through_the_harness(model, prompt):
     assert r["kl"] > 1e-4
     assert not hasattr(model.model, "_spatten_runtime")               # weights shared, the model not patched
     assert half.model.model.embed_tokens.weight is model.model.embed_tokens.weight
+
+
+def test_measurement_store_resumes_and_separates_settings(tmp_path, monkeypatch):
+    """An interrupted long benchmark keeps what it measured: a rerun with the same settings reads it back,
+    other settings start a fresh file."""
+    from slimkit_nlp.benchmarks.llm_eval import MeasurementStore
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path))
+    calls = []
+
+    def work():
+        calls.append(1)
+        return {"top1": 0.5}
+
+    a = MeasurementStore("toy", {"prompts": 2})
+    assert a.measure("continuation/0/dense", work) == {"top1": 0.5}
+    again = MeasurementStore("toy", {"prompts": 2})                  # a new process, same settings
+    assert again.measure("continuation/0/dense", work) == {"top1": 0.5} and len(calls) == 1
+    other = MeasurementStore("toy", {"prompts": 3})
+    assert other.path != a.path and other.measure("continuation/0/dense", work) and len(calls) == 2
+    a.path.write_text("{broken")                                      # a damaged file costs a re-measurement only
+    assert MeasurementStore("toy", {"prompts": 2}).measure("continuation/0/dense", work) and len(calls) == 3

@@ -84,6 +84,23 @@ def _rerun_in_peers(ctx) -> dict:
     return rerun_benchmark_in_peer_env("spatten-llm", ctx, prompt_count(ctx))
 
 
+def _measurement_store(n_prompts: int, seed: int, budgets, presses):
+    """Per-(prompt, method) results on disk, so an interrupted run resumes where it stopped
+    (``llm_eval.MeasurementStore``; a change of settings or of the spatten/benchmark code starts afresh)."""
+    from pathlib import Path
+
+    import transformers
+
+    from .llm_eval import MeasurementStore
+
+    here = Path(__file__).resolve().parent
+    settings = {"prompts": n_prompts, "seed": seed, "budgets": list(budgets), "presses": list(presses),
+                "spatten_settings": [list(x) for x in SPATTEN_SETTINGS], "prompt_tokens": PROMPT_TOKENS,
+                "continuation_tokens": CONTINUATION_TOKENS, "step_tokens": STEP_TOKENS,
+                "transformers": transformers.__version__, "kvpress": _version("kvpress")}
+    return MeasurementStore("spatten-llm", settings, source_dirs=[here, here.parent / "spatten"])
+
+
 def build_methods(model, budgets=BUDGETS, presses=PRESSES, settings=SPATTEN_SETTINGS) -> list[Method]:
     """Dense, then per budget every press and every spatten setting."""
     methods: list[Method] = [DenseMethod(model, name="dense")]
@@ -120,15 +137,20 @@ def run(ctx) -> dict:
     methods = build_methods(model, budgets=budgets, presses=presses)
     t0 = time.perf_counter()
 
+    store = _measurement_store(n_prompts, ctx.seed, budgets, presses)
     per = {m.name: [] for m in methods}
-    for prompt in ctx.progress(prompts, desc="spatten-llm continuation"):
-        ref = dense_reference(model, prompt)
+    for i, prompt in enumerate(ctx.progress(prompts, desc="spatten-llm continuation")):
+        ref = None
         for m in methods:
-            per[m.name].append(continuation_metrics(m, prompt, ref, step_tokens=STEP_TOKENS))
+            def measure(m=m):
+                nonlocal ref
+                ref = dense_reference(model, prompt) if ref is None else ref
+                return continuation_metrics(m, prompt, ref, step_tokens=STEP_TOKENS)
+            per[m.name].append(store.measure(f"continuation/{i}/{m.name}", measure))
     retr = {m.name: [] for m in methods}
-    for rp in ctx.progress(rprompts, desc="spatten-llm retrieval"):
+    for j, rp in enumerate(ctx.progress(rprompts, desc="spatten-llm retrieval")):
         for m in methods:
-            retr[m.name].append(retrieval_accuracy(m, rp))
+            retr[m.name].append(store.measure(f"retrieval/{j}/{m.name}", lambda m=m: retrieval_accuracy(m, rp)))
     repeats = 2 if ctx.quick else 3
     timing = time_prefill_and_decode(methods, prompts[0], decode_tokens=DECODE_TOKENS, repeats=repeats)
 
