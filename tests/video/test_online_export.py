@@ -17,7 +17,8 @@ pytest.importorskip("onnxruntime")
 
 def test_onnx_stream_matches_pytorch_over_16_steps(tmp_path):
     import onnx
-    from slimkit_video.online.export import OnnxStream, export_onnx
+    from slimkit_video.online.export import export_onnx
+    from slimkit_video.online.ort import OnnxStream
 
     model = randomize(slimkit.apply(tiny_mobilenet(), "tsm", n_segment=8, direction="past"))
     stream = to_online(model)
@@ -45,7 +46,8 @@ def test_onnx_export_of_a_causal_conv3d_stream(tmp_path):
     from torch import nn
 
     from slimkit_video.online import CausalConv3d
-    from slimkit_video.online.export import OnnxStream, export_onnx
+    from slimkit_video.online.export import export_onnx
+    from slimkit_video.online.ort import OnnxStream
 
     class Net(nn.Module):
         def __init__(self):

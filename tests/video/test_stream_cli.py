@@ -18,8 +18,15 @@ def test_stream_with_no_arguments_runs_the_shipped_model_on_synthetic(capsys):
     assert rc == 0, out
     assert "streaming synthetic" in out and "shift buffers" in out
     assert "latency" in out and "FPS" in out and "pred " in out
+    status = next(ln for ln in out.splitlines() if ln.startswith("frame "))
+    assert "sustainable" in status and "of 15 fps" in status   # 1 / compute, apart from the source's rate
     summary = out[out.index("summary:"):]
     assert "stopped by --seconds 2.5" in summary
+    rates = next(ln for ln in summary.splitlines() if "frame rates:" in ln)
+    assert "source 15 fps" in rates and "sustainable" in rates and "(1 / p50 latency)" in rates
+    p50 = float(summary.split("p50 ")[1].split(" ms")[0])
+    sustainable = float(rates.split("sustainable ")[1].split(" FPS")[0])
+    assert sustainable == pytest.approx(1000 / p50, rel=0.02, abs=1)
     processed = int(summary.split(" processed")[0].split()[-1])
     assert processed >= 10  # 15 fps source for 2.5 s
     assert "smoothed prediction right on" in summary
@@ -40,6 +47,56 @@ def test_show_without_a_display_says_so_and_keeps_running(capsys, monkeypatch):
     rc = main(["stream", "--source", "lavfi:testsrc2=size=64x64:rate=25:d=0.4", "--show"])
     out = capsys.readouterr().out
     assert rc == 0 and "running without a window" in out and "summary:" in out
+    note = next(ln for ln in out.splitlines() if ln.startswith("note:"))
+    assert "--serve" in note
+
+
+def test_show_says_exactly_why_no_window_opens(monkeypatch):
+    """Each reason is one sentence with the fix: no GUI in OpenCV (the extra that swaps it), no
+    display (--serve), a display that refuses the window."""
+    from slimkit_video.online import live
+
+    monkeypatch.setattr(live, "opencv_gui_backend", lambda: None)
+    reason = live.window_unavailable_reason()
+    assert "opencv-python-headless" in reason and "slimkit[gui]" in reason and "--serve" in reason
+    monkeypatch.setattr(live, "opencv_gui_backend", lambda: "GTK3")
+    monkeypatch.setattr(live.sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    reason = live.window_unavailable_reason()
+    assert "DISPLAY" in reason and "--serve" in reason
+    monkeypatch.setenv("DISPLAY", ":99")
+    monkeypatch.setattr(live, "_window_opens", lambda timeout=10.0: False)
+    reason = live.window_unavailable_reason()
+    assert "':99'" in reason and "GTK3" in reason and "--serve" in reason
+    monkeypatch.setattr(live, "_window_opens", lambda timeout=10.0: True)
+    assert live.window_unavailable_reason() is None and live.display_available()
+    assert ". " not in reason and "\n" not in reason   # one sentence
+
+
+def test_the_gui_backend_is_read_from_opencvs_build_information(monkeypatch):
+    import cv2
+
+    from slimkit_video.online.live import opencv_gui_backend
+
+    def build(text):
+        monkeypatch.setattr(cv2, "getBuildInformation", lambda: text)
+        return opencv_gui_backend()
+
+    assert build("  GUI:                           NONE\n  Media I/O:\n") is None
+    assert build("  GUI:                           QT5\n    QT:                          YES (ver 5.15.0 )\n") == "QT5"
+    assert build("  GUI: \n    GTK+:                        YES (ver 3.22.30)\n  Media I/O:\n") == "GTK+"
+    assert build("  GUI: \n    GTK+:                        NO\n  Media I/O:\n") is None
+
+
+def test_the_installed_opencv_is_reported_as_it_is():
+    import cv2
+
+    from slimkit_video.online.live import opencv_gui_backend
+
+    gui = [ln for ln in cv2.getBuildInformation().splitlines() if ln.strip().startswith("GUI:")]
+    headless = not gui or gui[0].split(":", 1)[1].strip().upper() in ("", "NONE")
+    assert (opencv_gui_backend() is None) == headless
 
 
 def test_unknown_source_is_one_clear_line(capsys):

@@ -9,6 +9,7 @@ PARTS = (
     "slimkit_video.tsm.registration",
     "slimkit_video.r2plus1d.registration",
     "slimkit_video.online.registration",
+    "slimkit_video.benchmarks",
 )
 
 delegate_hooks(globals(), PARTS)

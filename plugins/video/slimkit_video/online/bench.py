@@ -11,6 +11,12 @@
 - ``online-accuracy``: the shipped demo model on generated clips, offline (the clip through the
   ``VideoClassifier``) vs online (stepping the frames): the same accuracy and the same
   prediction on every clip; plus the live-loop accuracy on the ``synthetic`` stream.
+- ``online-ort``: frames per second of the online step in ONNX Runtime (the exported step, buffers
+  as inputs and outputs; graph optimizations ``ORT_ENABLE_ALL``, also ``ENABLE_BASIC`` and a static
+  int8 QDQ variant) against eager PyTorch, on the shipped demo model (64x64) and on a causal TSM
+  MobileNetV2 ``VideoClassifier`` at 224x224 (weights randomised so logits are of order 1), 1 thread,
+  interleaved rounds; max |ORT - PyTorch| over a long stream of frames; int8 accuracy on the demo's
+  clips. Goals: FPS ratio ORT / PyTorch >= 1.5 on both models, outputs within 1e-4.
 """
 from __future__ import annotations
 
@@ -318,6 +324,279 @@ def plot_accuracy(result: dict, png: Path) -> None:
     plt.close(fig)
 
 
+# -- online-ort ----------------------------------------------------------------------------------
+ORT_VARIANTS = (("torch", "eager PyTorch"), ("ort", "ONNX Runtime, ENABLE_ALL"),
+                ("ort_basic", "ONNX Runtime, ENABLE_BASIC"), ("ort_int8", "ONNX Runtime int8 (static QDQ)"))
+
+
+def randomize_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fan-in scaled random weights and random BatchNorm statistics, in place: logits of order 1.
+
+    Hugging Face's default initialisation gives MobileNetV2 logits of about 1e-21, which would make
+    any output tolerance meaningless (and feed denormals to the timing).
+    """
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.normal_(0, ((0.5 if isinstance(m, nn.Linear) else 2.0) / fan_in) ** 0.5, generator=g)
+                if m.bias is not None:
+                    m.bias.uniform_(-0.1, 0.1, generator=g)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.2, 0.2, generator=g)
+                m.running_var.uniform_(0.8, 1.2, generator=g)
+                m.weight.uniform_(0.8, 1.2, generator=g)
+                m.bias.uniform_(-0.1, 0.1, generator=g)
+    return model
+
+
+def _mobilenet_v2_stream(seed: int):
+    """A causal TSM MobileNetV2 ``VideoClassifier`` (27 classes) as an online stream, random weights."""
+    from slimkit_video.classifier import VideoClassifier, build_backbone
+
+    from .convert import to_online
+
+    torch.manual_seed(seed)
+    clf = VideoClassifier(build_backbone("mobilenet_v2"), n_segment=8, num_classes=27)
+    clf = slimkit.apply(clf, "tsm", n_segment=8, direction="past")
+    return to_online(randomize_weights(clf, seed).eval())
+
+
+def _synthetic_inputs(n: int, size: int, seed: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+    """``n`` normalised frames ``(3, size, size)`` of the synthetic stream (float32 tensors)."""
+    from slimkit_video.sources.openers import SyntheticSource
+
+    src = SyntheticSource("synthetic", size=size, seed=seed)
+    m = torch.tensor(mean).view(3, 1, 1) * 255.0
+    s = torch.tensor(std).view(3, 1, 1) * 255.0
+    return [((torch.from_numpy(next(src)).permute(2, 0, 1).float() - m) / s).contiguous() for _ in range(n)]
+
+
+class _Cycler:
+    """``step()`` feeds the next of ``frames`` (cyclically) to ``stream.step``: one timed call per frame."""
+
+    def __init__(self, stream, frames) -> None:
+        self.stream, self.frames, self.i = stream, frames, 0
+
+    def __call__(self):
+        self.i = (self.i + 1) % len(self.frames)
+        return self.stream.step(self.frames[self.i])
+
+
+def quantize_step_int8(path: Path, out: Path, calibration: list) -> Path:
+    """Static int8 quantization (QDQ, per-channel weights) of an exported step, calibrated on
+    ``calibration``: a list of ``{input name: array}`` feeds (frames with their real buffers)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calibration)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = out.with_name(out.stem + ".pre.onnx")
+    quant_pre_process(str(path), str(pre))
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def _calibration_feeds(step, frames) -> list:
+    """Feeds ``{name: array}`` of ``frames`` streamed through the fp32 ONNX step (real buffers)."""
+    feeds, bufs = [], step.init_buffers()
+    for f in frames:
+        x = f[None].numpy()
+        feeds.append(dict(zip(step.input_names, (x, *bufs))))
+        _, bufs = step.run(x, bufs)
+    return feeds
+
+
+def _stream_difference(torch_stream, ort_stream, frames, n: int) -> dict:
+    """Max |ORT - PyTorch| of the logits over ``n`` consecutive frames (cycling ``frames``), buffers carried."""
+    torch_stream.reset()
+    ort_stream.reset()
+    worst, agree, biggest = 0.0, 0, 0.0
+    for t in range(n):
+        a = torch_stream.step(frames[t % len(frames)])
+        b = ort_stream.step(frames[t % len(frames)])
+        worst = max(worst, (a - b).abs().max().item())
+        biggest = max(biggest, a.abs().max().item())
+        agree += int(a.argmax() == b.argmax())
+    return {"frames": n, "max_abs_diff": worst, "max_abs_logit": biggest, "argmax_agreement": agree / n}
+
+
+def _demo_clip_accuracy(streams: dict, n_per_class: int, seed: int) -> dict:
+    """Accuracy of each stream (stepping every frame, mean logits) on the demo's generated clips."""
+    from slimkit_video.train import checkpoint_info
+
+    from .demo_data import StreamWindows
+    from .live import demo_model_dir
+
+    with demo_model_dir() as d:
+        meta = checkpoint_info(d)["metadata"]
+    data = StreamWindows(n_per_class, 8, clip_len=meta.get("clip_len", 16), size=meta["size"], seed=seed,
+                         mean=meta["mean"], std=meta["std"], strides=(1, 2))
+    right = {k: 0 for k in streams}
+    for i in range(len(data)):
+        clip, label = data[i]
+        for k, s in streams.items():
+            s.reset()
+            logits = torch.stack([s.step(clip[t]) for t in range(clip.shape[0])]).mean(0)
+            right[k] += int(int(logits.argmax()) == label)
+    return {"clips": len(data), **{k: v / len(data) for k, v in right.items()}}
+
+
+def _ort_model_runs(ctx, key: str, stream, size: int, tmp: Path, diff_frames: int, runs: int) -> dict:
+    """Export ``stream`` at ``size``x``size``, build the ORT variants and time them against PyTorch."""
+    from .ort import OrtStep, OrtStream, export_model_step
+
+    frame_shape = (3, size, size)
+    frames = _synthetic_inputs(32, size, ctx.seed + 11)
+    t0 = time.perf_counter()
+    path = export_model_step(stream, frame_shape, tmp / f"{key}.onnx")
+    export_s = time.perf_counter() - t0
+    fp32 = OrtStep(path, threads=ctx.threads, optimization="all")
+    t0 = time.perf_counter()
+    int8_path = quantize_step_int8(path, tmp / f"{key}.int8.onnx", _calibration_feeds(fp32, frames))
+    quant_s = time.perf_counter() - t0
+    streams = {"torch": stream,
+               "ort": OrtStream(fp32),
+               "ort_basic": OrtStream(OrtStep(path, threads=ctx.threads, optimization="basic")),
+               "ort_int8": OrtStream(OrtStep(int8_path, threads=ctx.threads, optimization="all"))}
+    for s in streams.values():
+        s.reset()
+    fns = {k: _Cycler(s, frames) for k, s in streams.items()}
+    lat = ctx.latencies(fns, warmup=10, runs=runs, desc=f"online-ort {key} rounds")
+    ms = {k: v.median_ms for k, v in lat.items()}
+    diffs = {k: _stream_difference(stream, streams[k], frames, n)
+             for k, n in (("ort", diff_frames), ("ort_basic", max(10, diff_frames // 10)),
+                          ("ort_int8", max(10, diff_frames // 10)))}
+    return {
+        "frame_shape": list(frame_shape),
+        "buffers": len(fp32.buffer_shapes),
+        "buffer_floats": int(sum(_numel(s) for s in fp32.buffer_shapes)),
+        "onnx_bytes": path.stat().st_size, "int8_onnx_bytes": int8_path.stat().st_size,
+        "export_seconds": export_s, "quantize_seconds": quant_s,
+        "latency": {k: v.to_dict() for k, v in lat.items()},
+        "median_ms": ms,
+        "fps": {k: 1000.0 / v for k, v in ms.items()},
+        "fps_ratio_vs_torch": {k: ms["torch"] / v for k, v in ms.items() if k != "torch"},
+        "difference_vs_torch": diffs,
+        "torch_step_profile": torch_step_profile(stream, frames),
+        "streams": streams,
+    }
+
+
+def torch_step_profile(stream, frames, steps: int = 5, top: int = 6) -> list:
+    """Where the eager PyTorch step spends its time: the ``top`` aten ops by self CPU time over
+    ``steps`` steps (``torch.profiler``), as ``{"op", "share", "calls_per_step"}`` rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stream.reset()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for t in range(steps):
+            stream.step(frames[t % len(frames)])
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    return [{"op": e.key, "share": e.self_cpu_time_total / total, "calls_per_step": e.count / steps}
+            for e in rows[:top]]
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def run_ort(ctx: slimkit.BenchContext) -> dict:
+    import tempfile
+
+    from slimkit.measure import fixed_threads
+
+    from .live import load_online_model
+
+    quick = ctx.quick
+    mb_size = 112 if quick else 224
+    runs = {"demo": 40 if quick else 300, "mobilenet_v2": 10 if quick else 80}
+    diff_frames = {"demo": 200 if quick else 1000, "mobilenet_v2": 20 if quick else 200}
+    demo = load_online_model()
+    models = {"demo": (demo.stream, demo.size), "mobilenet_v2": (_mobilenet_v2_stream(ctx.seed), mb_size)}
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="online-ort-") as tmp, fixed_threads(ctx.threads):
+        for key, (stream, size) in models.items():
+            with ctx.phase(f"online-ort: {key} at {size}x{size} (export, int8 calibration, timing)"):
+                out[key] = _ort_model_runs(ctx, key, stream, size, Path(tmp), diff_frames[key], runs[key])
+        with ctx.phase("online-ort: demo clip accuracy, PyTorch vs ONNX Runtime fp32 vs int8"):
+            streams = out["demo"].pop("streams")
+            accuracy = _demo_clip_accuracy({k: streams[k] for k in ("torch", "ort", "ort_int8")},
+                                           25 if quick else 100, 123_456)
+        out["mobilenet_v2"].pop("streams")
+    goals = []
+    for key, label in (("demo", "shipped demo 64x64"), ("mobilenet_v2", f"MobileNetV2 {mb_size}x{mb_size}")):
+        r = out[key]
+        goals.append(slimkit.goal(f"FPS ORT / PyTorch, {label}", r["fps_ratio_vs_torch"]["ort"], 1.5, unit="x"))
+        goals.append(slimkit.goal(f"max |ORT - PyTorch|, {label}", r["difference_vs_torch"]["ort"]["max_abs_diff"],
+                                  1e-4, higher_is_better=False, valid_when_quick=key == "demo"))
+    return {
+        "settings": {"threads": ctx.threads, "mobilenet_v2_size": mb_size, "ort_threads": ctx.threads},
+        "models": {"demo": "shipped online demo (VideoClassifier(tiny HF ResNet) + TSM past), 64x64",
+                   "mobilenet_v2": f"VideoClassifier(HF MobileNetV2, 27 classes) + TSM past (shift_div 8), "
+                                   f"{mb_size}x{mb_size}, randomised weights"},
+        "onnxruntime_version": _ort_version(),
+        "variants": dict(ORT_VARIANTS),
+        "results": out,
+        "int8_demo_clip_accuracy": accuracy,
+        "goals": goals,
+    }
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def plot_ort(result: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = result["results"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
+    labels = dict(result["variants"])
+    colors = {"torch": "tab:grey", "ort": "tab:blue", "ort_basic": "tab:cyan", "ort_int8": "tab:orange"}
+    for ax, key in zip(axes, ("demo", "mobilenet_v2")):
+        r = res[key]
+        keys = [k for k in ("torch", "ort_basic", "ort", "ort_int8") if k in r["fps"]]
+        vals = [r["fps"][k] for k in keys]
+        ax.bar(range(len(keys)), vals, color=[colors[k] for k in keys])
+        for x, k in enumerate(keys):
+            ratio = "" if k == "torch" else f"\n{r['fps_ratio_vs_torch'][k]:.1f}x"
+            ax.text(x, r["fps"][k], f"{r['fps'][k]:.0f}{ratio}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([labels[k].replace("ONNX Runtime", "ORT").replace(", ", "\n") for k in keys], fontsize=7)
+        ax.set_ylim(0, max(vals) * 1.25)
+        ax.set_ylabel("frames per second (median step)")
+        d = r["difference_vs_torch"]["ort"]
+        size = r["frame_shape"][1]
+        name = "shipped demo" if key == "demo" else "TSM MobileNetV2"
+        ax.set_title(f"{name} {size}x{size}: max |ORT - torch| {d['max_abs_diff']:.1e} over {d['frames']} frames",
+                     fontsize=8)
+    acc = result["int8_demo_clip_accuracy"]
+    fig.suptitle(f"Online step, 1 thread: ONNX Runtime vs eager PyTorch (demo clip accuracy: torch "
+                 f"{100 * acc['torch']:.1f}%, ORT {100 * acc['ort']:.1f}%, int8 {100 * acc['ort_int8']:.1f}%)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def register_benchmarks(register) -> None:
     register(slimkit.Benchmark("online-latency", run_latency,
                                "per-frame latency: online TSM step vs re-running 8 frames vs plain 2D (MobileNetV2)",
@@ -327,3 +606,6 @@ def register_benchmarks(register) -> None:
     register(slimkit.Benchmark("online-accuracy", run_accuracy,
                                "shipped demo model: offline vs online accuracy on generated clips, live stream",
                                plot=plot_accuracy))
+    register(slimkit.Benchmark("online-ort", run_ort,
+                               "online step in ONNX Runtime vs eager PyTorch (demo 64x64, MobileNetV2 224x224, "
+                               "1 thread): FPS ratio >= 1.5, outputs within 1e-4; int8 accuracy", plot=plot_ort))

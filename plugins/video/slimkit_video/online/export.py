@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -49,7 +50,10 @@ def export_onnx(stream: OnlineStream, path: str | os.PathLike, frame_shape: Opti
     n = len(buffers)
     in_names = ["frame"] + [f"buffer_{i}" for i in range(n)]
     out_names = ["output"] + [f"new_buffer_{i}" for i in range(n)]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about Python branches on shapes; shapes are fixed in the exported graph
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")  # strided slices stay as Slice ops
         torch.onnx.export(stream, (frame, *buffers), str(path), input_names=in_names,
                           output_names=out_names, opset_version=opset, dynamo=False,
                           do_constant_folding=True)
@@ -65,30 +69,3 @@ def export_onnx(stream: OnlineStream, path: str | os.PathLike, frame_shape: Opti
     return path
 
 
-class OnnxStream:
-    """Run an exported stream with onnxruntime, keeping the buffers: ``step(frame)``, ``reset()``."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MissingExtraError("running ONNX needs onnxruntime: pip install 'slimkit[export]'") from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        inputs = self.session.get_inputs()
-        self.names = [i.name for i in inputs]
-        self.shapes = [tuple(i.shape) for i in inputs[1:]]
-        self.reset()
-
-    def reset(self) -> None:
-        import numpy as np
-        self.buffers = [np.zeros(s, dtype=np.float32) for s in self.shapes]
-
-    def step(self, frame):
-        import numpy as np
-        frame = np.asarray(frame, dtype=np.float32)
-        if frame.ndim == 3:
-            frame = frame[None]
-        out, *self.buffers = self.session.run(None, dict(zip(self.names, [frame, *self.buffers])))
-        return out

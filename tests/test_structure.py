@@ -1,0 +1,119 @@
+"""The architecture stays drawable: no import circles, every technique folder the same shape,
+no long functions in library code (CONTRIBUTING.md says why)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = {"slimkit": REPO / "core" / "slimkit", "slimkit_video": REPO / "plugins" / "video" / "slimkit_video",
+            "slimkit_nlp": REPO / "plugins" / "nlp" / "slimkit_nlp"}
+TECHNIQUES = [REPO / "plugins" / "video" / "slimkit_video" / t for t in ("tsm", "r2plus1d")] + \
+             [REPO / "plugins" / "nlp" / "slimkit_nlp" / t for t in ("spatten", "pq", "lsra", "hat")]
+TECHNIQUE_MODULES = {"__init__.py", "config.py", "transform.py", "registration.py", "README.md"}
+MAX_FUNCTION_LINES = 80
+
+
+def _modules(pkg: str, root: Path) -> dict[str, Path]:
+    out = {}
+    for f in root.rglob("*.py"):
+        parts = f.relative_to(root).with_suffix("").parts
+        name = ".".join((pkg, *parts))
+        out[name.removesuffix(".__init__")] = f
+    return out
+
+
+def _imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """Modules of the same package that ``name`` imports (at module level or inside functions)."""
+    is_pkg = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            submodules = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known]
+            # ``from . import x`` with x a module depends on x; on the package only when x is a name in it
+            candidates = submodules or [target]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        found.update(c for c in candidates if c in known and c != name)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+@pytest.mark.parametrize("pkg", sorted(PACKAGES))
+def test_no_import_circles(pkg):
+    known = _modules(pkg, PACKAGES[pkg])
+    graph = {m: _imports(m, p, known) for m, p in known.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("folder", TECHNIQUES, ids=lambda p: p.name)
+def test_every_technique_folder_has_the_same_shape(folder):
+    missing = TECHNIQUE_MODULES - {p.name for p in folder.iterdir()}
+    assert not missing, f"{folder.name} lacks {sorted(missing)} (see CONTRIBUTING.md)"
+
+
+def _docstring_lines(node) -> int:
+    first = node.body[0] if node.body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return first.end_lineno - first.lineno + 1
+    return 0
+
+
+def test_no_long_functions_in_library_code():
+    """Code lines (signature and body; the docstring does not count) of every library function."""
+    long = []
+    for root in PACKAGES.values():
+        for f in root.rglob("*.py"):
+            if "benchmarks" in f.parts:
+                continue
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1 - _docstring_lines(node)
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{f.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "functions over 80 lines:\n" + "\n".join(long)
