@@ -105,8 +105,8 @@ def load_config(path: str | os.PathLike | dict) -> TechniqueConfig:
     table = techniques()
     if kind in table:
         return table[kind].config_class.from_dict(data)
-    entry = registry().techniques.get(kind)
-    err = _not_available("technique", kind, entry.plugin if entry else None)
+    entry = registry().techniques.get(kind) if isinstance(kind, str) else None
+    err = _not_available("technique", str(kind), entry.plugin if entry else None)
     if err is not None:
         raise err
     raise ConfigError(f"unknown config type {kind!r}; known types are {one_of(table)}")

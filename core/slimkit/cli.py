@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 import os
 import sys
 from pathlib import Path
@@ -80,10 +81,10 @@ def techniques(as_json: bool) -> None:
 
     table = _techniques()
     reg = registry()
-    out = []
+    out: list[dict[str, Any]] = []
     for name in sorted(set(table) | set(reg.techniques)):
         t, e = table.get(name), reg.techniques.get(name)
-        plugin = t.plugin if t else e.plugin
+        plugin = t.plugin if t is not None else (e.plugin if e is not None else "")
         hint = reg.plugins[plugin].install_hint if plugin in reg.plugins else ""
         out.append({
             "name": name, "plugin": plugin, "installed": t is not None,
@@ -95,7 +96,7 @@ def techniques(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
-    rows = [("technique", "plugin", "state", "summary")]
+    rows: list[tuple[str, ...]] = [("technique", "plugin", "state", "summary")]
     for r in out:
         rows.append((r["name"], r["plugin"], "installed" if r["installed"] else r["install"], r["summary"]))
     _table(rows)
@@ -139,7 +140,7 @@ def bench(names, list_, json_path, quick, threads, seed) -> None:
         click.echo(f"  wrote {path} and {result['plot']}")
 
 
-DEMOS = (
+DEMOS: tuple[tuple[tuple[str, ...], list[str], str], ...] = (
     (("stream",), ["--seconds", "8"], "online TSM on the built-in synthetic stream"),
     (("nlp", "demo"), [], "SpAtten token pruning on all-MiniLM-L6-v2 over Shakespeare"),
 )
@@ -151,7 +152,7 @@ def demo(ctx) -> None:
     """Run the built-in demos (the README's quick start)."""
     ran = 0
     for path, args, what in DEMOS:
-        cmd = cli
+        cmd: Any = cli
         for part in path:
             cmd = getattr(cmd, "commands", {}).get(part)
             if cmd is None:
@@ -352,7 +353,7 @@ def one_line_warnings() -> None:
             return f"Warning: {message}\n"
         return default(message, category, filename, lineno, line)
 
-    formatwarning.slimkit_one_line = True
+    formatwarning.slimkit_one_line = True  # type: ignore[attr-defined]
     warnings.formatwarning = formatwarning
 
 

@@ -291,17 +291,20 @@ class Host:
         with self._lock:
             if self.pm is None:
                 self.load()
+            assert self.pm is not None  # load() always sets it
             return self.pm
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> str:
         """Register a plugin object or module at run time (tests, notebooks)."""
         with self._lock:
             pm = self.ensure_loaded()
-            name = pm.register(plugin, name=name)
+            registered = pm.register(plugin, name=name)
+            if registered is None:  # pluggy returns None for a plugin it blocks
+                raise ConfigError(f"plugin {name!r} is blocked and cannot be registered; unblock it first")
             mod = getattr(plugin, "__name__", type(plugin).__name__)
-            self.infos[name] = PluginInfo(name=name, available=True, module=mod)
+            self.infos[registered] = PluginInfo(name=registered, available=True, module=mod)
             self._invalidate()
-            return name
+            return registered
 
     def unregister_plugin(self, name: str) -> None:
         with self._lock:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .config import TechniqueConfig
 
 
 @dataclass
@@ -15,7 +18,7 @@ class Technique:
     """
 
     name: str
-    config_class: type
+    config_class: type[TechniqueConfig]
     apply: Callable[[Any, Any], Any]
     summary: str = ""
     plugin: str = ""

@@ -145,7 +145,7 @@ class _Counter(TorchFunctionMode):
 def count_macs(model: nn.Module, *args: Any, **kwargs: Any) -> MacsReport:
     """Run ``model(*args, **kwargs)`` once without gradients and count its Mult-Adds."""
     custom = _custom_counters()
-    state = {"stack": [], "opaque": 0, "by_module": defaultdict(int), "by_type": defaultdict(int)}
+    state: dict[str, Any] = {"stack": [], "opaque": 0, "by_module": defaultdict(int), "by_type": defaultdict(int)}
     handles = []
 
     for qname, mod in model.named_modules():
