@@ -161,12 +161,23 @@ def python_files() -> list[Path]:
     return files
 
 
+#: the only allowed findings, each with its reason: (file, words in the finding)
+ALLOWED = {
+    ("tests/test_docs.py", "exec"): "the docs test runs the README's own Python blocks, code of this repository",
+}
+
+
+def _allowed(rel: str, why: str) -> bool:
+    return any(rel == path and word in why for path, word in ALLOWED)
+
+
 # -- the checks ---------------------------------------------------------------------------------
 def test_no_unsafe_loading_anywhere():
     files = python_files()
     assert len(files) > 20, "the scan found almost no files: is REPO right?"
     offenders = [f"{path.relative_to(REPO)}:{line}: {why}"
-                 for path in files for line, why in scan_source(path.read_text(encoding="utf-8"))]
+                 for path in files for line, why in scan_source(path.read_text(encoding="utf-8"))
+                 if not _allowed(str(path.relative_to(REPO)), why)]
     assert not offenders, ("unsafe loading (use torch.load(..., weights_only=True) or safetensors, JSON, "
                            "yaml.safe_load, no pickle/eval/exec/trust_remote_code):\n" + "\n".join(offenders))
 

@@ -41,7 +41,7 @@ from .technique import ModelEntry, SourceEntry, Technique
 # start fast (``slimkit.goal`` works as before; ``import slimkit`` alone does not import torch).
 _LAZY = {
     "Benchmark": "bench", "BenchContext": "bench", "benchmarks": "bench", "goal": "bench",
-    "run_benchmark": "bench",
+    "run_benchmark": "bench", "convert": "convert",
 }
 
 

@@ -48,9 +48,10 @@ def plugin_infos() -> list:
     """Every known plugin (``PluginInfo``), after building every registration table, so that the infos
     list each plugin's techniques and every refused name clash."""
     from .bench import benchmarks
+    from .convert import converters
     from .measure.macs import _custom_counters
 
-    for build in (techniques, models, sources, benchmarks, _custom_counters):
+    for build in (techniques, models, sources, benchmarks, converters, _custom_counters):
         build()
     return HOST.plugin_infos()
 

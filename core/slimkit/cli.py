@@ -170,6 +170,11 @@ def demo(ctx) -> None:
         raise click.ClickException(f"no demo is available: {install_command('all')}")
 
 
+from .convert import convert_command  # noqa: E402  (click and the standard library only)
+
+cli.add_command(convert_command)
+
+
 def _table(rows) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for j, r in enumerate(rows):
@@ -200,7 +205,7 @@ def _load_plugin_commands() -> None:
 # -- the command index: `slimkit --help` without importing the plugins' command modules ----------------
 def is_core_command(cmd: click.Command) -> bool:
     """Whether ``cmd`` is one of slimkit's own commands (defined in this module), not a plugin's."""
-    return getattr(cmd.callback, "__module__", None) == __name__
+    return getattr(cmd.callback, "__module__", None) in (__name__, "slimkit.convert")
 
 
 def command_index_path() -> Path:

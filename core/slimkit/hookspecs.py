@@ -75,6 +75,21 @@ def register_macs_counters(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def register_converters(register: Callable[..., None]) -> None:
+    """Register checkpoint converters ("bring your weights": ``slimkit convert KIND CHECKPOINT OUT``).
+
+    Fires: the first time ``slimkit.convert(...)``, ``slimkit.convert.converters()``,
+    ``slimkit.convert.load_converted`` or ``slimkit convert`` needs the converter table.
+    Call: ``register(slimkit.convert.Converter(kind, run, build, summary))`` once per source kind, with
+    ``run(checkpoint: slimkit.convert.Checkpoint, **options) -> slimkit.convert.Converted`` (builds the
+    target model and records in a ``slimkit.convert.WeightMap`` where each of its tensors came from) and
+    ``build(spec: dict) -> nn.Module`` (rebuilds the bare target model from the JSON spec the conversion
+    saved, so that ``load_converted`` can re-apply the techniques and load the weights).
+    Returns: nothing.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add sub-commands to the ``slimkit`` command line.
 

@@ -2,6 +2,7 @@
 
 Each technique lives in its own package; list its registration module in ``PARTS``.
 """
+from slimkit.hookspecs import hookimpl
 from slimkit.parts import delegate_hooks
 
 PARTS = (
@@ -13,3 +14,11 @@ PARTS = (
 )
 
 delegate_hooks(globals(), PARTS)
+
+
+@hookimpl
+def register_converters(register) -> None:
+    """Checkpoint converters: torchvision's video ResNets and the TSM repository's checkpoints."""
+    from .convert.registration import register_converters as register_video_converters
+
+    register_video_converters(register)

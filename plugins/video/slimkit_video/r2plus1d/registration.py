@@ -41,3 +41,6 @@ def register_benchmarks(register) -> None:
     register(slimkit.Benchmark("r2plus1d-fidelity", bench.run_fidelity,
                                "Accuracy and output error vs rank of an SVD-converted trained 3D CNN, before/after fine-tune",
                                plot=bench.plot_fidelity))
+    register(slimkit.Benchmark("r2plus1d-svd-speed", bench.run_svd_speed,
+                               "R3D-18 -> (2+1)D conversion time: fast Gram solver vs exact float64 SVD, same errors",
+                               plot=bench.plot_svd_speed))

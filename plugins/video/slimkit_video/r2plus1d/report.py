@@ -43,6 +43,8 @@ class ConversionReport:
     notes: list = field(default_factory=list)
     model_params_before: int = 0
     model_params_after: int = 0
+    layout: str = "per-conv"
+    solver: str = "gram"
 
     @property
     def params_before(self) -> int:
@@ -54,9 +56,11 @@ class ConversionReport:
 
     @property
     def exact_operator(self) -> bool:
-        """True when each block is a linear composition whose kernel is the truncated SVD (r2plus1d,
-        p3d-a, p3d-c with init='svd' and no mid activation)."""
-        return self.init == "svd" and not self.mid_activation and self.variant != "p3d-b"
+        """True when each block computes the truncated-SVD kernel (r2plus1d, p3d-a, p3d-c with init='svd'
+        and no mid activation; layout='torchvision' in eval mode, through its +/- pairs)."""
+        if self.init != "svd" or self.variant == "p3d-b":
+            return False
+        return self.layout == "torchvision" or not self.mid_activation
 
     def layer(self, name: str) -> LayerReport:
         for r in self.layers:
@@ -66,7 +70,8 @@ class ConversionReport:
 
     def to_dict(self) -> dict:
         return {"variant": self.variant, "init": self.init, "rank": self.rank,
-                "mid_activation": self.mid_activation, "exact_operator": self.exact_operator,
+                "mid_activation": self.mid_activation, "layout": self.layout, "solver": self.solver,
+                "exact_operator": self.exact_operator,
                 "params_before": self.params_before, "params_after": self.params_after,
                 "model_params_before": self.model_params_before, "model_params_after": self.model_params_after,
                 "layers": [asdict(r) for r in self.layers],
@@ -75,7 +80,7 @@ class ConversionReport:
 
     def __str__(self) -> str:
         head = (f"r2plus1d conversion: variant={self.variant} init={self.init} rank={self.rank} "
-                f"mid_activation={self.mid_activation}")
+                f"mid_activation={self.mid_activation} layout={self.layout} solver={self.solver}")
         rows = [head, f"{'layer':32s} {'kernel':9s} {'in':>5s} {'out':>5s} {'M':>5s} {'full':>5s} "
                       f"{'params':>9s} {'->':>9s} {'rel.err':>8s}"]
         for r in self.layers:
