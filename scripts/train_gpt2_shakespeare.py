@@ -31,6 +31,7 @@ def build():
 def train_bf16(model, text: str, eval_text: str, block: int, batch: int, seconds: float, lr: float, threads: int):
     """A plain AdamW loop under CPU bf16 autocast (about 2x the fp32 matmul rate); returns metrics."""
     import math
+
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)

@@ -5,8 +5,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 import slimkit
 from slimkit.bench import goal
 

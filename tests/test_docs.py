@@ -49,6 +49,9 @@ RUNNABLE = ("bash", "sh", "shell", "python", "text")
 SKIPPED = {
     ("README.md", "accelerate launch --multi_gpu --num_processes 2 -m slimkit.cli video train "
                   "--data my_videos/ --backbone resnet50"): "needs two GPUs and a folder of your own videos",
+    ("README.md", "slimkit convert --list                                   # kinds and their options"):
+        "needs the downloaded TSM and torchvision checkpoints",
+    ("README.md", "import slimkit"): "needs the downloaded checkpoints",
 }
 
 

@@ -225,11 +225,11 @@ def test_video_training_interrupted_and_resumed_equals_uninterrupted(tmp_path):
 
 def test_hat_training_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     # before: HAT resumed weights but not the data position or RNG, and optimizer.pt was written in place
+    from nlp._hat_common import tiny_space
+
     from slimkit_nlp.hat.supernet import SuperTransformer
     from slimkit_nlp.hat.tasks import Seq2SeqTask
     from slimkit_nlp.hat.train import train_supernet
-
-    from nlp._hat_common import tiny_space
 
     space = tiny_space(vocab_size=13)
     task = Seq2SeqTask("reverse", min_len=3, max_len=6, val_size=16)
@@ -250,9 +250,9 @@ def test_hat_training_interrupted_and_resumed_equals_uninterrupted(tmp_path):
 
 
 def test_spatten_distill_interrupted_and_resumed_equals_uninterrupted(tmp_path):
-    from slimkit_nlp.spatten import distill
-
     from nlp.test_spatten_encoder import tiny_bert
+
+    from slimkit_nlp.spatten import distill
 
     def student():
         torch.manual_seed(0)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 from ._version import __version__
-
 from .api import (
     apply,
     build_model,
@@ -36,7 +35,6 @@ from .hookspecs import hookimpl
 from .host import HOST
 from .technique import ModelEntry, SourceEntry, Technique
 
-
 # Names that need torch are imported on first use, so that ``import slimkit`` and ``slimkit --help``
 # start fast (``slimkit.goal`` works as before; ``import slimkit`` alone does not import torch).
 _LAZY = {
@@ -63,7 +61,7 @@ def __dir__():
 
 def plugins():
     """Every known plugin with its state: ``PluginInfo(name, version, available, reason, techniques)``."""
-    from .api import plugin_infos
+    from .inventory import plugin_infos
 
     return plugin_infos()
 

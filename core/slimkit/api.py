@@ -44,18 +44,6 @@ def _not_available(kind: str, name: str, plugin: str | None) -> Exception | None
     return None
 
 
-def plugin_infos() -> list:
-    """Every known plugin (``PluginInfo``), after building every registration table, so that the infos
-    list each plugin's techniques and every refused name clash."""
-    from .bench import benchmarks
-    from .convert import converters
-    from .measure.macs import _custom_counters
-
-    for build in (techniques, models, sources, benchmarks, converters, _custom_counters):
-        build()
-    return HOST.plugin_infos()
-
-
 def get_technique(name: str) -> Technique:
     """The technique called ``name``; a clear error with the fix when it is not there."""
     table = techniques()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -48,7 +48,7 @@ def cli(quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """Installed and known plugins, their state and techniques."""
-    from .api import plugin_infos
+    from .inventory import plugin_infos
 
     infos = plugin_infos()
     if as_json:

@@ -488,7 +488,7 @@ def _json_ready(obj: Any) -> Any:
 
 def write_conversion(result: Converted, report: ConversionReport, output_dir: str | os.PathLike) -> Path:
     """Write the save folder atomically: weights + technique stack, the model spec and the report."""
-    from . import __version__
+    from ._version import __version__
     from .api import SAVE_FILES, _refuse_foreign_folder, write_pretrained
     from .io import atomic_folder, atomic_write_json
 

@@ -12,9 +12,10 @@ import functools
 import importlib.resources
 import json
 import shlex
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 CHECKOUT = Path(__file__).resolve().parents[2]   # the clone's root when running from a source checkout
 

@@ -44,6 +44,7 @@ def test_apply_from_config_and_options():
     assert s.decoder_embed_choices == [16, 32] and s.decoder_head_choices == [2, 4]
     assert s.decoder_layer_choices == [1, 2] and s.decoder_ffn_choices == [64, 128]
     import pytest
+
     from slimkit.errors import ConfigError, UnsupportedModelError
     with pytest.raises(ConfigError, match="exceeds the model"):
         slimkit.apply(cfg, "hat", embed_choices=[64])

@@ -8,8 +8,7 @@ import torch
 
 from slimkit.errors import ConfigError
 from slimkit_nlp.compat import cache_kwargs, output_cache
-from slimkit_nlp.lsra import (LiteTransformerConfig, LiteTransformerForCausalLM,
-                              LiteTransformerForConditionalGeneration)
+from slimkit_nlp.lsra import LiteTransformerConfig, LiteTransformerForCausalLM, LiteTransformerForConditionalGeneration
 
 
 def _cfg(**kw):

@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from slimkit.errors import MissingExtraError, SlimkitError
-from slimkit_nlp.benchmarks.llm_eval import DenseMethod, Prompt, continuation_metrics, dense_reference, \
-    time_prefill_and_decode
+from slimkit_nlp.benchmarks.llm_eval import (
+    DenseMethod,
+    Prompt,
+    continuation_metrics,
+    dense_reference,
+    time_prefill_and_decode,
+)
 from slimkit_nlp.benchmarks.pq_llm import PQMethod, QuantizedCacheMethod, plot, prompt_count
 
 from .test_pq_grouped import llama

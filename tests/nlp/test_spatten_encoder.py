@@ -145,6 +145,7 @@ def _mask_heads_reference(model, fam, head_ids, ids, am):
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_head_pruning_equals_masking(kind):
     import transformers as tf
+
     from slimkit_nlp.families import resolve_family
     if kind == "bert":
         make = lambda: tiny_bert()   # noqa: E731
@@ -156,7 +157,7 @@ def test_head_pruning_equals_masking(kind):
                                                 attn_implementation="eager")).eval()
     ids, am, _ = ids_batch()
     if kind == "llama":
-        am = am.flip(1); ids = ids.flip(1)  # left padding for the decoder
+        am, ids = am.flip(1), ids.flip(1)  # left padding for the decoder
     m = slimkit.apply(make(), "spatten", token_keep=1.0, head_keep=0.5)
     with torch.no_grad():
         out = m(input_ids=ids, attention_mask=am, **({"use_cache": False} if kind == "llama" else {}))
@@ -184,6 +185,7 @@ def test_sdpa_switched_with_warning_and_bad_options():
 
 def test_config_round_trip(tmp_path):
     import transformers as tf
+
     from slimkit_nlp.spatten import load_pretrained, spatten_config
     m = slimkit.apply(tiny_bert(), "spatten", token_keep=0.4, head_keep=0.75, protect_tokens=[3])
     cfg = SpattenConfig(token_keep=0.4, head_keep=0.75, protect_tokens=[3])
@@ -204,6 +206,7 @@ def test_config_round_trip(tmp_path):
 
 def test_real_minilm(minilm_path):
     from transformers import AutoModel, AutoTokenizer
+
     from slimkit_nlp.spatten.textdata import mean_pool, wordpiece_passages
     tok = AutoTokenizer.from_pretrained(minilm_path)
     ids = wordpiece_passages(tok, 128, 2)

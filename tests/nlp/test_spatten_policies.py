@@ -4,8 +4,14 @@ import torch
 
 import slimkit
 from slimkit_nlp.compat import output_cache
-from slimkit_nlp.spatten import (SpattenConfig, TokenPolicy, get_policy, kv_budget_schedule, policy_names,
-                                 register_policy)
+from slimkit_nlp.spatten import (
+    SpattenConfig,
+    TokenPolicy,
+    get_policy,
+    kv_budget_schedule,
+    policy_names,
+    register_policy,
+)
 from slimkit_nlp.spatten.policies import _POLICIES
 
 

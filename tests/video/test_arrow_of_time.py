@@ -7,8 +7,18 @@ import pytest
 import torch
 
 from slimkit.errors import ConfigError
-from slimkit_video.benchmarks.arrow_of_time import (ArrowClips, Clip, Footage, build_clips, clip_span, clip_starts,
-                                                    make_split, scene_cuts, split_time_ranges, stride_for)
+from slimkit_video.benchmarks.arrow_of_time import (
+    ArrowClips,
+    Clip,
+    Footage,
+    build_clips,
+    clip_span,
+    clip_starts,
+    make_split,
+    scene_cuts,
+    split_time_ranges,
+    stride_for,
+)
 
 
 def _footage(n: int = 120, size: int = 20, fps: float = 25.0, cut_at=None, seed: int = 0) -> Footage:

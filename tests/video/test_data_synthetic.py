@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from slimkit_video.data import (CLASSES, SyntheticTemporalDataset, VideoDataset, render_clip,
-                                synthetic_frames, write_synthetic_videos)
+from slimkit_video.data import (
+    CLASSES,
+    SyntheticTemporalDataset,
+    VideoDataset,
+    render_clip,
+    synthetic_frames,
+    write_synthetic_videos,
+)
 
 
 def _centroid_x(frame, bg):

@@ -17,6 +17,7 @@ pytest.importorskip("onnxruntime")
 
 def test_onnx_stream_matches_pytorch_over_16_steps(tmp_path):
     import onnx
+
     from slimkit_video.online.export import export_onnx
     from slimkit_video.online.ort import OnnxStream
 

@@ -6,8 +6,15 @@ import torch
 from torch import nn
 
 import slimkit
-from slimkit_video.r2plus1d import (Conv2Plus1D, P3DParallel, P3DResidual, R2Plus1DConfig, apply_r2plus1d,
-                                    conversion_report, matched_rank)
+from slimkit_video.r2plus1d import (
+    Conv2Plus1D,
+    P3DParallel,
+    P3DResidual,
+    R2Plus1DConfig,
+    apply_r2plus1d,
+    conversion_report,
+    matched_rank,
+)
 from slimkit_video.r2plus1d.models import conv_weight_count
 
 

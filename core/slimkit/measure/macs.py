@@ -66,7 +66,6 @@ def _op_macs(name: str, args, kwargs, out) -> int:
         return (x.numel() // max(w.shape[-1], 1)) * w.numel()
     if name in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
         x, w = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
-        groups = _arg(args, kwargs, 6 if not name.startswith("conv_t") else 6, "groups") or 1
         if name.startswith("conv_t"):
             # every input element is multiplied by (out_channels/groups * kernel) weights
             return x.numel() * w.shape[1] * math.prod(w.shape[2:])

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from slimkit import goal
-
 from slimkit_nlp.hat.latency import MeasureSettings, Reference, measure_dataset, measure_sub
 from slimkit_nlp.hat.predictor import LatencyPredictor, fit_and_evaluate
 from slimkit_nlp.hat.space import HatSpace

@@ -61,7 +61,6 @@ def _width_for(target: float, measure, lo: int, hi: int, step: int) -> int:
 # -- lsra-cost ------------------------------------------------------------------------------------
 def run_cost(ctx) -> dict:
     from slimkit.measure import count_macs
-
     from slimkit_nlp.lsra.modeling import LiteTransformerConfig, LiteTransformerLayer
 
     d, L, H = (128, 2, 4) if ctx.quick else (256, 6, 4)
@@ -189,7 +188,6 @@ def plot_cost(result: dict, png: Path) -> None:
 def run_quality(ctx) -> dict:
     import slimkit
     from slimkit_nlp.data import load_text
-
     from slimkit_nlp.train import train_causal_lm
 
     budget = 8.0 if ctx.quick else 90.0  # CPU seconds of training per model

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 import slimkit
-
 from slimkit_nlp.compat import cache_kwargs
 
 SWEEP_MSB = (4, 6, 8)

@@ -33,10 +33,9 @@ import torch
 
 from slimkit.errors import MissingExtraError, SlimkitError
 
-from .llm_eval import DenseMethod, Method, continuation_metrics, dense_reference, load_prompts, \
-    time_prefill_and_decode
-
+from .llm_eval import DenseMethod, Method, continuation_metrics, dense_reference, load_prompts, time_prefill_and_decode
 from .peers import PROMPTS_ENV  # noqa: E402  (SLIMKIT_BENCH_PROMPTS)
+
 DEFAULT_PROMPTS = 40
 QUICK_PROMPTS = 4
 PROMPT_TOKENS = 1000

@@ -25,8 +25,17 @@ import time
 
 import torch
 
-from .llm_eval import (DenseMethod, KVPressMethod, Method, continuation_metrics, dense_reference, load_prompts,
-                       retrieval_accuracy, retrieval_prompts, time_prefill_and_decode)
+from .llm_eval import (
+    DenseMethod,
+    KVPressMethod,
+    Method,
+    continuation_metrics,
+    dense_reference,
+    load_prompts,
+    retrieval_accuracy,
+    retrieval_prompts,
+    time_prefill_and_decode,
+)
 
 DEFAULT_PROMPTS, QUICK_PROMPTS = 40, 2
 PROMPT_TOKENS, CONTINUATION_TOKENS, DECODE_TOKENS = 1000, 64, 128

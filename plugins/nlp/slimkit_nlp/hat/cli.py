@@ -63,10 +63,10 @@ def train_cmd(task_name, space_file, steps, batch_size, lr, block, seed, time_bu
               output_dir):
     """Train the weight-shared SuperTransformer (one sampled SubTransformer per step)."""
     from slimkit.errors import SlimkitError
-    from .supernet import SuperTransformer
-    from .tasks import make_task
     from slimkit.training import TrainingInterrupted, interrupted_exit
 
+    from .supernet import SuperTransformer
+    from .tasks import make_task
     from .train import train_supernet
     try:
         space = _space(space_file, None, task_name)
@@ -103,6 +103,7 @@ def measure_cmd(space_file, checkpoint, num, csv_path, src_len, steps, warmup, r
     The settings (protocol, seed, machine, space) are stored in <csv>.settings.json; a rerun with the
     same settings resumes, one with other settings is refused (use a new --csv or --overwrite)."""
     from slimkit.errors import SlimkitError
+
     from .latency import MeasureSettings, measure_dataset, settings_path
     try:
         space = _space(space_file, checkpoint)
@@ -133,6 +134,7 @@ def fit_cmd(csv_path, space_file, checkpoint, out_path, holdout, epochs, src_len
     The space and lengths come from the CSV's settings file (written by `hat measure`); a --space,
     --checkpoint, --src-len or --steps that contradicts it is refused."""
     from slimkit.errors import SlimkitError
+
     from .latency import fit_inputs, read_csv
     from .predictor import fit_and_evaluate
     try:
@@ -173,6 +175,7 @@ def search_cmd(checkpoint, pred_path, latency_bound, task_name, block, method, p
                crossovers, mutation_prob, iterations, evaluations, seed, out_path):
     """Search the SubTransformer with the lowest validation loss under a latency bound."""
     from slimkit.errors import SlimkitError
+
     from .predictor import LatencyPredictor
     from .search import SearchSettings, evolutionary_search, random_search
     from .tasks import evaluate, make_task
@@ -207,8 +210,10 @@ def search_cmd(checkpoint, pred_path, latency_bound, task_name, block, method, p
 def export_cmd(checkpoint, sub_path, output_dir):
     """Export a SubTransformer as a standalone Hugging Face model (save_pretrained folder)."""
     import torch
+
     from slimkit.errors import SlimkitError
     from slimkit.measure import count_params
+
     from .space import SubConfig
     from .train import load_supernet
     try:

@@ -104,9 +104,9 @@ def train_supernet(net: SuperTransformer, task, steps: int = 1000, batch_size: i
     Returns ``{"step", "train_loss", "val_loss_largest", "val_loss_smallest", "seconds", "seed"}``.
     """
     from accelerate.utils import DistributedDataParallelKwargs
-    from slimkit.progress import bar as progress_bar
     from transformers import get_cosine_schedule_with_warmup
 
+    from slimkit.progress import bar as progress_bar
     from slimkit.training import TrainLoop, describe_model, make_accelerator
 
     _check_task(net, task)

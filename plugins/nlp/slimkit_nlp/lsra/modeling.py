@@ -21,14 +21,12 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.modeling_outputs import (BaseModelOutput, CausalLMOutputWithPast, Seq2SeqLMOutput)
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast, Seq2SeqLMOutput
 
 from slimkit.errors import ConfigError
 
 from ..compat import cache_kwargs, pick_cache
-
-from .modules import (ConvBranch, CrossAttention, DynamicConv, FeedForward, LightweightConv, LSRA,
-                      attention_masks)
+from .modules import LSRA, ConvBranch, CrossAttention, DynamicConv, FeedForward, LightweightConv, attention_masks
 
 DEFAULT_KERNEL_SIZES = (3, 7, 15, 31, 31, 31)
 

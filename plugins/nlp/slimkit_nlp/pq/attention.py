@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from .quant import dequantize, dequantize_msb, quantize, split_planes
-
 from .state import ATTENTION_NAME as NAME
 from .state import layer_index_of, runtime_of
 
@@ -230,8 +229,8 @@ def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling, q_scale=No
 
 # -- grouped layout ---------------------------------------------------------------------------
 def _grouped_forward(module, rt, query, key, value, attention_mask, scaling, dropout):
-    from .handles import PackedKV
     from .grouped import GroupedPQLayer
+    from .handles import PackedKV
 
     if scaling is None:
         scaling = query.shape[-1] ** -0.5

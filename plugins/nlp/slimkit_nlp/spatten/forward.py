@@ -27,8 +27,19 @@ from slimkit.errors import ShapeError, SlimkitError
 from ..compat import cache_kwargs, pick_cache
 from .attention import additive_mask, encoder_attention, key_bias, value_prune
 from .merge import merge_pruned, size_bias
-from .runtime import (SpattenModelOutput, SpattenRuntime, _attention_fn, _cache_select, _check_budget, _choose,
-                      _compact, _compress_after_prefill, _follow, _sdpa, _unslide)
+from .runtime import (
+    SpattenModelOutput,
+    SpattenRuntime,
+    _attention_fn,
+    _cache_select,
+    _check_budget,
+    _choose,
+    _compact,
+    _compress_after_prefill,
+    _follow,
+    _sdpa,
+    _unslide,
+)
 from .schedule import count_for, gather_slots, select_slots
 from .scores import accumulate, add_scores, rank_tokens
 from .state import STATE_ATTR, PruneState, record_eviction

@@ -24,6 +24,7 @@ from .state import PruneState, record_eviction
 from .stats import SpattenStats
 from .window import measure_recent_share, newest_kept, protected
 
+
 @dataclass
 class SpattenModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
     """The backbone output with pruning information.

@@ -18,8 +18,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import statistics
 import signal
+import statistics
 import sys
 import threading
 import time

@@ -52,12 +52,11 @@ def stream_command(source_spec, model_dir, seconds, show, serve, allow_remote, h
     import torch
 
     import slimkit
-
     from slimkit_video.sources import has_camera
 
     from .live import load_online_model, run_stream
-    from .serve import open_live_view
     from .ort import apply_backend
+    from .serve import open_live_view
 
     torch.set_num_threads(max(1, threads))
     view = open_live_view(serve, allow_remote, echo=click.echo)  # first: a busy port fails before any work
