@@ -8,7 +8,7 @@ from typing import Any
 from .config import TechniqueConfig, read_config_file
 from .errors import ConfigError, MissingExtraError, SourceError, UnknownTechniqueError, one_of
 from .host import HOST
-from .registry import registry
+from .registry import install_command, registry
 from .technique import ModelEntry, SourceEntry, Technique
 
 APPLIED_ATTR = "slimkit_configs"
@@ -34,7 +34,7 @@ def _not_available(kind: str, name: str, plugin: str | None) -> Exception | None
     reg = registry()
     info = HOST.infos.get(plugin)
     entry = reg.plugins.get(plugin)
-    hint = entry.install_hint if entry else f"pip install 'slimkit[{plugin}]'"
+    hint = entry.install_hint if entry else install_command(plugin)
     if info is None or info.reason.startswith(("not installed", "missing dependency")):
         return MissingExtraError(
             f"{kind} {name!r} is provided by plugin {plugin!r}, which is not installed: {hint}")
@@ -256,5 +256,5 @@ def open_source(spec: str, **options: Any):
         return table["file"].opener(spec, **options)
     known = sorted(table)
     if not known:
-        raise SourceError(f"no frame sources are available for {spec!r}; install them with pip install 'slimkit[video]'")
+        raise SourceError(f"no frame sources are available for {spec!r}; install them with {install_command('video')}")
     raise SourceError(f"unknown source {spec!r}; known sources are {one_of(known)} (or a path to a video file)")

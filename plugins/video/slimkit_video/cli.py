@@ -6,7 +6,7 @@ import click
 
 @click.group()
 def video() -> None:
-    """Video commands: training, data generation."""
+    """Video commands: training."""
 
 
 def register_commands(cli) -> None:

@@ -57,7 +57,9 @@ class LMTask:
             from datasets import load_dataset
         except ImportError:  # pragma: no cover
             from slimkit.errors import MissingExtraError
-            raise MissingExtraError("loading a text dataset needs `datasets`: pip install 'slimkit[nlp]'") from None
+            from slimkit.registry import install_command
+
+            raise MissingExtraError(f"loading a text dataset needs `datasets`: {install_command('nlp')}") from None
         p = Path(name)
         try:
             if p.exists():

@@ -32,7 +32,9 @@ def export_onnx(stream: OnlineStream, path: str | os.PathLike, frame_shape: Opti
     try:
         import onnx
     except ImportError:
-        raise MissingExtraError("ONNX export needs onnx: pip install 'slimkit[export]'") from None
+        from slimkit.registry import install_command
+
+        raise MissingExtraError(f"ONNX export needs onnx: {install_command('export')}") from None
     if not isinstance(stream, OnlineStream):
         raise ConfigError(f"export_onnx needs the stream from slimkit_video.to_online(model), "
                           f"got {type(stream).__name__}")
