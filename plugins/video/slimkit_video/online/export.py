@@ -56,18 +56,23 @@ def export_onnx(stream: OnlineStream, path: str | os.PathLike, frame_shape: Opti
         # the tracer warns about Python branches on shapes; shapes are fixed in the exported graph
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding")  # strided slices stay as Slice ops
-        torch.onnx.export(stream, (frame, *buffers), str(path), input_names=in_names,
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")   # written aside, renamed when complete
+        torch.onnx.export(stream, (frame, *buffers), str(partial), input_names=in_names,
                           output_names=out_names, opset_version=opset, dynamo=False,
                           do_constant_folding=True)
     stream.train(was_training)
-    model = onnx.load(str(path))
-    meta = model.metadata_props.add()
-    meta.key = "slimkit_buffers"
-    meta.value = json.dumps([{"name": nm, "cell": cell, "shape": list(b.shape)}
-                             for nm, cell, b in zip(in_names[1:], stream.buffer_names, buffers)])
-    onnx.save(model, str(path))
-    if check:
-        onnx.checker.check_model(str(path))
+    try:
+        model = onnx.load(str(partial))
+        meta = model.metadata_props.add()
+        meta.key = "slimkit_buffers"
+        meta.value = json.dumps([{"name": nm, "cell": cell, "shape": list(b.shape)}
+                                 for nm, cell, b in zip(in_names[1:], stream.buffer_names, buffers)])
+        onnx.save(model, str(partial))
+        if check:
+            onnx.checker.check_model(str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
