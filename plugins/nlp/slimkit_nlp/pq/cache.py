@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from .handles import PackedKV
+from .handles import PackedKV  # noqa: F401  (re-exported from its former home)
 from .layer_base import PackedLayerBase
 from .quant import dequantize, join_planes, pack, quantize, split_planes, unpack, unpack_uint8
 from .state import ATTENTION_NAME
@@ -80,12 +80,7 @@ class PQLayer(PackedLayerBase):
             old = getattr(self, name)
             setattr(self, name, t if old is None else torch.cat([old, t], dim=-2))
         self.length += key_states.shape[-2]
-        if self.return_handles:
-            b, h = key_states.shape[:2]
-            return (PackedKV(self, "keys", (b, h, self.length, self.head_dim), key_states.dtype, key_states.device),
-                    PackedKV(self, "values", (b, h, self.length, self.value_dim), value_states.dtype,
-                             value_states.device))
-        return self.dequantized_keys(), self.dequantized_values()
+        return self.update_result(key_states, value_states)
 
 
 

@@ -231,14 +231,7 @@ class GroupedPQLayer(PackedLayerBase):
         self._v_res_f = self._cat(self._v_res_f, v16.float())
         self.length += n
         self._flush()
-        if self.return_handles:
-            from .handles import PackedKV
-
-            b, h = key_states.shape[:2]
-            return (PackedKV(self, "keys", (b, h, self.length, self.head_dim), key_states.dtype, key_states.device),
-                    PackedKV(self, "values", (b, h, self.length, self.value_dim), value_states.dtype,
-                             value_states.device))
-        return self.dequantized_keys(), self.dequantized_values()
+        return self.update_result(key_states, value_states)
 
     def _flush(self) -> None:
         """Quantize the residual tokens beyond ``residual_length``, whole groups of ``key_group`` tokens."""

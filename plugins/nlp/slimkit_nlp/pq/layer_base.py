@@ -8,8 +8,20 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
+from .handles import PackedKV
+
 
 class PackedLayerBase(CacheLayerMixin):
+    def update_result(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """What ``update`` returns: ``PackedKV`` handles ``[B, H, T, D]`` for the ``slimkit_pq`` attention
+        (which reads the planes itself), otherwise the dequantized keys and values."""
+        if not self.return_handles:
+            return self.dequantized_keys(), self.dequantized_values()
+        b, h = key_states.shape[:2]
+        return (PackedKV(self, "keys", (b, h, self.length, self.head_dim), key_states.dtype, key_states.device),
+                PackedKV(self, "values", (b, h, self.length, self.value_dim), value_states.dtype,
+                         value_states.device))
+
     def get_mask_sizes(self, query_length) -> tuple[int, int]:
         if isinstance(query_length, torch.Tensor):  # transformers < 5.24 passes cache_position
             query_length = query_length.shape[0]
