@@ -87,6 +87,45 @@ def test_no_import_circles(pkg):
     assert _cycles(graph) == []
 
 
+BENCHMARKS = "benchmarks"
+#: the glue that registers a plugin's parts: it may name its benchmarks, nothing else in the library may
+REGISTRATION_MODULES = {"registration", "plugin"}
+
+
+def _in_benchmarks(module: str) -> bool:
+    return BENCHMARKS in module.split(".")[1:]
+
+
+def _library_imports_of_benchmarks(pkg: str, root: Path) -> list[str]:
+    """``"<module> imports <benchmark module>"`` for every library module (not registration glue) that does."""
+    known = _modules(pkg, root)
+    return sorted(f"{m} imports {target}" for m, p in known.items()
+                  if not _in_benchmarks(m) and m.split(".")[-1] not in REGISTRATION_MODULES
+                  for target in _imports(m, p, known) if _in_benchmarks(target))
+
+
+@pytest.mark.parametrize("pkg", sorted(PACKAGES))
+def test_the_library_imports_nothing_from_benchmarks(pkg):
+    """Benchmarks and demos import the library, never the other way round (only registration refers to them)."""
+    wrong = _library_imports_of_benchmarks(pkg, PACKAGES[pkg])
+    assert not wrong, "library modules import benchmark code:\n" + "\n".join(wrong)
+
+
+def test_the_benchmark_check_finds_a_library_import(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    for f in ("__init__.py", "benchmarks/__init__.py", "benchmarks/speed.py"):
+        (tmp_path / f).write_text("")
+    (tmp_path / "registration.py").write_text("def register(r):\n    from .benchmarks import speed\n")
+    (tmp_path / "lib.py").write_text("def f():\n    from .benchmarks.speed import run\n")
+    assert _library_imports_of_benchmarks("pkg", tmp_path) == ["pkg.lib imports pkg.benchmarks.speed"]
+
+
+@pytest.mark.parametrize("pkg", ["slimkit_video", "slimkit_nlp"])
+def test_benchmarks_live_in_the_benchmarks_package(pkg):
+    stray = sorted(str(f.relative_to(REPO)) for f in PACKAGES[pkg].rglob("bench*.py") if BENCHMARKS not in f.parts)
+    assert not stray, f"move benchmark modules into {pkg}/benchmarks/ (CONTRIBUTING.md): {stray}"
+
+
 def test_the_cycle_finder_finds_a_circle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

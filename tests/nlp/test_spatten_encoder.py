@@ -401,7 +401,7 @@ def test_selection_ceiling_pools_the_right_subsets(minilm_path):
     keep 0.4 every subset loses something and the least attended subset is the worst."""
     from transformers import AutoTokenizer
 
-    from slimkit_nlp.spatten import bench
+    from slimkit_nlp.benchmarks import spatten as bench
     from slimkit_nlp.spatten.textdata import wordpiece_passages
 
     tok = AutoTokenizer.from_pretrained(minilm_path)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import slimkit
-from slimkit_video.tsm import bench
+from slimkit_video.benchmarks import tsm as bench
 
 
 def test_benchmarks_registered():

@@ -4,6 +4,7 @@
     clf = slimkit.apply(clf, "tsm", n_segment=8)                   # TSM: same weights, shifted channels
     logits = clf(clips)                                            # clips (N, T, C, H, W) -> (N, K)
     logits, per_frame = clf(clips, return_per_frame=True)          # per_frame (N, T', K)
+    rows = clf.frame_logits(frames)                                # frames (B, C, H, W) -> (B, K)
 
 The backbone sees ``(N*T, C, H, W)`` frames (clip-major, as TSM expects) and may return
 logits ``(N*T, K)``, an HF output with ``.logits``, an HF base-model output with
@@ -107,7 +108,7 @@ class VideoClassifier(nn.Module):
         self.backbone.eval()
         with torch.no_grad():
             x = torch.zeros(1, self.n_segment, 3, 64, 64)
-            feats = self._features(self._run_backbone(x), 1)
+            feats = self._features(self._run_backbone(x))
         self.backbone.train(was)
         return int(feats.shape[-1])
 
@@ -135,7 +136,8 @@ class VideoClassifier(nn.Module):
         return self.backbone(x.reshape(n * t, *x.shape[2:]))
 
     @staticmethod
-    def _features(out: Any, n: int) -> torch.Tensor:
+    def _features(out: Any) -> torch.Tensor:
+        """The tensor in a backbone's output, feature maps ``(B, D, h, w)`` averaged to ``(B, D)``."""
         if hasattr(out, "logits") and out.logits is not None:
             out = out.logits
         elif hasattr(out, "pooler_output") and out.pooler_output is not None:
@@ -150,22 +152,54 @@ class VideoClassifier(nn.Module):
             raise ShapeError(f"backbone output has shape {tuple(out.shape)}; expected (B, K) or (B, D, h, w)")
         return out
 
+    def _classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Dropout and the head on features ``(..., D)`` -> outputs ``(..., K)``."""
+        return self.head(self.dropout(features))
+
+    def frame_logits(self, frames: torch.Tensor) -> torch.Tensor:
+        """Per-frame outputs ``(B', K)`` of frames ``(B, C, H, W)``: the backbone, its pooled features, the head.
+
+        The classifier passes the ``N*T`` frames of ``N`` clips, clip-major, in one batch (a TSM
+        backbone shifts channels between the frames of a clip; a temporal pool halves them,
+        ``B' = N * ceil(T/2)``); an online stream (``slimkit_video.to_online``) passes one frame of
+        each of ``B`` streams (``B' = B``). With ``clip_input`` every frame goes to the backbone as
+        a one-frame clip ``(B, C, 1, H, W)``.
+        """
+        if self.clip_input:
+            out = self._features(self.backbone(frames.unsqueeze(2)))
+            if out.dim() == 3:  # (B, 1, K) per-frame outputs of one-frame clips
+                out = out.squeeze(1)
+        else:
+            out = self._features(self.backbone(frames))
+        return self._classify(out)
+
+    def _clip_per_frame(self, clips: torch.Tensor) -> torch.Tensor:
+        """``clip_input``: the backbone on clips ``(N, T, C, H, W)`` -> per-frame outputs ``(N, T', K)``."""
+        n = clips.shape[0]
+        out = self._features(self._run_backbone(clips))
+        if out.dim() == 2 and out.shape[0] == n:
+            return self._classify(out[:, None])
+        if out.shape[0] % n != 0:
+            raise ShapeError(f"backbone returned {out.shape[0]} rows for {n} clips")
+        return self._classify(out.reshape(n, out.shape[0] // n, *out.shape[1:]))
+
+    def _frames_per_frame(self, clips: torch.Tensor) -> torch.Tensor:
+        """A frame backbone on clips ``(N, T, C, H, W)`` -> per-frame outputs ``(N, T', K)`` (:meth:`frame_logits`)."""
+        n, t = clips.shape[:2]
+        rows = self.frame_logits(clips.reshape(n * t, *clips.shape[2:]))
+        if rows.shape[0] % n != 0:
+            raise ShapeError(f"backbone returned {rows.shape[0]} rows for {n} clips")
+        return rows.reshape(n, rows.shape[0] // n, *rows.shape[1:])
+
     def forward(self, clips: torch.Tensor, return_per_frame: bool = False):
         """``clips`` ``(N, T, C, H, W)`` -> logits ``(N, K)`` (and per-frame ``(N, T', K)`` if asked)."""
         if clips.dim() != 5:
             raise ShapeError(f"VideoClassifier expects clips of shape (N, T, C, H, W), got {tuple(clips.shape)}")
-        n, t = clips.shape[:2]
+        t = clips.shape[1]
         if t != self.n_segment:
             raise ShapeError(f"clips have T={t} frames but the classifier was built for n_segment="
                              f"{self.n_segment}; sample {self.n_segment} frames per clip")
-        out = self._features(self._run_backbone(clips), n)
-        if self.clip_input and out.dim() == 2 and out.shape[0] == n:
-            per_frame = out[:, None]
-        else:
-            if out.shape[0] % n != 0:
-                raise ShapeError(f"backbone returned {out.shape[0]} rows for {n} clips")
-            per_frame = out.reshape(n, out.shape[0] // n, *out.shape[1:])
-        per_frame = self.head(self.dropout(per_frame))
+        per_frame = self._clip_per_frame(clips) if self.clip_input else self._frames_per_frame(clips)
         logits = per_frame.mean(1)  # TSN consensus: average over time
         return (logits, per_frame) if return_per_frame else logits
 

@@ -209,7 +209,7 @@ def build_task(quick: bool):
 
 def run_task(ctx, task, chosen: list[Setting], rounds: int) -> dict:
     """Dense reference, then every setting in ``chosen``: metrics, cosine, Mult-Adds and speed-up."""
-    from slimkit_nlp.spatten.bench import _paired_ci
+    from slimkit_nlp.benchmarks.spatten import _paired_ci
 
     sdpa, eager = dense_model("sdpa"), dense_model("eager")
     distilled = distilled_weights() if any(s.distilled for s in chosen) else None
@@ -246,7 +246,7 @@ def summarize(rows: list[dict], seed: int = 0) -> dict:
     the best speed-up at the target ratios, cumulative minus the better baseline per mode and keep (with
     paired 95% bootstrap intervals over queries), and the largest head share at MRR >= 0.98x dense."""
     import slimkit
-    from slimkit_nlp.spatten.bench import _paired_ci
+    from slimkit_nlp.benchmarks.spatten import _paired_ci
 
     def ok(r):
         return r["mrr_ratio"] >= TARGET_RATIO and r["recall@10_ratio"] >= TARGET_RATIO

@@ -15,10 +15,9 @@ def register_techniques(register) -> None:
 def register_benchmarks(register) -> None:
     from slimkit import Benchmark
 
-    from .bench import benchmarks
+    from ..benchmarks import register_spatten_benchmarks
 
-    for b in benchmarks():
-        register(b)
+    register_spatten_benchmarks(register)
     from ..benchmarks import spatten_llm
 
     register(Benchmark("spatten-llm", spatten_llm.run,

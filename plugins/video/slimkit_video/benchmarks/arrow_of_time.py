@@ -252,20 +252,17 @@ class ArrowClips:
 
     Frames come from ``videos`` (decoded at ``decode`` pixels); training takes a random ``crop``
     window and (with ``flip``) a random horizontal flip per clip (the same for all its frames: neither changes the
-    direction of time); evaluation the centre crop. Normalised as ``(pixel/255 - mean) / std``.
+    direction of time); evaluation the centre crop. Normalised as ``(pixel/255 - mean) / std`` (``frames_to_tensor``).
     ``rng`` is a ``random.Random`` that the trainer reseeds at every step.
     """
 
     def __init__(self, videos: Sequence[Footage], clips: Sequence[Clip], crop: int, train: bool,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), seed: int = 0, flip: bool = True) -> None:
-        import torch
-
         if not clips:
             raise ConfigError("no clips to train or evaluate on; use longer videos, a smaller stride or gap")
         self.videos, self.clips, self.crop, self.train = list(videos), list(clips), int(crop), bool(train)
         self.flip = bool(flip)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
         self.rng = random.Random(seed)
         self.classes = list(CLASSES)
 
@@ -273,7 +270,7 @@ class ArrowClips:
         return len(self.clips)
 
     def __getitem__(self, i: int):
-        import torch
+        from slimkit_video.frames import frames_to_tensor
 
         clip = self.clips[i]
         frames = self.videos[clip.video].frames[clip.indices()]
@@ -287,8 +284,7 @@ class ArrowClips:
         frames = frames[:, y:y + self.crop, x:x + self.crop]
         if flip:
             frames = frames[:, :, ::-1]
-        t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
-        return (t - self.mean) / self.std, clip.label
+        return frames_to_tensor(frames, self.mean, self.std), clip.label
 
 
 # -- the benchmark ---------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from torch.utils.data import Dataset
 
 from slimkit.errors import ConfigError
 
+from ..frames import frames_to_tensor
+
 CLASSES = ("left_to_right", "right_to_left")
 #: smallest frame side: below it the shape (radius 9-16 % of the side) is under a pixel and cannot move
 MIN_SIZE = 16
@@ -110,15 +112,6 @@ def render_clip(label: int, num_frames: int = 8, size=64, rng: np.random.Generat
     return clip
 
 
-def _normalise(clip: np.ndarray, mean: Sequence[float], std: Sequence[float]):
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - m) / s
-
-
 class SyntheticTemporalDataset(Dataset):
     """``n_per_class`` clips per class, rendered on the fly (deterministic per ``seed`` and index).
 
@@ -156,7 +149,7 @@ class SyntheticTemporalDataset(Dataset):
         if not 0 <= index < self.n:
             raise IndexError(index)
         clip, label = self.clip(index)
-        return (clip if self.raw else _normalise(clip, self.mean, self.std)), label
+        return (clip if self.raw else frames_to_tensor(clip, self.mean, self.std)), label
 
 
 def write_synthetic_videos(folder, n_per_class: int = 10, num_frames: int = 16, size=64,

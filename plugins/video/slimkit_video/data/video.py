@@ -2,7 +2,8 @@
 
 ``VideoDataset(items, num_segments=8, size=224, train=True, mean=..., std=...)`` where
 ``items`` is a list of ``(path, label)``. Item ``i`` is ``(clip, label)`` with ``clip`` float32
-``(T, 3, H, W)``, ``T = num_segments``, normalised as ``(pixel/255 - mean) / std``.
+``(T, 3, H, W)``, ``T = num_segments``, normalised as ``(pixel/255 - mean) / std``
+(:func:`slimkit_video.frames.frames_to_tensor`, as a stream's frames are).
 
 TSN sampling: the video's frames are split into ``T`` equal segments; training takes one frame
 at a random offset inside each segment, evaluation the centre frame of each segment (videos
@@ -23,23 +24,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from slimkit.errors import ConfigError, SourceError
 
+from ..frames import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor, normalization_for
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalization_for(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` the backbone was trained with: HF MobileNet uses 0.5/0.5, others ImageNet's."""
-    config = getattr(model, "config", None)
-    kind = getattr(config, "model_type", "") or ""
-    if kind.startswith("mobilenet"):
-        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    return IMAGENET_MEAN, IMAGENET_STD
+__all__ = ["VIDEO_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "normalization_for", "segment_indices",
+           "VideoDataset"]
 
 
 def segment_indices(num_frames: int, num_segments: int, train: bool,
@@ -110,8 +103,7 @@ class VideoDataset(Dataset):
         if min(self.size) < 1:
             raise ConfigError(f"size={size!r} must be a positive frame size in pixels (an int or (height, width)), "
                               f"e.g. 224")
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
         self.skip_corrupt = skip_corrupt
         self.classes = list(classes) if classes is not None else None
         self.rng = random.Random(seed)
@@ -208,8 +200,7 @@ class VideoDataset(Dataset):
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 self._bad(i, f"decoding failed ({reason[:160]})")
                 continue
-            x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
-            return (x - self.mean) / self.std, label
+            return frames_to_tensor(frames, self.mean, self.std), label
         raise SourceError("every video in the dataset is unreadable; check the files")
 
     def check(self) -> list[str]:

@@ -27,6 +27,8 @@ from torch import nn
 
 from slimkit.errors import ConfigError, ShapeError, UnsupportedModelError
 
+from ..classifier import VideoClassifier
+from ..tsm.modules import TemporalPool, TemporalShift
 from .cells import BufferIO, CausalConv3d, CausalConvCell, ShiftCell, StreamCell
 
 LAYOUTS = ("frames", "clip", "video")
@@ -36,21 +38,6 @@ CAUSAL_HOWTO = ("train a causal one with slimkit.apply(model, 'tsm', direction='
                 "then convert that model")
 
 
-def _is_shift(m: nn.Module) -> bool:
-    try:
-        from slimkit_video.tsm.modules import TemporalShift
-        if isinstance(m, TemporalShift):
-            return True
-    except ImportError:  # pragma: no cover - tsm part missing
-        pass
-    return (type(m).__name__ == "TemporalShift" and hasattr(m, "net")
-            and hasattr(m, "shift_div") and hasattr(m, "direction"))
-
-
-def _is_temporal_pool(m: nn.Module) -> bool:
-    return type(m).__name__ == "TemporalPool"
-
-
 def _time_extent(v) -> int:
     return v if isinstance(v, int) else v[0]
 
@@ -58,11 +45,11 @@ def _time_extent(v) -> int:
 def _check_module(name: str, m: nn.Module) -> None:
     """Refuse temporal operations that read future frames or whole clips."""
     label = name or "the model"
-    if _is_shift(m) and m.direction != "past":
+    if isinstance(m, TemporalShift) and m.direction != "past":
         raise UnsupportedModelError(
             f"{label!r} is a temporal shift with direction={m.direction!r}, which reads the next frame "
             f"(channels [0, C//{m.shift_div}) come from frame t+1), so it cannot run online; {CAUSAL_HOWTO}")
-    if _is_temporal_pool(m):
+    if isinstance(m, TemporalPool):
         raise UnsupportedModelError(
             f"{label!r} is a TSM temporal pool, which mixes neighbouring (also future) frames and "
             f"halves T, so it cannot run online; apply tsm with temporal_pool=False and fine-tune")
@@ -104,7 +91,7 @@ def _default_output(out):
 
 
 def _detect_layout(model: nn.Module) -> str:
-    if type(model).__name__ == "VideoClassifier":
+    if isinstance(model, VideoClassifier):
         return "video"
     if any(isinstance(m, nn.Conv3d) for m in model.modules()):
         return "clip"
@@ -150,15 +137,8 @@ class OnlineStream(nn.Module):
         elif self.layout == "clip":
             out = self.output_fn(self.model(frames.unsqueeze(2)))
             out = out.squeeze(self.out_time_dim)
-        else:  # a VideoClassifier: its backbone on the frame, then its head (per-frame logits)
-            m = self.model
-            if m.clip_input:
-                out = m._features(m.backbone(frames.unsqueeze(2)), frames.shape[0])
-                if out.dim() == 3:
-                    out = out.squeeze(1)
-            else:
-                out = m._features(m.backbone(frames), frames.shape[0])
-            out = m.head(m.dropout(out))
+        else:  # a VideoClassifier: the per-frame logits it averages over T offline
+            out = self.model.frame_logits(frames)
         return out
 
     def _check_frame(self, frame: torch.Tensor) -> torch.Tensor:
@@ -288,9 +268,9 @@ def to_online(model: nn.Module, *, layout: str = "auto",
     - ``"clip"``: ``(N, C, T, H, W)`` (a 3D network); each step feeds ``(B, C, 1, H, W)`` and
       squeezes ``out_time_dim`` (default 1) of the output (per-frame outputs ``(N, T, K)`` -> ``(B, K)``);
       ``out_time_dim`` with another layout is refused (it would do nothing).
-    - ``"video"``: a ``slimkit_video.VideoClassifier`` (clips ``(N, T, C, H, W)``); each step runs
-      its backbone on ``(B, C, H, W)`` and its head, giving the per-frame logits that the
-      classifier averages over ``T`` offline (``return_per_frame=True``).
+    - ``"video"``: a ``slimkit_video.VideoClassifier`` (clips ``(N, T, C, H, W)``); each step calls
+      its :meth:`~slimkit_video.classifier.VideoClassifier.frame_logits` on ``(B, C, H, W)``, the
+      per-frame path the classifier averages over ``T`` offline (``return_per_frame=True``).
     - ``"auto"``: ``"video"`` for a ``VideoClassifier``, ``"clip"`` when it has ``Conv3d`` layers,
       else ``"frames"``.
 
@@ -338,7 +318,7 @@ def to_online(model: nn.Module, *, layout: str = "auto",
 def _replace(root: nn.Module) -> None:
     """Swap every causal shift for a ShiftCell and every CausalConv3d for a CausalConvCell."""
     for name, child in list(root.named_children()):
-        if _is_shift(child):
+        if isinstance(child, TemporalShift):
             _replace(child.net)
             setattr(root, name, ShiftCell(child.net, child.shift_div))
         elif isinstance(child, CausalConv3d):

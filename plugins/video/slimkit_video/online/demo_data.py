@@ -7,7 +7,6 @@ frame stride drawn from ``strides`` (stride 2 mimics a live loop that drops ever
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 
@@ -24,8 +23,7 @@ class StreamWindows(Dataset):
         self.classes = CLASSES
         self.n, self.t, self.clip_len, self.size, self.seed = 2 * n_per_class, n_segment, clip_len, size, seed
         self.strides = strides
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
         self._cache: dict = {}
 
     def __len__(self) -> int:
@@ -33,6 +31,7 @@ class StreamWindows(Dataset):
 
     def __getitem__(self, i: int):
         from slimkit_video.data.synthetic import render_clip
+        from slimkit_video.frames import frames_to_tensor
 
         if i not in self._cache:  # uint8 windows (4x smaller than floats)
             rng = np.random.default_rng([self.seed, i])
@@ -43,5 +42,4 @@ class StreamWindows(Dataset):
             start = int(rng.integers(0, self.clip_len - span + 1))
             self._cache[i] = (np.ascontiguousarray(clip[start:start + span:stride]), label)
         window, label = self._cache[i]
-        x = torch.from_numpy(window).permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - self.mean) / self.std, label
+        return frames_to_tensor(window, self.mean, self.std), label

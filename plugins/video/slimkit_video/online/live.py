@@ -33,6 +33,8 @@ import torch
 
 from slimkit.errors import ConfigError, SourceError
 
+from ..frames import frames_to_tensor, normalization_for
+
 DEMO_PACKAGE = "slimkit_video"
 DEMO_PATH = ("assets", "online_demo")
 
@@ -128,17 +130,15 @@ class OnlineModel:
     name: str = ""
     buffers: int = 0
 
-    def __post_init__(self) -> None:
-        self._mean = np.asarray(self.mean, np.float32).reshape(1, 1, 3) * 255.0
-        self._inv_std = 1.0 / (np.asarray(self.std, np.float32).reshape(1, 1, 3) * 255.0)
-
     def preprocess(self, frame: np.ndarray) -> torch.Tensor:
-        """RGB uint8 ``(H, W, 3)`` -> normalised float ``(3, size, size)``."""
+        """RGB uint8 ``(H, W, 3)`` -> float ``(3, size, size)``, resized and normalised as in training.
+
+        Normalised by :func:`slimkit_video.frames.frames_to_tensor`, the function training's datasets use.
+        """
         if frame.shape[0] != self.size or frame.shape[1] != self.size:
             import cv2
             frame = cv2.resize(frame, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        x = (frame.astype(np.float32) - self._mean) * self._inv_std
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        return frames_to_tensor(frame, self.mean, self.std)
 
 
 def load_online_model(model_dir=None) -> OnlineModel:
@@ -170,7 +170,6 @@ def _load(d: Path, name: str, checkpoint_info, load_checkpoint, to_online) -> On
     if "mean" in meta and "std" in meta:
         mean, std = tuple(meta["mean"]), tuple(meta["std"])
     else:
-        from slimkit_video.data import normalization_for
         mean, std = normalization_for(clf.backbone)
     return OnlineModel(stream, classes, int(meta.get("size", 224)), mean, std, name, len(stream.cells))
 

@@ -1,4 +1,7 @@
-"""Registers the frame sources, the online benchmarks and the top-level ``slimkit stream`` command."""
+"""Registers the frame sources and the top-level ``slimkit stream`` command.
+
+The online benchmarks are registered by :mod:`slimkit_video.benchmarks`.
+"""
 from __future__ import annotations
 
 
@@ -12,9 +15,3 @@ def register_commands(cli) -> None:
     from .stream_cli import register_cli
 
     register_cli(cli)
-
-
-def register_benchmarks(register) -> None:
-    from .bench import register_benchmarks as _register
-
-    _register(register)

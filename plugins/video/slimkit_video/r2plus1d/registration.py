@@ -1,4 +1,7 @@
-"""Registers the ``r2plus1d`` technique, the ``r3d-18`` / ``r2plus1d-18`` builders and the benchmarks."""
+"""Registers the ``r2plus1d`` technique and the ``r3d-18`` / ``r2plus1d-18`` builders.
+
+Its benchmarks are registered by :mod:`slimkit_video.benchmarks`.
+"""
 import slimkit
 
 from .config import R2Plus1DConfig
@@ -31,16 +34,3 @@ def register_models(register) -> None:
                              "in_channels, clip_len, dropout; input (N, C, T, H, W)")
     register("r2plus1d-18", _r2plus1d, "R(2+1)D-18 with a parameter-matched width per conv; options as r3d-18 "
                                        "plus mid_width ('per-conv' or torchvision's 'per-block')")
-
-
-def register_benchmarks(register) -> None:
-    from . import bench
-    register(slimkit.Benchmark("r2plus1d-cost", bench.run_cost,
-                               "Params, Mult-Adds, latency: R3D-18 vs R(2+1)D-18 vs converted (8x112x112, batch 1)",
-                               plot=bench.plot_cost))
-    register(slimkit.Benchmark("r2plus1d-fidelity", bench.run_fidelity,
-                               "Accuracy and output error vs rank of an SVD-converted trained 3D CNN, before/after fine-tune",
-                               plot=bench.plot_fidelity))
-    register(slimkit.Benchmark("r2plus1d-svd-speed", bench.run_svd_speed,
-                               "R3D-18 -> (2+1)D conversion time: fast Gram solver vs exact float64 SVD, same errors",
-                               plot=bench.plot_svd_speed))

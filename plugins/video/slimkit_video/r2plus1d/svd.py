@@ -20,7 +20,7 @@ Two solvers give the same truncation (tests check that they agree):
   run in float32 where float32 resolves the cut (the smallest kept eigenvalue well above float32's noise
   floor: flat and moderately decaying spectra), else in float64; a cut that discards little energy has
   its error measured in the complement (not read off the eigenvalues). R3D-18 converts an order of
-  magnitude faster (``bench.py``: ``r2plus1d-svd-speed``).
+  magnitude faster (``slimkit_video.benchmarks.r2plus1d``: ``r2plus1d-svd-speed``).
 """
 from dataclasses import dataclass
 from typing import Literal, Optional

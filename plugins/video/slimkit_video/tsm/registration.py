@@ -1,4 +1,4 @@
-"""Registers the ``tsm`` technique, its benchmarks and ``slimkit video train``."""
+"""Registers the ``tsm`` technique and ``slimkit video train`` (its benchmarks: :mod:`slimkit_video.benchmarks`)."""
 from __future__ import annotations
 
 
@@ -16,17 +16,3 @@ def register_commands(cli) -> None:
     from slimkit_video.train import register_cli
 
     register_cli()
-
-
-def register_benchmarks(register) -> None:
-    from slimkit import Benchmark
-
-    from . import bench
-
-    register(Benchmark("tsm-overhead", bench.run_overhead,
-                       "TSM vs TSN latency (HF MobileNetV2, ResNet-50; 8x224x224, batch 1) and shift "
-                       "implementations; goal: TSM within 3% of TSN, our shift no slower than the reference",
-                       bench.plot_overhead))
-    register(Benchmark("tsm-temporal", bench.run_temporal,
-                       "TSM vs TSN, same budget, on generated temporal-order mp4s (left vs right motion); "
-                       "goal: TSM >= 90% while TSN stays near chance", bench.plot_temporal))

@@ -44,7 +44,7 @@ def _percentile(v, q):
 
 # -- online-latency ------------------------------------------------------------------------------
 def run_latency(ctx: slimkit.BenchContext) -> dict:
-    from .convert import to_online
+    from slimkit_video.online.convert import to_online
 
     size = 224
     T = 8
@@ -146,8 +146,7 @@ def _rss_bytes() -> int:
 
 def run_memory(ctx: slimkit.BenchContext) -> dict:
     from slimkit.measure import peak_memory
-
-    from .convert import to_online
+    from slimkit_video.online.convert import to_online
 
     n_frames = 100 if ctx.quick else 1000
     size = 112 if ctx.quick else 224
@@ -234,12 +233,11 @@ def plot_memory(result: dict, png: Path) -> None:
 
 # -- online-accuracy -----------------------------------------------------------------------------
 def run_accuracy(ctx: slimkit.BenchContext) -> dict:
+    from slimkit_video.online.convert import to_online
+    from slimkit_video.online.demo_data import StreamWindows
+    from slimkit_video.online.live import LivePredictor, demo_model_dir, load_online_model
     from slimkit_video.sources.openers import SyntheticSource
     from slimkit_video.train import checkpoint_info, load_checkpoint
-
-    from .convert import to_online
-    from .demo_data import StreamWindows
-    from .live import LivePredictor, demo_model_dir, load_online_model
 
     n_per_class = 25 if ctx.quick else 200
     with demo_model_dir() as d:
@@ -356,8 +354,7 @@ def randomize_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def _mobilenet_v2_stream(seed: int):
     """A causal TSM MobileNetV2 ``VideoClassifier`` (27 classes) as an online stream, random weights."""
     from slimkit_video.classifier import VideoClassifier, build_backbone
-
-    from .convert import to_online
+    from slimkit_video.online.convert import to_online
 
     torch.manual_seed(seed)
     clf = VideoClassifier(build_backbone("mobilenet_v2"), n_segment=8, num_classes=27)
@@ -432,10 +429,9 @@ def _stream_difference(torch_stream, ort_stream, frames, n: int) -> dict:
 
 def _demo_clip_accuracy(streams: dict, n_per_class: int, seed: int) -> dict:
     """Accuracy of each stream (stepping every frame, mean logits) on the demo's generated clips."""
+    from slimkit_video.online.demo_data import StreamWindows
+    from slimkit_video.online.live import demo_model_dir
     from slimkit_video.train import checkpoint_info
-
-    from .demo_data import StreamWindows
-    from .live import demo_model_dir
 
     with demo_model_dir() as d:
         meta = checkpoint_info(d)["metadata"]
@@ -453,7 +449,7 @@ def _demo_clip_accuracy(streams: dict, n_per_class: int, seed: int) -> dict:
 
 def _ort_model_runs(ctx, key: str, stream, size: int, tmp: Path, diff_frames: int, runs: int) -> dict:
     """Export ``stream`` at ``size``x``size``, build the ORT variants and time them against PyTorch."""
-    from .ort import OrtStep, OrtStream, export_model_step
+    from slimkit_video.online.ort import OrtStep, OrtStream, export_model_step
 
     frame_shape = (3, size, size)
     frames = _synthetic_inputs(32, size, ctx.seed + 11)
@@ -518,8 +514,7 @@ def run_ort(ctx: slimkit.BenchContext) -> dict:
     import tempfile
 
     from slimkit.measure import fixed_threads
-
-    from .live import load_online_model
+    from slimkit_video.online.live import load_online_model
 
     quick = ctx.quick
     mb_size = 112 if quick else 224
@@ -595,17 +590,3 @@ def plot_ort(result: dict, png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
-
-
-def register_benchmarks(register) -> None:
-    register(slimkit.Benchmark("online-latency", run_latency,
-                               "per-frame latency: online TSM step vs re-running 8 frames vs plain 2D (MobileNetV2)",
-                               plot=plot_latency))
-    register(slimkit.Benchmark("online-memory", run_memory,
-                               "memory over 1,000 online steps: buffers, step peak, RSS (flat)", plot=plot_memory))
-    register(slimkit.Benchmark("online-accuracy", run_accuracy,
-                               "shipped demo model: offline vs online accuracy on generated clips, live stream",
-                               plot=plot_accuracy))
-    register(slimkit.Benchmark("online-ort", run_ort,
-                               "online step in ONNX Runtime vs eager PyTorch (demo 64x64, MobileNetV2 224x224, "
-                               "1 thread): FPS ratio >= 1.5, outputs within 1e-4; int8 accuracy", plot=plot_ort))

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 import slimkit
-
-from .models import r3d_18
+from slimkit_video.r2plus1d.models import r3d_18
 
 SWEEP = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, "match", "full")
 

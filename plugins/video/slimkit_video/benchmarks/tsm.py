@@ -11,9 +11,8 @@ import torch
 
 import slimkit
 from slimkit.measure import count_macs, count_params
-
-from .modules import TemporalShift
-from .shift import INPLACE_MIN_NUMEL, reference_shift, shift_inplace_, temporal_shift, unshift_inplace_
+from slimkit_video.tsm.modules import TemporalShift
+from slimkit_video.tsm.shift import INPLACE_MIN_NUMEL, reference_shift, shift_inplace_, temporal_shift, unshift_inplace_
 
 
 # -- tsm-overhead -------------------------------------------------------------------------------
@@ -186,9 +185,9 @@ def run_temporal(ctx) -> dict:
 
     Both start from the same initial weights (TSM adds none); same data order, optimizer, steps.
     """
-    from ..classifier import VideoClassifier, tiny_resnet
-    from ..data import VideoDataset, write_synthetic_videos
-    from ..train import train
+    from slimkit_video.classifier import VideoClassifier, tiny_resnet
+    from slimkit_video.data import VideoDataset, write_synthetic_videos
+    from slimkit_video.train import train
 
     size, n_segment, written = 32, 8, 16
     n_train, n_val, epochs = (40, 20, 1) if ctx.quick else (300, 100, 3)

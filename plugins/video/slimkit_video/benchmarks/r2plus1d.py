@@ -5,8 +5,7 @@ import torch
 
 import slimkit
 from slimkit.measure import count_macs, count_params
-
-from .models import conv_weight_count, r2plus1d_18, r3d_18
+from slimkit_video.r2plus1d.models import conv_weight_count, r2plus1d_18, r3d_18
 
 
 def _block_conv_weights(model) -> int:
@@ -112,12 +111,12 @@ def plot_cost(result: dict, png) -> None:
 
 # -- r2plus1d-fidelity --------------------------------------------------------------------------
 def run_fidelity(ctx) -> dict:
-    from .fidelity import run
+    from .r2plus1d_fidelity import run
     return run(ctx)
 
 
 def plot_fidelity(result: dict, png) -> None:
-    from .fidelity import plot
+    from .r2plus1d_fidelity import plot
     plot(result, png)
 
 
@@ -127,7 +126,7 @@ def power_law_spectrum_(model, alpha: float = 1.0, seed: int = 0) -> None:
     vectors), in place: random initialisations have flat spectra, trained kernels decaying ones."""
     from torch import nn
 
-    from .svd import kernel_matrices
+    from slimkit_video.r2plus1d.svd import kernel_matrices
 
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():

@@ -6,13 +6,11 @@ warm-up, median of repeated runs), batch 1, on real Shakespeare text.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
 import slimkit
-
-from ..compat import cache_kwargs, output_cache
+from slimkit_nlp.compat import cache_kwargs, output_cache
 
 ENC_KEEPS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ENC_POLICIES = ("spatten", "per_layer", "random")
@@ -21,7 +19,7 @@ ENC_POLICIES = ("spatten", "per_layer", "random")
 def _minilm(attn: str = "eager", **spatten):
     from transformers import AutoModel
 
-    from .textdata import minilm_path
+    from slimkit_nlp.spatten.textdata import minilm_path
 
     model = AutoModel.from_pretrained(minilm_path(), attn_implementation=attn).eval()
     if spatten:
@@ -42,7 +40,7 @@ def _speedups(ctx, eager, sdpa, pruned, x, rounds: int) -> dict:
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    from .textdata import minilm_path
+    from slimkit_nlp.spatten.textdata import minilm_path
 
     return AutoTokenizer.from_pretrained(minilm_path())
 
@@ -50,7 +48,7 @@ def _tokenizer():
 def _fidelity(model, ids, full) -> dict:
     """Mean-pooled cosine (pooling weighted by ``kept_token_weights``), first-token and kept-token
     cosine of ``model`` on passages ``ids (N, L)`` against the unpruned final states ``full``."""
-    from .textdata import mean_pool
+    from slimkit_nlp.spatten.textdata import mean_pool
 
     cos, cos_cls, cos_tok = [], [], []
     for x, hd in zip(ids, full):
@@ -115,8 +113,7 @@ def _selection_ceiling(ids, full, scores, keeps, seed: int = 0) -> list[dict]:
 # -- spatten-encoder -------------------------------------------------------------------------------
 def run_encoder(ctx) -> dict:
     from slimkit_nlp.assets import MINILM_SPATTEN, load_minilm_spatten
-
-    from .textdata import wordpiece_passages
+    from slimkit_nlp.spatten.textdata import wordpiece_passages
 
     tok = _tokenizer()
     lengths = (128, 512) if ctx.quick else (128, 256, 512)
@@ -252,8 +249,7 @@ def _cache_bytes(cache) -> int:
 
 def run_decoder(ctx) -> dict:
     from slimkit_nlp.assets import load_shakespeare_gpt2
-
-    from .textdata import byte_passages
+    from slimkit_nlp.spatten.textdata import byte_passages
 
     P, N = (512, 32) if ctx.quick else (512, 128)
     n_prompts = 1 if ctx.quick else 12
@@ -354,7 +350,7 @@ def plot_decoder(result: dict, png) -> None:
 
 # -- spatten-heads ---------------------------------------------------------------------------------
 def run_heads(ctx) -> dict:
-    from .textdata import mean_pool, wordpiece_passages
+    from slimkit_nlp.spatten.textdata import mean_pool, wordpiece_passages
 
     tok = _tokenizer()
     L = 256
@@ -400,19 +396,3 @@ def plot_heads(result: dict, png) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
-
-
-def benchmarks():
-    from slimkit import Benchmark
-
-    warnings.filterwarnings("ignore", message="spatten: switched")
-    return [
-        Benchmark("spatten-encoder", run_encoder,
-                  "SpAtten token pruning on all-MiniLM-L6-v2: speed-up vs cosine, cumulative vs random/per-layer",
-                  plot_encoder),
-        Benchmark("spatten-decoder", run_decoder,
-                  "SpAtten KV pruning in GPT-2 generation vs StreamingLLM/H2O/random eviction at 25%/50% budgets",
-                  plot_decoder),
-        Benchmark("spatten-heads", run_heads, "SpAtten head pruning on MiniLM: heads pruned vs fidelity and Mult-Adds",
-                  plot_heads),
-    ]
