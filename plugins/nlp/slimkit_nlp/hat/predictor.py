@@ -4,6 +4,11 @@ Features (``SubConfig.features``) are divided by the space maxima; the target is
 in ms divided by the training mean. MLP ``n -> hidden x layers -> 1`` with ReLU, Adam, MSE
 (HAT: 10 -> 400 x 4 -> 1). ``LatencyPredictor.save(path)`` writes one ``.pt`` file holding
 the weights, the normalisation and the space; ``LatencyPredictor.load(path)`` restores it.
+
+The predictor is a ``torch.nn.Module`` whose state dict holds the MLP (``net.*``) and the
+normalisation (``feature_scale``: the divisor of each feature, ``latency_scale``: ms per output
+unit), so ``slimkit.save_pretrained`` / ``from_pretrained`` keep both (HAT's released predictors,
+brought in by ``slimkit convert hat-predictor``, use their own constants, not the space maxima).
 """
 from __future__ import annotations
 
@@ -29,20 +34,50 @@ def _space_scale(space: HatSpace) -> list[float]:
     return [float(x) for x in enc + dec + [max(space.ende_head_choices), max(space.ende_span_choices)]]
 
 
-class LatencyPredictor:
-    """MLP latency predictor for one design space. ``predict(sub or [subs]) -> ms``."""
+class LatencyPredictor(nn.Module):
+    """MLP latency predictor for one design space. ``predict(sub or [subs]) -> ms``.
 
-    def __init__(self, space: HatSpace, hidden: int = 400, layers: int = 4):
+    ``scale`` (list, one divisor per feature; default the space maxima) and ``y_mean`` (ms per output
+    unit; set by ``fit``) are stored as the float64 buffers ``feature_scale`` and ``latency_scale``.
+    """
+
+    def __init__(self, space: HatSpace, hidden: int = 400, layers: int = 4, scale: list | None = None,
+                 y_mean: float = 1.0):
+        super().__init__()
         self.space = space
         self.hidden, self.layers = hidden, layers
-        self.scale = _space_scale(space)
-        n = len(self.scale)
+        scale = list(scale) if scale is not None else _space_scale(space)
+        n = len(scale)
         mods: list[nn.Module] = []
         for i in range(layers):
             mods += [nn.Linear(n if i == 0 else hidden, hidden), nn.ReLU()]
         mods.append(nn.Linear(hidden if layers else n, 1))
         self.net = nn.Sequential(*mods)
-        self.y_mean = 1.0
+        self.register_buffer("feature_scale", torch.tensor(scale, dtype=torch.float64))
+        self.register_buffer("latency_scale", torch.tensor([float(y_mean)], dtype=torch.float64))
+
+    @property
+    def scale(self) -> list[float]:
+        """The divisor of each feature (HAT: ``feature_norm``)."""
+        return self.feature_scale.tolist()
+
+    @scale.setter
+    def scale(self, value) -> None:
+        if len(value) != self.feature_scale.numel():
+            raise ConfigError(f"the latency predictor takes {self.feature_scale.numel()} features, so it needs "
+                              f"{self.feature_scale.numel()} feature scales, got {len(value)}; pass one per feature")
+        with torch.no_grad():
+            self.feature_scale.copy_(torch.tensor(list(value), dtype=torch.float64))
+
+    @property
+    def y_mean(self) -> float:
+        """Milliseconds per unit of the MLP's output (HAT: ``lat_norm``)."""
+        return float(self.latency_scale[0])
+
+    @y_mean.setter
+    def y_mean(self, value: float) -> None:
+        with torch.no_grad():
+            self.latency_scale.fill_(float(value))
 
     def _x(self, subs: list[SubConfig]) -> torch.Tensor:
         return torch.tensor([[f / s for f, s in zip(sub.features(), self.scale)] for sub in subs],
@@ -86,7 +121,7 @@ class LatencyPredictor:
 
         buf = io.BytesIO()    # loaded back with weights_only=True: tensors and plain values only
         torch.save({"format": "slimkit-hat-predictor", "version": 1, "space": self.space.to_dict(),
-                    "hidden": self.hidden, "layers": self.layers, "y_mean": self.y_mean,
+                    "hidden": self.hidden, "layers": self.layers, "y_mean": self.y_mean, "scale": self.scale,
                     "state_dict": self.net.state_dict()}, buf)
         return atomic_write_bytes(path, buf.getvalue())
 
@@ -101,11 +136,10 @@ class LatencyPredictor:
             data = None
         if not isinstance(data, dict) or data.get("format") != "slimkit-hat-predictor":
             raise ConfigError(f"{str(p)!r} is not a slimkit HAT latency predictor; train one with `slimkit hat fit-predictor`")
-        pred = cls(HatSpace.from_dict(data["space"]), data["hidden"], data["layers"])
+        pred = cls(HatSpace.from_dict(data["space"]), data["hidden"], data["layers"], scale=data.get("scale"),
+                   y_mean=data["y_mean"])
         pred.net.load_state_dict(data["state_dict"])
-        pred.net.eval()
-        pred.y_mean = data["y_mean"]
-        return pred
+        return pred.eval()
 
 
 class FlopsLinearFit:

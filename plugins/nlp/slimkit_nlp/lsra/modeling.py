@@ -6,6 +6,13 @@ as soon as transformers' Auto classes are imported: no remote code).
 Each layer is pre-norm: ``x + LSRA(LN(x))`` [``+ CrossAttention(LN(x), encoder)``] ``+ FFN(LN(x))``;
 the FFN is flattened (hidden = d_model) unless ``ffn_dim`` says otherwise. Positions are learned.
 
+The original code's layout is a set of options (defaults unchanged; ``slimkit convert lite-transformer-fairseq``
+sets them): ``norm_position="post"`` (``LN(x + LSRA(x))``, no final norm), ``position_embedding_type=
+"sinusoidal"`` with ``position_offset=padding_idx + 1`` (fairseq's table and numbering), ``scale_embedding``
+(token embeddings times sqrt(d_model)), ``share_encoder_decoder_embeddings=False`` with ``encoder_vocab_size``
+(separate source and target vocabularies), ``tie_word_embeddings=False`` (own output matrix) and
+``conv_padding_order="before_projection"`` (padding zeroed on the conv branch input, as the original does).
+
 Caching: ``config.layer_types`` is ``["hybrid"] * decoder_layers``, so ``DynamicCache(config=config)``
 (what ``generate()`` builds) holds, per decoder layer, the keys/values of the attention half and the
 last K-1 inputs of the causal convolution half (``LinearAttentionAndFullAttentionLayer``).
@@ -13,6 +20,7 @@ Incremental decoding therefore equals the full forward pass.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -26,7 +34,16 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPas
 from slimkit.errors import ConfigError
 
 from ..compat import cache_kwargs, pick_cache
-from .modules import LSRA, ConvBranch, CrossAttention, DynamicConv, FeedForward, LightweightConv, attention_masks
+from .modules import (
+    LSRA,
+    PADDING_ORDERS,
+    ConvBranch,
+    CrossAttention,
+    DynamicConv,
+    FeedForward,
+    LightweightConv,
+    attention_masks,
+)
 
 DEFAULT_KERNEL_SIZES = (3, 7, 15, 31, 31, 31)
 
@@ -48,6 +65,15 @@ class LiteTransformerConfig(PreTrainedConfig):
     conv_type: "lightweight" or "dynamic". conv_heads: head groups sharing a kernel. glu: GLU on the
     conv branch input. ffn_dim: FFN hidden size (None = d_model, the flattened FFN).
     cross_attention_heads: heads of the full-width encoder-decoder attention (None: same head dim as n_head).
+    norm_position: "pre" (``x + f(LN(x))``, default) or "post" (``LN(x + f(x))``, the original Transformer's).
+    final_layer_norm: LayerNorm after the last layer (None: only with pre-norm).
+    position_embedding_type: "learned" (a table of max_position_embeddings + position_offset rows) or
+    "sinusoidal" (fairseq's sin | cos halves, nothing stored). position_offset: added to every position
+    (fairseq numbers positions from padding_idx + 1).
+    scale_embedding: multiply token embeddings by sqrt(d_model). share_encoder_decoder_embeddings: one
+    embedding for encoder and decoder (default); False gives the encoder its own of encoder_vocab_size rows.
+    conv_padding_order: "after_glu" (default: padded sequences give the outputs of the sequence alone) or
+    "before_projection" (the original code's order, see ``ConvBranch``).
 
     The standard transformers names work too: ``hidden_size`` (= d_model), ``num_attention_heads``
     (= n_head) and ``num_hidden_layers`` (= decoder_layers). ``bos_token_id`` / ``eos_token_id`` left
@@ -88,6 +114,14 @@ class LiteTransformerConfig(PreTrainedConfig):
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     decoder_start_token_id: int | None = 0
+    norm_position: str = "pre"
+    final_layer_norm: bool | None = None
+    position_embedding_type: str = "learned"
+    position_offset: int = 0
+    scale_embedding: bool = False
+    share_encoder_decoder_embeddings: bool = True
+    encoder_vocab_size: int | None = None
+    conv_padding_order: str = "after_glu"
 
     def __post_init__(self, **kwargs):
         self._take_standard_names(kwargs)
@@ -96,6 +130,8 @@ class LiteTransformerConfig(PreTrainedConfig):
         self.encoder_kernel_sizes = kernel_sizes_for(self.encoder_layers, self.encoder_kernel_sizes)
         if self.ffn_dim is None:
             self.ffn_dim = self.d_model
+        if self.final_layer_norm is None:
+            self.final_layer_norm = self.norm_position == "pre"
         # one hybrid cache layer per decoder layer: KV of the attention half + conv buffer
         self.layer_types = ["hybrid"] * self.decoder_layers
         self._check()
@@ -143,10 +179,35 @@ class LiteTransformerConfig(PreTrainedConfig):
             raise ConfigError(f"activation must be 'relu', 'gelu' or 'silu', got {self.activation!r}")
         if any(k < 1 for k in self.kernel_sizes + self.encoder_kernel_sizes):
             raise ConfigError("kernel sizes must be at least 1; pass e.g. kernel_sizes=[3, 7, 15, 31, 31, 31]")
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        """The original-layout options: known values, and an encoder vocabulary only for an encoder of its own."""
+        choices = {"norm_position": ("pre", "post"), "position_embedding_type": ("learned", "sinusoidal"),
+                   "conv_padding_order": PADDING_ORDERS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.position_offset < 0:
+            raise ConfigError(f"position_offset must be >= 0 (fairseq uses padding_idx + 1), got {self.position_offset}")
+        if self.encoder_vocab_size is not None and self.encoder_vocab_size < 1:
+            raise ConfigError(f"encoder_vocab_size must be None (= vocab_size) or >= 1, got {self.encoder_vocab_size}")
+        if self.share_encoder_decoder_embeddings and self.encoder_vocab_size not in (None, self.vocab_size):
+            raise ConfigError(f"encoder_vocab_size={self.encoder_vocab_size} differs from vocab_size={self.vocab_size}, "
+                              f"which needs an encoder embedding of its own; pass "
+                              f"share_encoder_decoder_embeddings=False or leave encoder_vocab_size out")
+
+    @property
+    def encoder_vocab(self) -> int:
+        """Rows of the encoder's token embedding."""
+        return self.encoder_vocab_size or self.vocab_size
 
 
 class LiteTransformerLayer(nn.Module):
-    """One pre-norm layer: LSRA, optional cross-attention, FFN. ``[B, T, d] -> [B, T, d]``."""
+    """One layer: LSRA, optional cross-attention, FFN, each a residual block. ``[B, T, d] -> [B, T, d]``.
+
+    Pre-norm (default) ``x + f(LN(x))``; ``norm_position="post"``: ``LN(x + f(x))``.
+    """
 
     def __init__(self, config: LiteTransformerConfig, layer_idx: int, causal: bool, cross: bool = False):
         super().__init__()
@@ -155,7 +216,8 @@ class LiteTransformerLayer(nn.Module):
         self.norm1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.lsra = LSRA(config.d_model, config.attn_dim, config.n_head, kernels[layer_idx], config.conv_type,
                          config.conv_heads, config.glu, causal, config.dropout, config.attention_dropout,
-                         config.weight_dropout, config.weight_softmax)
+                         config.weight_dropout, config.weight_softmax, config.conv_padding_order)
+        self.post_norm = config.norm_position == "post"
         self.cross = None
         if cross:
             heads = config.cross_attention_heads or config.d_model // (config.attn_dim // config.n_head)
@@ -165,12 +227,20 @@ class LiteTransformerLayer(nn.Module):
         self.ffn = FeedForward(config.d_model, config.ffn_dim, config.activation, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
+    def _residual(self, x, norm: nn.LayerNorm, block) -> torch.Tensor:
+        """``x + block(norm(x))`` (pre-norm) or ``norm(x + block(x))`` (post-norm); dropout on the block output."""
+        if self.post_norm:
+            return norm(x + self.dropout(block(x)))
+        return x + self.dropout(block(norm(x)))
+
     def forward(self, x, attn_mask=None, is_causal=False, padding_mask=None, cache=None,
                 memory=None, memory_mask=None, cross_cache=None):
-        x = x + self.dropout(self.lsra(self.norm1(x), attn_mask, is_causal, padding_mask, cache, self.layer_idx))
+        x = self._residual(x, self.norm1,
+                           lambda h: self.lsra(h, attn_mask, is_causal, padding_mask, cache, self.layer_idx))
         if self.cross is not None:
-            x = x + self.dropout(self.cross(self.norm_cross(x), memory, memory_mask, cross_cache, self.layer_idx))
-        return x + self.dropout(self.ffn(self.norm2(x)))
+            x = self._residual(x, self.norm_cross,
+                               lambda h: self.cross(h, memory, memory_mask, cross_cache, self.layer_idx))
+        return self._residual(x, self.norm2, self.ffn)
 
 
 class LiteTransformerPreTrainedModel(PreTrainedModel):
@@ -191,23 +261,63 @@ class LiteTransformerPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
+class SinusoidalPositions(nn.Module):
+    """fairseq's sinusoidal position table, computed (nothing stored): ``positions [B, T] -> [B, T, d]``.
+
+    Row ``p`` is ``[sin(p * f_0) .. sin(p * f_{h-1}), cos(p * f_0) .. cos(p * f_{h-1})]`` with ``h = d // 2``
+    and ``f_i = 10000 ** (-i / (h - 1))`` (halves, not interleaved), a zero column appended when ``d`` is
+    odd. Computed in float32.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        if dim < 4:
+            raise ConfigError(f"sinusoidal positions need d_model >= 4, got {dim}; use learned positions")
+        self.dim = dim
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        step = math.log(10000.0) / (half - 1)
+        freq = torch.exp(torch.arange(half, dtype=torch.float32, device=positions.device) * -step)
+        angle = positions.to(torch.float32)[..., None] * freq
+        table = torch.cat([angle.sin(), angle.cos()], dim=-1)
+        return F.pad(table, (0, self.dim % 2))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+def position_embedding(config: LiteTransformerConfig) -> nn.Module:
+    """Learned table (``max_position_embeddings + position_offset`` rows) or sinusoidal positions."""
+    if config.position_embedding_type == "sinusoidal":
+        return SinusoidalPositions(config.d_model)
+    return nn.Embedding(config.max_position_embeddings + config.position_offset, config.d_model)
+
+
 class LiteTransformerStack(nn.Module):
-    """Embeddings + positions + layers + final norm. ``input_ids [B, T] -> hidden [B, T, d]``."""
+    """Embeddings + positions + layers + final norm. ``input_ids [B, T] -> hidden [B, T, d]``.
+
+    Token embeddings are scaled by sqrt(d_model) when ``scale_embedding``; position ``p`` (0-based, padding
+    not counted) reads row ``p + position_offset``; the final norm is an identity without ``final_layer_norm``.
+    """
 
     def __init__(self, config: LiteTransformerConfig, embed_tokens: nn.Embedding, causal: bool, cross: bool = False):
         super().__init__()
         n = config.decoder_layers if causal else config.encoder_layers
         self.causal = causal
         self.embed_tokens = embed_tokens
-        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_positions = position_embedding(config)
+        self.position_offset = config.position_offset
         self.layers = nn.ModuleList(LiteTransformerLayer(config, i, causal, cross) for i in range(n))
-        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.final_layer_norm \
+            else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         self.max_positions = config.max_position_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, cache=None,
                 memory=None, memory_mask=None, cross_cache=None):
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        x = self.embed_tokens(input_ids) * self.embed_scale if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -218,7 +328,7 @@ class LiteTransformerStack(nn.Module):
         if int(position_ids.max()) >= self.max_positions:
             raise ConfigError(f"position {int(position_ids.max())} is beyond max_position_embeddings="
                               f"{self.max_positions}; use shorter inputs or a config with more positions")
-        x = self.dropout(x + self.embed_positions(position_ids))
+        x = self.dropout(x + self.embed_positions(position_ids + self.position_offset).to(x.dtype))
         attn_mask, is_causal = attention_masks(T, past, self.causal, attention_mask, x.device)
         padding_mask = attention_mask[:, -T:] if attention_mask is not None else None
         if memory_mask is not None:
@@ -285,7 +395,11 @@ class LiteTransformerModel(LiteTransformerPreTrainedModel):
     def __init__(self, config: LiteTransformerConfig):
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = LiteTransformerStack(config, self.shared, causal=False)
+        shared_encoder = config.share_encoder_decoder_embeddings
+        if not shared_encoder:   # the encoder's own embedding: only the decoder's is tied to ``shared``
+            self._tied_weights_keys = {"decoder.embed_tokens.weight": "shared.weight"}
+        encoder_embed = self.shared if shared_encoder else nn.Embedding(config.encoder_vocab, config.d_model)
+        self.encoder = LiteTransformerStack(config, encoder_embed, causal=False)
         self.decoder = LiteTransformerStack(config, self.shared, causal=True, cross=True)
         self.post_init()
 
@@ -293,7 +407,10 @@ class LiteTransformerModel(LiteTransformerPreTrainedModel):
         return self.shared
 
     def set_input_embeddings(self, value):
-        self.shared = self.encoder.embed_tokens = self.decoder.embed_tokens = value
+        """The decoder's (target) embedding; also the encoder's when the two are shared."""
+        self.shared = self.decoder.embed_tokens = value
+        if self.config.share_encoder_decoder_embeddings:
+            self.encoder.embed_tokens = value
 
 
 class _Encoder(nn.Module):
@@ -398,6 +515,6 @@ def register_auto_classes() -> None:
 
 __all__ = ["LiteTransformerConfig", "LiteTransformerForCausalLM", "LiteTransformerForConditionalGeneration",
            "LiteTransformerModel", "LiteTransformerLayer", "register_auto_classes", "kernel_sizes_for",
-           "ConvBranch"]
+           "ConvBranch", "SinusoidalPositions"]
 
 register_auto_classes()

@@ -7,7 +7,8 @@ Every module takes and returns ``[B, T, C]`` tensors (channels last).
   shared by the ``C / heads`` channels of each head group.
 * ``DynamicConv``: like the lightweight conv, but the kernel of every position is predicted from
   that position's input (``Linear(C -> heads * K)``), softmax over K.
-* ``ConvBranch``: ``Linear(C -> 2C) + GLU`` (or ``Linear(C -> C)``) -> padding zeroed -> conv -> ``Linear(C -> C)``.
+* ``ConvBranch``: ``Linear(C -> 2C) + GLU`` (or ``Linear(C -> C)``) -> padding zeroed -> conv -> ``Linear(C -> C)``;
+  ``padding_order="before_projection"`` zeroes the padding on the branch input instead (the original code's order).
 * ``SelfAttention`` / ``CrossAttention``: multi-head attention with a Hugging Face KV cache.
 * ``LSRA``: splits the channels, attention on the first ``attn_dim``, conv branch on the rest, concatenates.
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.errors import ShapeError
+from slimkit.errors import ConfigError, ShapeError
 
 CONV_BUFFER_ATTR = "_slimkit_lsra_conv"
 
@@ -132,14 +133,27 @@ class DynamicConv(_HeadGroupConv):
         return out + self.bias if self.bias is not None else out
 
 
+PADDING_ORDERS = ("after_glu", "before_projection")
+
+
 class ConvBranch(nn.Module):
-    """The short-range half: ``Linear (+GLU) -> zero padding positions -> conv -> Linear``. ``[B,T,C] -> [B,T,C]``."""
+    """The short-range half: ``Linear (+GLU) -> zero padding positions -> conv -> Linear``. ``[B,T,C] -> [B,T,C]``.
+
+    ``padding_order``: ``"after_glu"`` (default) zeroes padded positions right before the conv, so a
+    padded sequence gives the same outputs as the sequence alone; ``"before_projection"`` zeroes them on
+    the branch input, before ``Linear (+GLU)``, as Lite Transformer's code does (the conv then reads the
+    projection's bias, passed through the GLU, at padded positions next to real tokens).
+    """
 
     def __init__(self, channels: int, kernel_size: int, conv_type: str = "lightweight", heads: int = 4,
                  glu: bool = True, causal: bool = True, weight_softmax: bool = True,
-                 weight_dropout: float = 0.0, dropout: float = 0.0):
+                 weight_dropout: float = 0.0, dropout: float = 0.0, padding_order: str = "after_glu"):
         super().__init__()
+        if padding_order not in PADDING_ORDERS:
+            raise ConfigError(f"padding_order must be 'after_glu' or 'before_projection' (the original code's order), "
+                              f"got {padding_order!r}")
         self.channels, self.kernel_size, self.glu, self.causal = channels, kernel_size, glu, causal
+        self.padding_order = padding_order
         self.in_proj = nn.Linear(channels, 2 * channels if glu else channels)
         conv_cls = {"lightweight": LightweightConv, "dynamic": DynamicConv}[conv_type]
         self.conv = conv_cls(channels, kernel_size, heads, causal, weight_softmax, weight_dropout)
@@ -150,9 +164,12 @@ class ConvBranch(nn.Module):
                 layer_idx: int = 0) -> torch.Tensor:
         """``padding_mask`` ``[B, T]`` (1 = token, 0 = padding) for the new positions; ``cache``
         (causal only) holds the last K-1 conv inputs of this layer."""
+        mask_input = padding_mask is not None and self.padding_order == "before_projection"
+        if mask_input:
+            x = x * padding_mask[..., None].to(x.dtype)
         h = self.in_proj(x)
         h = F.glu(h, dim=-1) if self.glu else h
-        if padding_mask is not None:
+        if padding_mask is not None and not mask_input:
             h = h * padding_mask[..., None].to(h.dtype)
         past = None
         if cache is not None and self.causal and self.kernel_size > 1:
@@ -222,14 +239,15 @@ class LSRA(nn.Module):
 
     def __init__(self, d_model: int, attn_dim: int, heads: int, kernel_size: int, conv_type: str = "lightweight",
                  conv_heads: int = 4, glu: bool = True, causal: bool = True, dropout: float = 0.0,
-                 attention_dropout: float = 0.0, weight_dropout: float = 0.0, weight_softmax: bool = True):
+                 attention_dropout: float = 0.0, weight_dropout: float = 0.0, weight_softmax: bool = True,
+                 padding_order: str = "after_glu"):
         super().__init__()
         if not 0 < attn_dim < d_model:
             raise ShapeError(f"attention channels must be between 0 and d_model={d_model}, got {attn_dim}")
         self.d_model, self.attn_dim, self.conv_dim, self.causal = d_model, attn_dim, d_model - attn_dim, causal
         self.attn = SelfAttention(attn_dim, heads, attention_dropout)
         self.conv = ConvBranch(d_model - attn_dim, kernel_size, conv_type, conv_heads, glu, causal,
-                               weight_softmax, weight_dropout, dropout)
+                               weight_softmax, weight_dropout, dropout, padding_order)
 
     def forward(self, x, attn_mask=None, is_causal: Optional[bool] = None, padding_mask=None, cache=None,
                 layer_idx: int = 0):
@@ -307,6 +325,6 @@ def param_init_(module: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(m.bias)
 
 
-__all__ = ["LightweightConv", "DynamicConv", "ConvBranch", "SelfAttention", "CrossAttention", "LSRA",
+__all__ = ["PADDING_ORDERS", "LightweightConv", "DynamicConv", "ConvBranch", "SelfAttention", "CrossAttention", "LSRA",
            "FeedForward", "attention_masks", "update_conv_buffer", "count_lightweight_macs",
            "count_dynamic_macs", "param_init_"]
