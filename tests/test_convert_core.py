@@ -37,7 +37,18 @@ def run_toy(checkpoint, *, scale: float = 1.0, skip_bias: bool = False):
     for key in checkpoint.tensors:
         if key.startswith("optimizer."):
             wm.unused(key, "optimizer state, not weights")
-    return Converted(model=model, build={"hidden": 3}, weights=wm, notes=["toy note"], details={"scale": scale})
+    details = {"scale": scale}
+    if "args" in checkpoint.objects:              # the pickled options, as data from the one read
+        details["args"] = checkpoint.objects["args"]
+    return Converted(model=model, build={"hidden": 3}, weights=wm, notes=["toy note"], details=details)
+
+
+def run_shared(checkpoint):
+    """:func:`run_toy`, and ``alias.0.weight`` (the same tensor as ``net.0.weight``) also maps onto ``0.weight``."""
+    result = run_toy(checkpoint)
+    result.weights.derived(["net.0.weight", "alias.0.weight"], ["0.weight"],
+                           "copied from net.0.weight; alias.0.weight is the same tensor")
+    return result
 
 
 def build_toy(spec):
@@ -51,6 +62,7 @@ class ToyPlugin:
         register(Converter("toy", run_toy, build_toy, "a toy kind for tests"))
         register(Converter("toy-args", run_toy, build_toy, "toy kind whose files pickle argparse options",
                            allow_classes=(argparse.Namespace,)))
+        register(Converter("toy-shared", run_shared, build_toy, "toy kind with one tensor under two keys"))
 
 
 @pytest.fixture
@@ -141,6 +153,49 @@ def test_files_that_need_code_to_load_are_refused(toy, tmp_path):
     # a kind that declares argparse options as expected reads the file (attributes only, no code)
     report = sc.convert("toy-args", ckpt, tmp_path / "out", quiet=True)
     assert len(report.mapped) == 7
+
+
+def test_top_level_objects_are_data_from_one_safe_read(toy, tmp_path, monkeypatch):
+    """``Checkpoint.objects``: every top-level non-tensor entry, an argparse.Namespace as the dict of its
+    attributes, tensors inside shared with ``tensors``; the file is loaded once, weights-only."""
+    ckpt = tmp_path / "with_args.pth"
+    args = argparse.Namespace(lr=0.1, arch="toy", betas=(0.9, 0.98), milestones=[30, 60], resume=None)
+    opt = {"state": {0: {"momentum_buffer": torch.ones(3, 4)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    torch.save({"state_dict": toy_state(), "args": args, "epoch": 7, "optimizer": opt,
+                "extra": {"train_iterator": {"epoch": 3}, "run": argparse.Namespace(seed=1)}}, ckpt)
+    loads = []
+    real_load = torch.load
+
+    def counting_load(f, *a, **kw):
+        loads.append((str(f), kw.get("weights_only")))
+        return real_load(f, *a, **kw)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    report = sc.convert("toy-args", ckpt, tmp_path / "out", quiet=True)
+    assert loads == [(str(ckpt), True)]
+    assert report.details["args"] == vars(args) and report.fields == {"epoch": 7}
+    read = sc.read_checkpoint(ckpt, (argparse.Namespace,))
+    assert read.objects["args"] == {"lr": 0.1, "arch": "toy", "betas": (0.9, 0.98), "milestones": [30, 60],
+                                    "resume": None}
+    assert read.objects["epoch"] == 7 and read.objects["extra"] == {"train_iterator": {"epoch": 3}, "run": {"seed": 1}}
+    assert read.objects["optimizer"]["param_groups"] == [{"lr": 0.1, "params": [0]}]
+    assert read.objects["optimizer"]["state"][0]["momentum_buffer"] is read.tensors["optimizer.state.0.momentum_buffer"]
+    assert read.objects["state_dict"]["net.0.weight"] is read.tensors["state_dict.net.0.weight"]
+    bare = tmp_path / "bare.pth"
+    torch.save(toy_state(), bare)
+    assert sc.read_checkpoint(bare).objects == {}
+
+
+def test_summary_counts_each_model_tensor_once(toy, tmp_path):
+    """One model tensor mapped from two checkpoint keys (a shared embedding) is one of the model's tensors."""
+    state = toy_state()
+    state["alias.0.weight"] = state["net.0.weight"]
+    ckpt = tmp_path / "shared.pth"
+    torch.save(state, ckpt)
+    report = sc.convert("toy-shared", ckpt, tmp_path / "out", quiet=True)
+    assert report.mapped["alias.0.weight"] == report.mapped["net.0.weight"] == ["0.weight"]
+    assert len(report.mapped) == 8 and report.target_tensors == 7 and report.mapped_targets == 7
+    assert "8 of 8 checkpoint tensors mapped onto 7 of 7 model tensors" in report.summary()
 
 
 def test_safetensors_missing_and_corrupt_files(toy, tmp_path):

@@ -23,8 +23,11 @@ stack of ``slimkit.save_pretrained`` (so ``slimkit.from_pretrained(bare_model, f
 ``conversion_report.json``: every tensor mapped (source -> target), every tensor left unused (with the
 reason) and every tensor newly initialised (with the rule). A summary is printed to stderr.
 
-Checkpoints are read safely: safetensors, or PyTorch files with ``weights_only=True``. A file that
+Checkpoints are read safely, once: safetensors, or PyTorch files with ``weights_only=True``. A file that
 needs arbitrary code to load (a pickled class) is refused with the class it names; nothing here runs it.
+A converter gets the tensors flattened (``Checkpoint.tensors``), the top-level scalars
+(``Checkpoint.fields``) and every top-level non-tensor entry as plain data (``Checkpoint.objects``, e.g.
+fairseq's ``args`` Namespace as a dict), so it never needs to read the file again.
 The module imports torch only when a conversion runs.
 """
 from __future__ import annotations
@@ -133,16 +136,22 @@ def check_options(converter: Converter, options: dict) -> None:
 # -- reading checkpoints -------------------------------------------------------------------------
 @dataclass
 class Checkpoint:
-    """A checkpoint file, flattened: every tensor under its dotted path, every top-level scalar field.
+    """A checkpoint file, read once: every tensor under its dotted path, the top-level entries as data.
 
     tensors: ``{"state_dict.module.conv1.weight": tensor, "optimizer.state.0.momentum_buffer": tensor,
     ...}`` (a bare state dict has its own keys); fields: top-level ``str``/``int``/``float``/``bool``
-    entries such as ``{"epoch": 50, "arch": "resnet50"}`` (safetensors: its metadata).
+    entries such as ``{"epoch": 50, "arch": "resnet50"}`` (safetensors: its metadata; listed in the
+    report); objects: every top-level entry that is not a tensor, as plain data: dicts, lists, tuples and
+    scalars as loaded, an allowed class's instance (``argparse.Namespace``, see ``Converter.allow_classes``)
+    as the dict of its attributes, tensors inside kept as the same tensor objects as in ``tensors``. E.g. a
+    fairseq file gives ``objects["args"] == {"arch": "transformer_wmt_en_de", "lr": [0.001], ...}``. Empty
+    for safetensors and for a file whose top level is not a dict.
     """
 
     path: Path
     tensors: dict
     fields: dict = field(default_factory=dict)
+    objects: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -180,6 +189,34 @@ def _flatten(obj: Any, prefix: str, tensors: dict, fields: dict, depth: int = 0)
         _flatten(vars(obj), prefix, tensors, {}, depth + 1)
 
 
+def _as_data(obj: Any) -> Any:
+    """``obj`` as plain data: an instance of an allowed class (``argparse.Namespace``, a stand-in for
+    fairseq's meters) becomes the dict of its attributes, recursively through dicts, lists and tuples;
+    tensors and scalars stay as they are."""
+    import torch
+
+    if isinstance(obj, (torch.Tensor, str, bytes, int, float, bool, type(None))):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _as_data(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_as_data(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_as_data(v) for v in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return {k: _as_data(v) for k, v in vars(obj).items()}
+    return obj
+
+
+def _objects(obj: Any) -> dict:
+    """The top-level entries of a loaded file that are not tensors, as plain data (:func:`_as_data`)."""
+    import torch
+
+    if not isinstance(obj, dict):
+        return {}
+    return {str(k): _as_data(v) for k, v in obj.items() if not isinstance(v, torch.Tensor)}
+
+
 def _unsafe_class(message: str) -> str:
     """The class a refused pickle names (``argparse.Namespace``), from torch's error message."""
     found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"Unsupported global: ([\w.]+)", message)
@@ -187,7 +224,8 @@ def _unsafe_class(message: str) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike, allow_classes: Iterable = ()) -> Checkpoint:
-    """Read a safetensors file or a PyTorch file (``weights_only=True``) into a :class:`Checkpoint`.
+    """Read a safetensors file or a PyTorch file (``weights_only=True``, one ``torch.load``) into a
+    :class:`Checkpoint`.
 
     A PyTorch file holding a pickled class outside ``allow_classes`` is refused naming the class: loading
     it would mean running whatever code the file asks for.
@@ -225,7 +263,7 @@ def read_checkpoint(path: str | os.PathLike, allow_classes: Iterable = ()) -> Ch
     _flatten(obj, "", tensors, fields)
     if not tensors:
         raise ConversionError(f"checkpoint {str(p)!r} holds no tensors; pass the file that holds the weights")
-    return Checkpoint(p, tensors, fields)
+    return Checkpoint(p, tensors, fields, _objects(obj))
 
 
 # -- recording where each tensor comes from -----------------------------------------------------
@@ -403,12 +441,17 @@ class ConversionReport:
                 "mapped": self.mapped, "unused": self.unused, "initialised": self.initialised,
                 "transformed": self.transformed, "details": self.details}
 
+    @property
+    def mapped_targets(self) -> int:
+        """How many distinct model tensors were mapped (a target set from two checkpoint keys, such as one
+        embedding shared by encoder and decoder, counts once)."""
+        return len({t for targets in self.mapped.values() for t in targets})
+
     def summary(self) -> str:
         """A few lines: counts, unused tensors by reason, initialised tensors by rule, notes."""
-        n_targets = sum(len(v) for v in self.mapped.values())
         lines = [f"converted {self.kind} checkpoint {self.checkpoint!r} -> {self.output_dir!r}: "
-                 f"{len(self.mapped)} of {self.source_tensors} checkpoint tensors mapped onto {n_targets} of "
-                 f"{self.target_tensors} model tensors ({self.target_params:,} parameters); "
+                 f"{len(self.mapped)} of {self.source_tensors} checkpoint tensors mapped onto "
+                 f"{self.mapped_targets} of {self.target_tensors} model tensors ({self.target_params:,} parameters); "
                  f"{len(self.unused)} unused, {len(self.initialised)} newly initialised"]
         for why, keys in _group(self.unused).items():
             lines.append(f"  unused ({len(keys)}): {why}: {_names(keys)}")

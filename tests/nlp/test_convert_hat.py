@@ -277,16 +277,23 @@ def converted_logits(model, src, prev):
 
 
 # -- hat-fairseq ------------------------------------------------------------------------------------------
-def test_subtransformer_checkpoint_maps_every_tensor_and_matches_the_original_forward(tmp_path, fairseq_meters):
+def test_subtransformer_checkpoint_maps_every_tensor_and_matches_the_original_forward(tmp_path, fairseq_meters,
+                                                                                     monkeypatch):
     sd = hat_state_dict(SUPER)
     path = tmp_path / "HAT_wmt14ende_raspberrypi@3.5s_bleu@25.8.pt"
     save_hat_checkpoint(path, sd, hat_args(SUPER, SUB), fairseq_meters)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: loads.append(kw.get("weights_only")) or real_load(f, *a, **kw))
     report = slimkit.convert("hat-fairseq", path, tmp_path / "out", quiet=True)
+    monkeypatch.setattr(torch, "load", real_load)
+    assert loads == [True]                                  # the arguments come from the one weights-only read
     model = load_converted(tmp_path / "out").eval()
     used = {k for k in sd if not k.startswith("decoder.layers.2.") and "version" not in k
             and "_float_tensor" not in k}
     assert set(report.mapped) == {f"model.{k}" for k in used}
     assert sum(len(t) for t in report.mapped.values()) == len(model.state_dict()) + 1   # shared table: 2 keys
+    assert report.mapped_targets == len(model.state_dict())                            # ... counted once
     assert not report.initialised
     assert set(report.unused) == {f"model.{k}" for k in sd if f"model.{k}" not in report.mapped} | {
         "last_optimizer_state.state.0.exp_avg", "last_optimizer_state.state.0.exp_avg_sq"}

@@ -5,7 +5,10 @@ branch + conv branch with padding zeroed before its input projection)."""
 from __future__ import annotations
 
 import argparse
+import collections
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -338,6 +341,45 @@ def test_language_model_converts_pre_norm_and_generates(tmp_path):
         for _ in range(5):
             ids = torch.cat([ids, model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(gen, ids)
+
+
+@pytest.fixture
+def fairseq_meters(monkeypatch):
+    """Classes that pickle as fairseq's ``fairseq.meters.*`` meters (as in a full training checkpoint)."""
+    meters = types.ModuleType("fairseq.meters")
+    for name in ("AverageMeter", "TimeMeter", "StopwatchMeter"):
+        setattr(meters, name, type(name, (), {"__module__": "fairseq.meters"}))
+    package = types.ModuleType("fairseq")
+    package.meters = meters
+    monkeypatch.setitem(sys.modules, "fairseq", package)
+    monkeypatch.setitem(sys.modules, "fairseq.meters", meters)
+    return meters
+
+
+def test_training_checkpoint_with_meters_converts_from_one_safe_read(tmp_path, fairseq_meters, monkeypatch):
+    """fairseq's meters in ``extra_state`` load as plain data (no fairseq code); the file is read once."""
+    args = fairseq_args()
+    ckpt, sd = fairseq_checkpoint(args)
+    loss, wps, wall = fairseq_meters.AverageMeter(), fairseq_meters.TimeMeter(), fairseq_meters.StopwatchMeter()
+    loss.__dict__.update(val=3.9, avg=4.1, sum=41.0, count=10)
+    wps.__dict__.update(init=0, start=1.5e9, n=1000)
+    wall.__dict__.update(sum=3600.0, n=1200, start_time=None)
+    ckpt["extra_state"]["train_meters"] = collections.OrderedDict(train_loss=loss, wps=wps, wall=wall)
+    path = tmp_path / "checkpoint_last.pt"
+    torch.save(ckpt, path)
+    monkeypatch.delitem(sys.modules, "fairseq.meters")      # loading must not need fairseq
+    monkeypatch.delitem(sys.modules, "fairseq")
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: loads.append(kw.get("weights_only")) or real_load(f, *a, **kw))
+    report = slimkit.convert("lite-transformer-fairseq", path, tmp_path / "out", quiet=True)
+    assert loads == [True]
+    assert set(report.mapped) == {f"model.{k}" for k in sd} and not report.initialised
+    assert report.details["arch"] == args.arch
+    model = load_converted(tmp_path / "out").eval()
+    with torch.no_grad():
+        out = model(input_ids=SRC, attention_mask=SRC.ne(PAD).long(), decoder_input_ids=TGT, use_cache=False).logits
+    assert close(out, ref_logits(sd, args, TGT, SRC)) <= 1e-5
 
 
 def test_without_conv_linear_the_projections_are_identities(tmp_path):

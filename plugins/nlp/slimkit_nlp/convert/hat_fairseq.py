@@ -76,25 +76,13 @@ class SuperArch:
 
 # -- reading the file ---------------------------------------------------------------------------------
 def read_args(checkpoint: Checkpoint) -> dict:
-    """The checkpoint's fairseq arguments as a plain dict (the file is read again, weights-only, since the
-    flattened :class:`Checkpoint` keeps no objects)."""
-    import torch
-
-    from .hat_registration import FAIRSEQ_CLASSES
-
-    obj = None
-    with torch.serialization.safe_globals(list(FAIRSEQ_CLASSES)):
-        for mmap in (True, False):   # mmap: the zip format, tensors not read; old files need a full read
-            try:
-                obj = torch.load(checkpoint.path, map_location="cpu", weights_only=True, mmap=mmap)
-                break
-            except RuntimeError:
-                continue
-    args = obj.get("args") if isinstance(obj, dict) else None
-    if args is None or not hasattr(args, "__dict__"):
+    """The checkpoint's fairseq arguments as a plain dict (``Checkpoint.objects["args"]``: the pickled
+    ``argparse.Namespace`` as the dict of its attributes, from the one safe read of the file)."""
+    args = checkpoint.objects.get("args")
+    if not isinstance(args, dict):
         raise ConversionError(f"checkpoint {checkpoint.name!r} has no fairseq 'args', so it is not a fairseq training "
                               f"checkpoint of HAT; pass the .pt file that HAT's train.py or download_model.py wrote")
-    return dict(vars(args))
+    return dict(args)
 
 
 def _layer_count(tensors: dict, stack: str) -> int:

@@ -2,21 +2,10 @@
 mit-han-lab/hardware-aware-transformers) and ``hat-predictor`` (its latency predictors)."""
 from __future__ import annotations
 
-import argparse
-
 from slimkit.parts import lazy
 
+from .fairseq_pickle import FAIRSEQ_CLASSES
 
-class FairseqMeterState:
-    """Stand-in for fairseq's training meters (``fairseq.meters.AverageMeter``, ``TimeMeter``,
-    ``StopwatchMeter``), which fairseq pickles into a checkpoint's ``extra_state``: the unpickler fills
-    this class's attributes with the stored numbers; no fairseq code exists or runs."""
-
-
-#: what fairseq pickles beside the weights: its argparse options and its meters (attributes only, no code)
-FAIRSEQ_CLASSES = (argparse.Namespace,
-                   *((FairseqMeterState, f"fairseq.meters.{name}")
-                     for name in ("AverageMeter", "TimeMeter", "StopwatchMeter")))
 HAT_FAIRSEQ_OPTIONS = ("subtransformer",)
 HAT_PREDICTOR_OPTIONS = ("config", "feature_norm", "lat_norm", "space")
 

@@ -1,8 +1,9 @@
 """Checkpoints of Lite Transformer (github.com/mit-han-lab/lite-transformer) -> slimkit Lite Transformer models.
 
 What the repository's fairseq saves: ``{"args": argparse.Namespace, "model": state dict,
-"optimizer_history": [...], "extra_state": {...}, "last_optimizer_state": {...}}``. The options are read
-as data (fairseq is not needed, nothing in the file is run). Two architectures:
+"optimizer_history": [...], "extra_state": {..., "train_meters": fairseq meters}, "last_optimizer_state":
+{...}}``. The options and meters are read as data (``fairseq_pickle``: fairseq is not needed, nothing in the
+file is run; the options come from ``Checkpoint.objects["args"]``). Two architectures:
 
 * ``transformer_multibranch_v2*`` (translation, summarisation) -> ``LiteTransformerForConditionalGeneration``;
 * ``transformer_lm_multibranch_v2*`` (language models, pre-norm) -> ``LiteTransformerForCausalLM``.
@@ -30,7 +31,6 @@ starts with ``</s>`` as fairseq's does.
 """
 from __future__ import annotations
 
-import argparse
 import re
 from typing import Any
 
@@ -46,26 +46,10 @@ MARKERS = {"version": "fairseq's state-dict format version number, not a weight"
 
 
 # -- the options stored beside the weights -------------------------------------------------------
-def _load_entry(path, name: str) -> Any:
-    """Entry ``name`` of a PyTorch file, read with ``weights_only=True`` (argparse.Namespace allowed as data)."""
-    import torch
-
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:   # files of the legacy (pre-zip) format cannot be memory-mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj.get(name) if isinstance(obj, dict) else None
-
-
 def read_args(checkpoint: Checkpoint) -> dict:
-    """fairseq's command-line options of the run, as a dict (from ``args``; refused when the file has none)."""
-    given = {k[5:]: v for k, v in checkpoint.fields.items() if k.startswith("args.")}
-    if given:
-        return given
-    args = _load_entry(checkpoint.path, "args")
-    if isinstance(args, argparse.Namespace):
-        return dict(vars(args))
+    """fairseq's command-line options of the run, as a dict (``Checkpoint.objects["args"]``: the pickled
+    ``argparse.Namespace`` as the dict of its attributes; refused when the file has none)."""
+    args = checkpoint.objects.get("args")
     if isinstance(args, dict):
         return dict(args)
     raise ConversionError(f"checkpoint {checkpoint.name!r} has no fairseq 'args' entry, so its architecture options "

@@ -1,12 +1,9 @@
 """Registers ``lite-transformer-fairseq`` (checkpoints of mit-han-lab/lite-transformer)."""
 from __future__ import annotations
 
-import argparse
-
 from slimkit.parts import lazy
 
-#: fairseq pickles its argparse options beside the weights (attributes only, no code)
-FAIRSEQ_CLASSES = (argparse.Namespace,)
+from .fairseq_pickle import FAIRSEQ_CLASSES
 
 
 def register_converters(register) -> None:
