@@ -271,3 +271,4 @@ def test_weight_map_follows_renames_and_records_derived_tensors(tmp_path):
     assert books["mapped"]["net.0.weight"] == ["0.weight"] and books["mapped"]["net.1.bias"] == ["1.net.bias"]
     assert books["missing"] == ["0.bias"] and books["leftover"] == ["net.0.bias"]
     assert books["transformed"] == {"0.weight": "recomputed from net.0.weight"}
+

@@ -270,6 +270,37 @@ def setup_gpt2_model(s: Setup) -> None:
     s.ns["model"] = load_shakespeare_gpt2()
 
 
+def setup_hat_checkpoints(s: Setup) -> None:
+    """Tiny HAT files under the README's names, written by the hat-fairseq tests' fixture code (HAT's keys,
+    shapes and fairseq arguments): the released SubTransformer and the SuperTransformer checkpoints, the
+    SubTransformer ``.yml``, the latency predictors and their ``.yml``; ``src``: two left-padded sources."""
+    import yaml
+    from nlp import test_convert_hat as hat  # tests/ is on sys.path (pytest's rootdir-relative import)
+
+    hat.save_hat_checkpoint(s.cwd / "HAT_wmt14ende_raspberrypi@3.5s_bleu@25.8.pt", hat.hat_state_dict(hat.SUPER),
+                            hat.hat_args(hat.SUPER, hat.SUB))
+    hat.save_hat_checkpoint(s.cwd / "HAT_wmt14ende_super_space0.pt", hat.hat_state_dict(hat.SUPER, seed=2),
+                            hat.hat_args(hat.SUPER))
+    configs = s.cwd / "configs" / "wmt14.en-de"
+    (configs / "subtransformer").mkdir(parents=True)
+    (configs / "subtransformer" / "HAT_wmt14ende_xeon@137.9ms_bleu@25.8.yml").write_text(yaml.safe_dump(hat.SUB))
+    for name in ("wmt14ende_cpu_raspberrypi.pt", "my_predictor.pt"):
+        torch.save(hat.hat_predictor_state(), s.cwd / name)
+    (configs / "latency_predictor").mkdir()
+    (configs / "latency_predictor" / "cpu_xeon.yml").write_text(
+        "lat-norm: 300\nfeature-norm: [640, 6, 2048, 6, 640, 6, 2048, 6, 6, 2]\nhidden-dim: 24\n")
+    s.ns["src"] = hat.batch(hat.SUPER["vocab"])[0]
+
+
+def setup_lite_checkpoint(s: Setup) -> None:
+    """A tiny ``checkpoint_best.pt`` of Lite Transformer (WMT layout: dynamic conv, GLU, shared embeddings),
+    written by the lite-transformer-fairseq tests' fixture code; ``src_ids``: two left-padded sources."""
+    from nlp import test_convert_lite as lite  # tests/ is on sys.path (pytest's rootdir-relative import)
+
+    torch.save(lite.fairseq_checkpoint(lite.fairseq_args())[0], s.cwd / "checkpoint_best.pt")
+    s.ns["src_ids"] = lite.SRC.clone()
+
+
 FIXTURES = {name[len("setup_"):]: fn for name, fn in globals().items() if name.startswith("setup_")}
 
 

@@ -587,13 +587,15 @@ def read_model_spec(directory: str | os.PathLike) -> dict:
 
 
 def load_converted(directory: str | os.PathLike, strict: bool = True) -> Any:
-    """The model a conversion saved: the bare model rebuilt from ``slimkit_model.json``, then
-    ``slimkit.from_pretrained`` (techniques re-applied, weights loaded and checked)."""
+    """The model a conversion saved, in eval mode (as ``from_pretrained`` gives it): the bare model rebuilt
+    from ``slimkit_model.json``, then ``slimkit.from_pretrained`` (techniques re-applied, weights loaded and
+    checked)."""
     from .api import from_pretrained
 
     spec = read_model_spec(directory)
     model = get_converter(spec["converter"]).build(spec["build"])
-    return from_pretrained(model, directory, strict=strict)
+    model = from_pretrained(model, directory, strict=strict)
+    return model.eval() if hasattr(model, "eval") else model
 
 
 # -- the command line ------------------------------------------------------------------------------

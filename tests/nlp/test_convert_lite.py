@@ -243,7 +243,9 @@ def _convert(tmp_path, args, src_vocab=None, name="ckpt"):
     path = tmp_path / f"{name}.pt"
     torch.save(ckpt, path)
     report = slimkit.convert("lite-transformer-fairseq", path, tmp_path / name, quiet=True)
-    return report, load_converted(tmp_path / name).eval(), sd
+    model = load_converted(tmp_path / name)
+    assert not any(m.training for m in model.modules()), "load_converted gives an eval-mode model"
+    return report, model, sd
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
