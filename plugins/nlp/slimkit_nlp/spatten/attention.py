@@ -4,18 +4,37 @@ from __future__ import annotations
 import torch
 
 
-def additive_mask(q_cols, k_cols, k_valid, causal: bool, dtype, window: int | None = None) -> torch.Tensor:
+def additive_mask(q_cols, k_cols, k_valid, causal: bool, dtype, window: int | None = None,
+                  heads: int = 1) -> torch.Tensor:
     """Additive mask ``(B, 1, Lq, Lk)``: 0 where a query may attend, the dtype's minimum elsewhere.
 
+    ``q_cols (B, Lq)``; ``k_cols``/``k_valid`` ``(B, Lk)``, or ``(B, Hkv, Lk)`` when each key/value head
+    keeps its own tokens (``kv_heads="separate"``): then the mask is ``(B, heads, Lq, Lk)``, each of the
+    ``heads`` query heads masked by its group's key/value head.
     ``window``: sliding-window layers: a query sees only keys less than ``window`` columns back (real
     tokens of one sample are consecutive columns, so this is the distance in positions)."""
+    if k_cols.dim() == 2:
+        return _allowed_to_additive(_allowed(q_cols, k_cols, k_valid, causal, window), dtype).unsqueeze(1)
+    hk = k_cols.shape[1]
+    ok = _allowed(q_cols.unsqueeze(1).expand(-1, hk, -1).flatten(0, 1), k_cols.flatten(0, 1),
+                  k_valid.flatten(0, 1), causal, window)
+    ok = ok.view(k_cols.shape[0], hk, *ok.shape[1:]).repeat_interleave(heads // hk, dim=1)
+    return _allowed_to_additive(ok, dtype)
+
+
+def _allowed(q_cols, k_cols, k_valid, causal: bool, window: int | None) -> torch.Tensor:
+    """``(B, Lq, Lk)`` bool: query ``i`` may attend to key ``j``."""
     ok = k_valid[:, None, :].expand(-1, q_cols.shape[1], -1)
     if causal:
         ok = ok & (k_cols[:, None, :] <= q_cols[:, :, None])
     if window is not None:
         ok = ok & (k_cols[:, None, :] > q_cols[:, :, None] - window)
-    m = torch.zeros(ok.shape, dtype=dtype, device=q_cols.device)
-    return m.masked_fill(~ok, torch.finfo(dtype).min).unsqueeze(1)
+    return ok
+
+
+def _allowed_to_additive(ok: torch.Tensor, dtype) -> torch.Tensor:
+    m = torch.zeros(ok.shape, dtype=dtype, device=ok.device)
+    return m.masked_fill(~ok, torch.finfo(dtype).min)
 
 
 HEAD_CHUNK = 2          # heads per block in the encoder attention (keeps a block's probabilities in cache)

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal, Optional, Union
 
 from slimkit import ConfigError, TechniqueConfig
 
-POLICIES = ("spatten", "window", "spatten_window", "per_layer", "random", "streaming", "h2o")   # built-ins
+POLICIES = ("spatten", "window", "window_group", "spatten_window", "observed", "per_layer", "random", "streaming", "h2o")   # built-ins
 
 
 @dataclass
@@ -56,6 +56,12 @@ class SpattenConfig(TechniqueConfig):
         evicting while generating cost a lot of fidelity on SmolLM2 (``slimkit bench spatten-llm``).
     evict_chunk: when a layer's cache exceeds its budget, evict down to ``budget - evict_chunk + 1``
         tokens at once, so the ranking runs about once every ``evict_chunk`` steps (1 = every step).
+    kv_heads: decoders with ``prefill_pruning=False``: ``"shared"``: every key/value head of a layer keeps
+        the same tokens; ``"separate"``: each key/value head keeps its own tokens (the same number per
+        head, so the budget is unchanged), ranked by the policy's ``score_heads`` (the attention of that
+        head's group of query heads), as kvpress presses do. Heads attend to different tokens, so this is
+        the more faithful cache at the same budget; it needs ``prefill_pruning=False`` (the cascade
+        removes whole tokens from the hidden states), ``head_keep=1`` and ``generation_pruning=False``.
     seed: seed of the ``random`` policy.
     pruned_tokens: what happens to a pruned token in encoders: ``drop`` (SpAtten: it is gone) or
         ``merge`` (it is still gone from later layers, but first folded into its most similar kept
@@ -89,6 +95,7 @@ class SpattenConfig(TechniqueConfig):
     #: decoders: ``"kv"`` = token_keep is the KV budget over all layers; ``"pruned_layers"`` = the mean
     #: keep ratio over the pruned layers only (what version-2 configs meant)
     decoder_budget: Literal["kv", "pruned_layers"] = "kv"
+    kv_heads: Literal["shared", "separate"] = "shared"
 
     @classmethod
     def migrate(cls, data: dict, from_version: int) -> dict:
@@ -134,6 +141,7 @@ class SpattenConfig(TechniqueConfig):
             raise ConfigError(f"sink_tokens must be >= 0, got {self.sink_tokens}")
         if self.protect_tokens is not None and any(t < 0 for t in self.protect_tokens):
             raise ConfigError("protect_tokens must hold token ids >= 0")
+        self._validate_kv_heads()
         # settings that would make a part of the technique silently do nothing
         if self.token_keep < 1.0 and self.token_start >= 1.0:
             raise ConfigError(f"token_start=1.0 leaves no layer to prune tokens in, so token_keep={self.token_keep:g} "
@@ -151,3 +159,15 @@ class SpattenConfig(TechniqueConfig):
                 if on:
                     raise ConfigError(f"{what} at token_keep=1.0 (no token is pruned); lower token_keep (e.g. 0.5) "
                                       f"or drop the option ({off})")
+
+    def _validate_kv_heads(self) -> None:
+        if self.kv_heads != "separate":
+            return
+        clashes = [(self.prefill_pruning, "prefill_pruning=True (the cascade removes whole tokens, for every head)",
+                    "prefill_pruning=False"),
+                   (self.head_keep < 1.0, f"head_keep={self.head_keep:g}", "head_keep=1.0"),
+                   (self.generation_pruning, "generation_pruning=True", "generation_pruning=False")]
+        for on, what, fix in clashes:
+            if on:
+                raise ConfigError(f"kv_heads='separate' cannot be combined with {what}; use {fix} with it, "
+                                  f"or kv_heads='shared'")

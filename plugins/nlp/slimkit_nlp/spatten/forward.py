@@ -91,16 +91,37 @@ def decoder_forward(w: Walk) -> SpattenModelOutput:
         units = pick_heads(w, li)
         q, k, v = project(w, layer)
         keys, values, k_cols, k_valid = append_and_evict(w, li, k, v)
-        fused = (w.first and w.rt.cascade and not w.rt.policy.reads_attention and w.impl == "eager"
-                 and w.cfg.value_keep >= 1.0 and not w.fam.attention_kwargs(layer))
-        if fused:   # prefill whose policy reads no attention map (window: only the observed rows)
-            mask = additive_mask(w.cols, k_cols, k_valid, True, q.dtype, w.fam.sliding_window(layer))
+        fused = _fused_attention_pays(w, layer)
+        if fused:   # no attention map needed: PyTorch's fused attention
+            mask = _fused_mask(w, layer, q, k_cols, k_valid)
             ctx, probs, received, fetched = _sdpa(q, keys, values, mask, w.fam.attention(layer).scaling), None, None, 1.0
         else:
             ctx, probs, received, fetched = attend(w, li, layer, q, keys, values, k_cols, k_valid)
         score(w, li, q, probs, received, k_cols, k_valid, fused)
         finish_layer(w, li, layer, ctx, units, keys.shape[2], k_valid, fetched)
     return end(w)
+
+
+def _fused_attention_pays(w: Walk, layer) -> bool:
+    """Decoders: True where no step reads this layer's attention probabilities, so PyTorch's fused attention
+    can replace the eager one: a cascade prefill whose policy reads no attention map (``window``: only the
+    observed rows, computed apart), and generation steps of a pruned model that does not evict while
+    generating (nothing reads scores after the prefill's cut). A model that prunes nothing keeps eager
+    attention, so it equals the dense model exactly."""
+    if w.impl != "eager" or w.cfg.value_keep < 1.0 or w.fam.attention_kwargs(layer):
+        return False
+    if w.first:
+        return w.rt.cascade and not w.rt.policy.reads_attention
+    return not w.cfg.generation_pruning and min(w.rt.token_ratios) < 1.0
+
+
+def _fused_mask(w: Walk, layer, q, k_cols, k_valid) -> Optional[torch.Tensor]:
+    """The additive mask for fused attention; None for a one-token step over a cache of real tokens
+    without a sliding window (every cached key precedes the query: nothing to mask)."""
+    window = w.fam.sliding_window(layer)
+    if q.shape[2] == 1 and window is None and bool(k_valid.all()):
+        return None
+    return additive_mask(w.cols, k_cols, k_valid, True, q.dtype, window, q.shape[1])
 
 
 # -- before the layers -----------------------------------------------------------------------------------
@@ -276,6 +297,10 @@ def append_and_evict(w: Walk, li: int, k_new, v_new):
     prev = state.slots[li]
     if prev is None:
         k_cols, k_valid = w.cols, w.valid
+    elif prev[0].dim() == 3:            # kv_heads="separate": a slot map per key/value head (B, Hkv, n)
+        hk = prev[0].shape[1]
+        k_cols = torch.cat([prev[0], w.cols.unsqueeze(1).expand(-1, hk, -1)], 2)
+        k_valid = torch.cat([prev[1], w.valid.unsqueeze(1).expand(-1, hk, -1)], 2)
     else:
         k_cols, k_valid = torch.cat([prev[0], w.cols], 1), torch.cat([prev[1], w.valid], 1)
     if not w.first and cfg.generation_pruning and rt.token_ratios[li] < 1.0:
@@ -317,15 +342,15 @@ def attend(w: Walk, li: int, layer, q, keys, values, k_cols, k_valid):
     """Step 5: attention through the active implementation; ``(context (B, n, H, d), probs or None,
     received or None, share of values fetched)``. Encoders with eager attention use slimkit's encoder
     attention (the same result, fewer passes; ``received`` = attention each key got)."""
-    rt, cfg, fam = w.rt, w.cfg, w.fam
+    cfg, fam = w.cfg, w.fam
     att = fam.attention(layer)
-    need_probs = w.cache is not None or rt.prunes_after[li] or cfg.value_keep < 1.0
+    need_probs = _needs_scores(w, li) or cfg.value_keep < 1.0
     if not w.causal and w.impl == "eager" and cfg.value_keep >= 1.0:
         ctx, received = encoder_attention(q, keys, values, key_bias(k_valid, w.merge_bias), att.scaling, w.valid,
                                           need_probs)
         return ctx, None, received, 1.0
     mask = None if (not w.causal and bool(k_valid.all())) else additive_mask(
-        w.cols, k_cols, k_valid, w.causal, q.dtype, fam.sliding_window(layer))
+        w.cols, k_cols, k_valid, w.causal, q.dtype, fam.sliding_window(layer), q.shape[1])
     if w.merge_bias is not None:                              # proportional attention (merged tokens)
         bias = w.merge_bias[:, None, None, :].to(q.dtype)
         mask = bias if mask is None else mask + bias
@@ -341,11 +366,20 @@ def attend(w: Walk, li: int, layer, q, keys, values, k_cols, k_valid):
     return ctx, probs, None, fetched
 
 
+def _needs_scores(w: Walk, li: int) -> bool:
+    """Whether anything reads layer ``li``'s attention scores: a later layer of this prefill (cascade), the
+    cache cut or a later generation step (``generation_pruning``; otherwise nothing is scored after the
+    prompt)."""
+    if not w.first:
+        return w.cfg.generation_pruning
+    return w.cache is not None or w.rt.prunes_after[li]
+
+
 def score(w: Walk, li: int, q, probs, received, k_cols, k_valid, fused: bool) -> None:
     """Step 6: importance scores (only where a later layer or generation step prunes), the cache cut of a
     full prefill (``prefill_pruning=False``), and head scores."""
     rt, state = w.rt, w.state
-    if (w.cache is not None or rt.prunes_after[li]) and not fused:
+    if _needs_scores(w, li) and not fused:
         if probs is None:
             add_scores(state, received, q.shape[1], w.cols, w.valid, k_cols, k_valid, w.causal)
         else:   # a layer's own scores (window policies) follow the generation-stage queries only

@@ -55,6 +55,10 @@ class ScoreInputs:
     layer: the layer that keeps or drops the candidates.
     observed: ``(B, H, obs, n)`` attention probabilities of the newest prompt queries in this layer over
         the candidates (decoder prefill, when the policy sets ``needs_observation``), else None.
+    probs: ``(B, H, L, n)`` this layer's attention probabilities of every prompt query over the
+        candidates (decoder prefill with ``prefill_pruning=False``), else None.
+    keys, values: ``(B, Hkv, n, d)`` this layer's cached keys and values of the candidates (rotary applied
+        to keys) at the same moment, else None (as kvpress passes them to a press's ``score``).
     """
 
     state: "PruneState"
@@ -63,6 +67,9 @@ class ScoreInputs:
     layer: int
     observed: Optional[torch.Tensor] = None
     group: int = 1            # query heads per key/value head (GQA)
+    probs: Optional[torch.Tensor] = None
+    keys: Optional[torch.Tensor] = None
+    values: Optional[torch.Tensor] = None
 
 
 class TokenPolicy:
@@ -87,6 +94,12 @@ class TokenPolicy:
 
     def score(self, x: ScoreInputs) -> torch.Tensor:
         raise NotImplementedError
+
+    def score_heads(self, x: ScoreInputs, kv_heads: int) -> torch.Tensor:
+        """``(B, kv_heads, n)``: a score per key/value head (``kv_heads="separate"``), higher = kept by that
+        head. The default gives every head ``score(x)``: all heads keep the same tokens."""
+        s = self.score(x)
+        return s.unsqueeze(1).expand(-1, kv_heads, -1)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -116,6 +129,29 @@ class PerLayerAttention(TokenPolicy):
     def score(self, x: ScoreInputs) -> torch.Tensor:
         s = x.state.last.gather(1, x.cols)
         return s / x.state.last_count.gather(1, x.cols).clamp(min=1.0) if x.causal else s
+
+
+    def score_heads(self, x: ScoreInputs, kv_heads: int) -> torch.Tensor:
+        """Per key/value head at a full prefill (``x.probs``): the attention each candidate received from
+        the prompt's queries of the head's group, divided by how many queries could see it (as kvpress's
+        ObservedAttentionPress); otherwise the shared score."""
+        if x.probs is None:
+            return super().score_heads(x, kv_heads)
+        return received_per_group(x.probs, x.state.col_valid, x.cols, kv_heads)
+
+
+def received_per_group(probs: torch.Tensor, col_valid: torch.Tensor, cols: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """``probs (B, H, L, n)`` causal attention of ``L`` queries over ``n`` candidate keys at columns ``cols
+    (B, n)`` (the queries are the last ``L`` of them) -> ``(B, kv_heads, n)``: attention received, averaged
+    over the real queries that could see the key and over the query heads of each key/value group."""
+    b, h, L, n = probs.shape
+    valid_k = col_valid.gather(1, cols).float()                              # (B, n)
+    q_valid = valid_k[:, -L:]                                                # queries are the newest slots
+    got = (probs.float() * q_valid[:, None, :, None]).sum(2)                 # (B, H, n)
+    seen = torch.flip(torch.flip(q_valid, [1]).cumsum(1), [1])              # real queries at or after slot
+    seen = torch.cat([seen[:, :1].expand(-1, n - L), seen], 1) if n > L else seen
+    got = got / seen.clamp(min=1.0)[:, None, :]
+    return got.view(b, kv_heads, h // kv_heads, n).mean(2) * valid_k[:, None, :]
 
 
 class RandomTokens(TokenPolicy):
@@ -190,10 +226,28 @@ class ObservationWindow(TokenPolicy):
             return kept.gather(1, x.cols)
         return _normalised_cumulative(x)      # a layer that never observed (encoders): cumulative
 
+    def score_heads(self, x: ScoreInputs, kv_heads: int) -> torch.Tensor:
+        """Per key/value head at prefill: the observed queries' attention of the head's group of query
+        heads, pooled as in ``observation_score`` (SnapKV per head); otherwise the shared score."""
+        if x.observed is None:
+            return super().score_heads(x, kv_heads)
+        return observation_per_group(x.observed, kv_heads)
+
 
 def _as_distribution(s: torch.Tensor) -> torch.Tensor:
+    """Scores ``(..., n)`` -> non-negative, summing to 1 over the candidates (the last dimension)."""
     s = s.clamp(min=0)
-    return s / s.sum(1, keepdim=True).clamp(min=1e-12)
+    return s / s.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+def observation_per_group(observed: torch.Tensor, kv_heads: int, kernel: int = POOL_KERNEL) -> torch.Tensor:
+    """``(B, H, obs, n)`` probabilities -> ``(B, kv_heads, n)``: mean over the observed queries, max-pooled
+    over ``kernel`` neighbouring slots, averaged over the query heads of each key/value group."""
+    s = observed.float().mean(2)                                          # (B, H, n)
+    b, h, n = s.shape
+    if kernel > 1 and n >= kernel:
+        s = F.max_pool1d(s.reshape(b * h, 1, n), kernel, stride=1, padding=kernel // 2).reshape(b, h, n)
+    return s.view(b, kv_heads, h // kv_heads, n).mean(2)
 
 
 class GroupWindow(ObservationWindow):
@@ -212,6 +266,33 @@ class CumulativeAndWindow(ObservationWindow):
 
     def score(self, x: ScoreInputs) -> torch.Tensor:
         return 0.5 * (_as_distribution(super().score(x)) + _as_distribution(_normalised_cumulative(x)))
+
+
+class ObservedAndWindow(ObservationWindow):
+    """``observed``: two signals, each normalised to a distribution over the candidates and averaged: the
+    attention a token received from *every* prompt query of the layer (divided by how many queries could
+    see it, as kvpress's ObservedAttentionPress) and the attention of the newest ``observe_queries`` prompt
+    queries (SnapKV's observation window, pooled over neighbours), so the text's heavy hitters stay and a
+    question at the end of the prompt still steers what is kept. Per key/value head with
+    ``kv_heads="separate"`` (each head's group of query heads). Where the full attention map is not at hand
+    (the cascade, which scores before the layer) the previous layer's received attention stands in."""
+
+    name = "observed"
+    reads_attention = True
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        if x.probs is not None:
+            received = received_per_group(x.probs, x.state.col_valid, x.cols, 1)[:, 0]
+        else:
+            received = PerLayerAttention().score(x)
+        return 0.5 * (_as_distribution(received) + _as_distribution(super().score(x)))
+
+    def score_heads(self, x: ScoreInputs, kv_heads: int) -> torch.Tensor:
+        if x.probs is None or x.observed is None:
+            return super().score_heads(x, kv_heads)
+        received = received_per_group(x.probs, x.state.col_valid, x.cols, kv_heads)
+        window = observation_per_group(x.observed, kv_heads)
+        return 0.5 * (_as_distribution(received) + _as_distribution(window))
 
 
 _POLICIES: dict[str, TokenPolicy] = {}
@@ -243,6 +324,6 @@ def get_policy(name: str) -> TokenPolicy:
                           f"slimkit_nlp.spatten.register_policy)") from None
 
 
-for _p in (CumulativeAttention(), ObservationWindow(), GroupWindow(), CumulativeAndWindow(), PerLayerAttention(),
-           RandomTokens(), Streaming(), HeavyHitters()):
+for _p in (CumulativeAttention(), ObservationWindow(), GroupWindow(), CumulativeAndWindow(), ObservedAndWindow(),
+           PerLayerAttention(), RandomTokens(), Streaming(), HeavyHitters()):
     register_policy(_p)

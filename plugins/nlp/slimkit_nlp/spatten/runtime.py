@@ -19,7 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAtte
 
 from .policies import get_policy
 from .schedule import count_for, keep_schedule, kv_budget_schedule, select_slots
-from .scores import rank_tokens
+from .scores import rank_heads, rank_tokens
 from .state import PruneState, record_eviction
 from .stats import SpattenStats
 from .window import measure_recent_share, newest_kept, protected
@@ -185,7 +185,11 @@ def _compress_after_prefill(state: PruneState, cfg, rt: SpattenRuntime, cache, l
             1, cols, obs.float().sum((1, 2)) * valid)
     if rt.auto_recent:
         state.recent[layer] = measure_recent_share(state, cfg, obs, cols, valid, k, rt.policy, layer)
-    rank = rank_tokens(state, rt.policy, cols, True, layer, obs if rt.policy.needs_observation else None)
+    observed = obs if rt.policy.needs_observation else None
+    if cfg.kv_heads == "separate":
+        _cut_each_kv_head(state, cfg, rt, cache, layer, observed, probs, cols, valid, k)
+        return
+    rank = rank_tokens(state, rt.policy, cols, True, layer, observed)
     sel = select_slots(rank, valid, protected(state, cfg, cols, k, True, layer), k, cols, pad_first=True)
     if sel is None:
         return
@@ -193,6 +197,34 @@ def _compress_after_prefill(state: PruneState, cfg, rt: SpattenRuntime, cache, l
     record_eviction(state, cols, valid & ~torch.zeros_like(valid).scatter(1, index, new_valid), layer)
     _cache_select(cache, layer, index)
     state.slots[layer] = (cols.gather(1, index), new_valid)
+
+
+def _cut_each_kv_head(state: PruneState, cfg, rt: SpattenRuntime, cache, layer: int, observed, probs, cols, valid,
+                      k: torch.Tensor) -> None:
+    """``kv_heads="separate"``: each key/value head of ``layer`` keeps its own ``k (B,)`` slots of ``cols
+    (B, n)`` by ``policy.score_heads``; protected slots (sinks, the newest, the recent window) stay in every
+    head. The layer's slot map becomes per head: ``(cols (B, Hkv, k), valid (B, Hkv, k))``. A column
+    counts as evicted from the layer once no head keeps it."""
+    if hasattr(cache, "select_tokens"):
+        from slimkit.errors import ConfigError
+        raise ConfigError(f"kv_heads='separate' needs a cache that stores keys and values as tensors; "
+                          f"{type(cache).__name__} selects whole tokens only: use kv_heads='shared' with it")
+    lay = cache.layers[layer]
+    b, hk, n = cols.shape[0], lay.keys.shape[1], cols.shape[1]
+    rank = rank_heads(state, rt.policy, cols, layer, hk, observed, probs, lay.keys, lay.values)   # (B, Hkv, n)
+    flat = lambda t: t.unsqueeze(1).expand(-1, hk, -1).reshape(b * hk, -1)  # noqa: E731
+    sel = select_slots(rank.reshape(b * hk, n), flat(valid), flat(protected(state, cfg, cols, k, True, layer)),
+                       k.repeat_interleave(hk), flat(cols), pad_first=True)
+    if sel is None:
+        return
+    index, new_valid = (t.view(b, hk, -1) for t in sel)
+    kept_cols = cols.unsqueeze(1).expand(-1, hk, -1).gather(2, index)
+    in_any = torch.zeros(b, hk, n, dtype=torch.bool, device=cols.device).scatter(2, index, new_valid).any(1)
+    record_eviction(state, cols, valid & ~in_any, layer)
+    for name in ("keys", "values"):
+        x = getattr(lay, name)
+        setattr(lay, name, x.gather(2, index[..., None].expand(-1, -1, -1, x.shape[-1])))
+    state.slots[layer] = (kept_cols, new_valid)
 
 
 def _choose(state: PruneState, cfg, rt: SpattenRuntime, layer: int, k: torch.Tensor, cols, valid, causal: bool,

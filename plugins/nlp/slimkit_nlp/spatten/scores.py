@@ -28,6 +28,23 @@ def rank_tokens(state: PruneState, policy, cols: torch.Tensor, causal: bool, lay
     return s
 
 
+def rank_heads(state: PruneState, policy, cols: torch.Tensor, layer: int, kv_heads: int,
+               observed: torch.Tensor | None, probs: torch.Tensor | None, keys=None, values=None) -> torch.Tensor:
+    """Ranking key ``(B, kv_heads, n)``: ``policy.score_heads`` for each key/value head of ``layer``
+    (``kv_heads="separate"``); ``probs (B, H, L, n)``: the layer's full prefill attention; ``keys``/``values``
+    ``(B, kv_heads, n, d)``: its cache."""
+    from .policies import ScoreInputs
+
+    x = ScoreInputs(state=state, cols=cols, causal=True, layer=layer, observed=observed, group=state.group,
+                    probs=probs, keys=keys, values=values)
+    s = policy.score_heads(x, kv_heads)
+    want = (cols.shape[0], kv_heads, cols.shape[1])
+    if tuple(s.shape) != want:
+        raise SlimkitError(f"policy {policy.name!r} returned per-head scores of shape {tuple(s.shape)}; "
+                           f"score_heads must return one score per key/value head and candidate, shape {want}")
+    return s
+
+
 def accumulate(state: PruneState, probs, cols, valid, k_cols, k_valid, causal: bool, layer: int = -1) -> None:
     """Add the attention each key received (summed over heads and real query rows) to its score;
     ``count`` gets how many (head, query) pairs could see it, for the causal normalisation. Where
