@@ -156,3 +156,66 @@ def test_no_long_functions_in_library_code():
                     if lines > MAX_FUNCTION_LINES:
                         long.append(f"{f.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "functions over 80 lines:\n" + "\n".join(long)
+
+
+#: the one module that may define a module-level ``__getattr__`` / ``__dir__``: the lazy-export helper's
+LAZY_EXPORT_HELPER = REPO / "core" / "slimkit" / "parts.py"
+
+
+def _own_module_getattrs(root: Path) -> list[str]:
+    """``"<file>:<line> <name>"`` for every module-level ``def __getattr__`` / ``def __dir__`` under ``root``
+    (a method of a class, such as a loader proxy's ``__getattr__``, is not a lazy export and does not count)."""
+    found = []
+    for f in sorted(root.rglob("*.py")):
+        if f == LAZY_EXPORT_HELPER:
+            continue
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in ("__getattr__", "__dir__"):
+                found.append(f"{f.relative_to(root)}:{node.lineno} {node.name}")
+    return found
+
+
+@pytest.mark.parametrize("pkg", sorted(PACKAGES))
+def test_lazy_exports_go_through_the_one_helper(pkg):
+    """A package exports names lazily with ``__getattr__, __dir__ = slimkit.parts.lazy_exports(__name__, _EXPORTS)``,
+    never with a ``__getattr__`` of its own (CONTRIBUTING.md)."""
+    own = _own_module_getattrs(PACKAGES[pkg])
+    assert not own, "use slimkit.parts.lazy_exports instead of writing __getattr__/__dir__:\n" + "\n".join(own)
+
+
+def test_the_lazy_export_check_finds_an_own_getattr(tmp_path):
+    (tmp_path / "__init__.py").write_text("def __getattr__(name):\n    raise AttributeError(name)\n")
+    (tmp_path / "loader.py").write_text("class Proxy:\n    def __getattr__(self, name):\n        return name\n")
+    assert _own_module_getattrs(tmp_path) == ["__init__.py:1 __getattr__"]
+
+
+def test_lazy_exports_imports_on_first_use_and_names_the_module_when_missing():
+    import sys
+    import types
+
+    from slimkit.parts import lazy_exports
+
+    pkg = types.ModuleType("slimkit_lazy_probe")
+    pkg.__getattr__, pkg.__dir__ = lazy_exports(pkg.__name__, {"dumps": "json", "nope": "json"})
+    sys.modules[pkg.__name__] = pkg
+    try:
+        import json
+
+        assert pkg.dumps is json.dumps and vars(pkg)["dumps"] is json.dumps  # stored: the next access is free
+        assert {"dumps", "nope"} <= set(dir(pkg))
+        with pytest.raises(AttributeError, match="module 'slimkit_lazy_probe' has no attribute 'missing'"):
+            pkg.missing
+        with pytest.raises(AttributeError, match="nope"):  # listed, but the module does not define it
+            pkg.nope
+    finally:
+        del sys.modules[pkg.__name__]
+
+
+def test_a_technique_takes_its_name_from_the_config_and_its_summary_from_the_registry():
+    from slimkit.parts import technique
+    from slimkit.registry import registry
+    from slimkit_nlp.pq.config import ProgressiveQuantConfig
+
+    t = technique(ProgressiveQuantConfig, lambda model, config: model, "ignored: the catalogue has one")
+    assert (t.name, t.config_class) == ("progressive-quant", ProgressiveQuantConfig)
+    assert t.summary == registry().techniques["progressive-quant"].summary

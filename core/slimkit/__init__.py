@@ -33,30 +33,16 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .host import HOST
+from .parts import lazy_exports
 from .technique import ModelEntry, SourceEntry, Technique
 
 # Names that need torch are imported on first use, so that ``import slimkit`` and ``slimkit --help``
 # start fast (``slimkit.goal`` works as before; ``import slimkit`` alone does not import torch).
 _LAZY = {
-    "Benchmark": "bench", "BenchContext": "bench", "benchmarks": "bench", "goal": "bench",
-    "run_benchmark": "bench", "convert": "convert",
+    "Benchmark": ".bench", "BenchContext": ".bench", "benchmarks": ".bench", "goal": ".bench",
+    "run_benchmark": ".bench", "convert": ".convert",
 }
-
-
-def __getattr__(name: str):
-    """Import a lazily exported name (``slimkit.goal``, ``slimkit.Benchmark``, ...) on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 def plugins():

@@ -187,19 +187,20 @@ COMMAND_PLUGIN: dict[str, str] = {}   # top-level plugin command -> the plugin t
 
 
 def _load_plugin_commands() -> None:
-    """Let every loaded plugin add its commands (a plugin whose hook raises is marked unavailable)."""
+    """Let every loaded plugin add its commands to ``cli``.
+
+    Failures are isolated by the host, as for every other hook (:meth:`slimkit.host.Host.call_isolated`):
+    a plugin whose hook raises is marked unavailable and the top-level commands it added are removed.
+    """
     pm = HOST.ensure_loaded()
     for impl in reversed(pm.hook.register_commands.get_hookimpls()):
         before = dict(cli.commands)
-        try:
-            impl.function(cli)
+        if HOST.call_isolated(impl, "register_commands", cli):
             COMMAND_PLUGIN.update({name: impl.plugin_name for name, cmd in cli.commands.items()
                                    if before.get(name) is not cmd})
-        except Exception as e:  # a broken plugin must not break the CLI
-            info = HOST.infos.get(impl.plugin_name)
-            if info is not None:
-                info.available = False
-                info.reason = f"register_commands failed: {type(e).__name__}: {e}"
+        else:
+            cli.commands.clear()
+            cli.commands.update(before)
 
 
 # -- the command index: `slimkit --help` without importing the plugins' command modules ----------------

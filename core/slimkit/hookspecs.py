@@ -9,16 +9,42 @@ registered or unregistered); they return nothing.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import pluggy
+
+if TYPE_CHECKING:
+    import click
+    import numpy as np
+    from torch import nn
+
+    from .technique import Technique
 
 hookspec = pluggy.HookspecMarker("slimkit")
 hookimpl = pluggy.HookimplMarker("slimkit")
 
 
+class RegisterModel(Protocol):
+    """The ``register`` that :func:`register_models` receives."""
+
+    def __call__(self, name: str, builder: Callable[..., nn.Module], summary: str = "") -> None: ...
+
+
+class RegisterSource(Protocol):
+    """The ``register`` that :func:`register_sources` receives."""
+
+    def __call__(self, scheme: str, opener: Callable[..., Iterator[np.ndarray]], summary: str = "") -> None: ...
+
+
+#: ``fn(module, inputs, output) -> int``: the Mult-Adds of one call of ``module``
+MacsCounter = Callable[["nn.Module", tuple[Any, ...], Any], int]
+
+# ``slimkit.Benchmark`` and ``slimkit.convert.Converter`` stay ``Any`` here: their modules import the
+# host, which imports this module, and modules import each other without circles (tests/test_structure.py).
+
+
 @hookspec
-def register_techniques(register: Callable[[Any], None]) -> None:
+def register_techniques(register: Callable[[Technique], None]) -> None:
     """Register model transformations.
 
     Fires: the first time ``slimkit.techniques()``, ``slimkit.apply`` or
@@ -30,7 +56,7 @@ def register_techniques(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def register_models(register: Callable[..., None]) -> None:
+def register_models(register: RegisterModel) -> None:
     """Register model builders (networks a user can build by name).
 
     Fires: the first time ``slimkit.models()`` or ``slimkit.build_model`` runs.
@@ -40,7 +66,7 @@ def register_models(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_sources(register: Callable[..., None]) -> None:
+def register_sources(register: RegisterSource) -> None:
     """Register frame sources for streaming inference.
 
     Fires: the first time ``slimkit.sources()`` or ``slimkit.open_source`` runs.
@@ -64,7 +90,7 @@ def register_benchmarks(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def register_macs_counters(register: Callable[..., None]) -> None:
+def register_macs_counters(register: Callable[[type[nn.Module], MacsCounter], None]) -> None:
     """Teach the Mult-Adds counter about a plugin's own module types.
 
     Fires: the first time ``slimkit.measure.count_macs`` runs.
@@ -75,7 +101,7 @@ def register_macs_counters(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_converters(register: Callable[..., None]) -> None:
+def register_converters(register: Callable[[Any], None]) -> None:
     """Register checkpoint converters ("bring your weights": ``slimkit convert KIND CHECKPOINT OUT``).
 
     Fires: the first time ``slimkit.convert(...)``, ``slimkit.convert.converters()``,
@@ -90,7 +116,7 @@ def register_converters(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_commands(cli: Any) -> None:
+def register_commands(cli: click.Group) -> None:
     """Add sub-commands to the ``slimkit`` command line.
 
     Fires: once, when the ``slimkit`` CLI starts.

@@ -395,8 +395,32 @@ class Host:
                     entries.append((impl.plugin_name, item))
         return offers
 
+    def call_isolated(self, impl: Any, hook_name: str, arg: Any) -> bool:
+        """Call one plugin's implementation ``impl`` of ``hook_name`` with ``arg``; a failure stays in
+        that plugin. The one place hook failures are isolated (the CLI calls ``register_commands``
+        through it too).
+
+        A hook that raises marks its plugin unavailable with the reason (``slimkit plugins`` shows it)
+        and returns ``False``: drop what it registered. A plugin split into parts whose parts partly
+        failed (``PartsFailed``) stays available with the reason noted, and returns ``True``: keep what
+        the other parts registered.
+        """
+        try:
+            impl.function(arg)
+            return True
+        except Exception as e:  # a broken plugin must not break the host, the CLI or the other plugins
+            from .parts import PartsFailed
+
+            info = self.infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
+            if isinstance(e, PartsFailed):
+                info.reason = f"{hook_name} partly failed: {e}"
+                return True
+            info.available = False
+            info.reason = f"{hook_name} failed: {type(e).__name__}: {e}"
+            return False
+
     def _call_impl(self, impl: Any, hook_name: str, make: Callable[..., Any]) -> list:
-        """The items one plugin registers; a hook that raises marks the plugin unavailable."""
+        """The items one plugin registers (none when its hook fails: :meth:`call_isolated`)."""
         plugin_name = impl.plugin_name
         items: list = []
 
@@ -406,19 +430,7 @@ class Host:
                 item.plugin = plugin_name
             items.append(item)
 
-        try:
-            impl.function(register)
-        except Exception as e:
-            info = self.infos.setdefault(plugin_name, PluginInfo(name=plugin_name))
-            from .parts import PartsFailed
-
-            if isinstance(e, PartsFailed):  # the other parts registered: keep them
-                info.reason = f"{hook_name} partly failed: {e}"
-            else:
-                info.available = False
-                info.reason = f"{hook_name} failed: {type(e).__name__}: {e}"
-                return []
-        return items
+        return items if self.call_isolated(impl, hook_name, register) else []
 
     def _settle(self, hook_name: str, offers: dict) -> tuple[dict, list[Clash]]:
         """Pick one plugin per key; returns the table and the refused registrations."""

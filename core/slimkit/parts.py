@@ -1,13 +1,18 @@
-"""Split one plugin into parts: one module per technique, each with its own hook functions.
+"""The pieces a plugin is built from: parts, lazy callables and lazy exports.
 
 A plugin's entry-point module calls ``delegate_hooks(globals(), PARTS)``; for
 every hook, the plugin then calls the function of the same name in each part
 module that defines it (parts are imported lazily, when the hook fires).
+A registration builds its ``Technique`` with ``technique(ConfigClass, apply)`` (name from the config
+class, summary from ``registry.toml``) and refers to a work function with ``lazy("package.module:function")``,
+and a package ``__init__`` exports names lazily with
+``__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)``.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any, Sequence
+import sys
+from typing import Any, Callable, Mapping, Sequence
 
 from .hookspecs import hookimpl
 
@@ -62,3 +67,56 @@ def lazy(target: str):
     call.__name__ = call.__qualname__ = attr
     call.__doc__ = f"Calls {target} (imported on first use)."
     return call
+
+
+def technique(config_class: type, apply: Callable[[Any, Any], Any], summary: str = "") -> Any:
+    """The ``slimkit.Technique`` of ``config_class``, named and described in one place each.
+
+        register(technique(TSMConfig, lazy("slimkit_video.tsm.transform:apply_tsm")))
+
+    The name is ``config_class.technique`` (the config's ``"type"``); the summary is the technique's
+    in ``registry.toml``, and ``summary`` is used only for a technique the catalogue does not list
+    (a third-party plugin's).
+    """
+    from .errors import ConfigError
+    from .registry import registry
+    from .technique import Technique
+
+    name = getattr(config_class, "technique", "")
+    if not name:
+        raise ConfigError(f"{getattr(config_class, '__qualname__', config_class)} has no technique name; "
+                          f"set the class attribute technique = \"my-technique\" on the config")
+    entry = registry().techniques.get(name)
+    return Technique(name, config_class, apply, entry.summary if entry is not None else summary)
+
+
+def lazy_exports(module_name: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The module-level ``__getattr__`` and ``__dir__`` of a package that exports names lazily.
+
+        _EXPORTS = {"TSMConfig": ".config", "temporal_shift": ".shift"}
+        __all__ = sorted(_EXPORTS)
+        __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+    ``exports`` maps each exported name to the module that defines it: relative to ``module_name``
+    when it starts with a dot (``".config"``), absolute otherwise (``"slimkit_video.online"``).
+    That module is imported on first access and the value is stored on the package, so that later
+    accesses cost nothing (and win over a submodule of the same name). Any other name raises
+    ``AttributeError`` naming the package, as a missing attribute does. Importing the package itself
+    imports none of the exporting modules (torch and transformers load only when a name is used).
+    """
+    table = dict(exports)
+
+    def __getattr__(name: str) -> Any:
+        target = table.get(name)
+        if target is None:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(target, module_name), name)
+        setattr(sys.modules[module_name], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[module_name])) | set(table))
+
+    __getattr__.__qualname__ = f"{module_name}.__getattr__"
+    __dir__.__qualname__ = f"{module_name}.__dir__"
+    return __getattr__, __dir__

@@ -55,3 +55,20 @@ def test_pack_round_trip_and_size(bits):
 def test_two_4bit_codes_per_byte():
     packed = pack(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]), 4)
     assert packed.tolist() == [[0x21, 0x43, 0x65, 0x87]]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("width", [16, 6, 3])
+def test_unpack_fast_float_equals_unpack_fast(bits, width):
+    """The decode path's float unpacking (int32 words for 1-2 bits, per-shift planes for 4) gives exactly
+    the codes ``unpack_fast`` gives, for plane widths that are and are not a multiple of 4 bytes."""
+    from slimkit_nlp.pq.quant import pack_fast, unpack_fast, unpack_fast_float
+
+    g = torch.Generator().manual_seed(bits * 100 + width)
+    codes = torch.randint(0, 1 << bits, (2, 3, 5, width * 8 // bits), generator=g)
+    packed = pack_fast(codes, bits)
+    got = unpack_fast_float(packed, bits)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, unpack_fast(packed, bits).float())
+    assert torch.equal(got, codes.float())
+    assert torch.equal(unpack_fast_float(packed[:, :, 1:4], bits), codes[:, :, 1:4].float())   # a non-contiguous view

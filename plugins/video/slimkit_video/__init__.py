@@ -5,7 +5,7 @@ Install with ``pip install 'slimkit[video]'``. Names below are imported lazily (
 """
 from __future__ import annotations
 
-import importlib
+from slimkit.parts import lazy_exports
 
 _LAZY = {
     "temporal_shift": "slimkit_video.tsm.shift",
@@ -18,18 +18,6 @@ _LAZY = {
     "CausalConv3d": "slimkit_video.online",
 }
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'slimkit_video' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = list(_LAZY)

@@ -8,15 +8,13 @@ export of the found SubTransformer as a standalone Hugging Face model.
     logits = net(sub, input_ids)            # weight-shared slice
     model = net.export(sub)                 # dense HF PreTrainedModel (save_pretrained/generate)
 """
+from slimkit.parts import lazy_exports
+
+# lazy: importing the space does not import torch/transformers models
 _EXPORTS = {
-    "HatSpace": "space", "SubConfig": "space", "sample_sub": "space", "SuperTransformer": "supernet",
-    "HatModelConfig": "modeling", "HatForCausalLM": "modeling", "HatForConditionalGeneration": "modeling",
+    "HatSpace": ".space", "SubConfig": ".space", "sample_sub": ".space", "SuperTransformer": ".supernet",
+    "HatModelConfig": ".modeling", "HatForCausalLM": ".modeling", "HatForConditionalGeneration": ".modeling",
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):  # lazy: importing the space does not import torch/transformers models
-    if name in _EXPORTS:
-        import importlib
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

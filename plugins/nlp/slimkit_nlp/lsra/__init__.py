@@ -9,20 +9,16 @@ lazily so that the command line starts fast.
 """
 from __future__ import annotations
 
-import importlib
+from slimkit.parts import lazy_exports
 
 _EXPORTS = {
-    "LiteTransformerConfig": "modeling", "LiteTransformerForCausalLM": "modeling",
-    "LiteTransformerForConditionalGeneration": "modeling", "LiteTransformerModel": "modeling",
-    "register_auto_classes": "modeling",
-    "LSRA": "modules", "ConvBranch": "modules", "LightweightConv": "modules", "DynamicConv": "modules",
-    "LSRAConfig": "config", "apply_lsra": "transform",
+    "LiteTransformerConfig": ".modeling", "LiteTransformerForCausalLM": ".modeling",
+    "LiteTransformerForConditionalGeneration": ".modeling", "LiteTransformerModel": ".modeling",
+    "register_auto_classes": ".modeling",
+    "LSRA": ".modules", "ConvBranch": ".modules", "LightweightConv": ".modules", "DynamicConv": ".modules",
+    "LSRAConfig": ".config", "apply_lsra": ".transform",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

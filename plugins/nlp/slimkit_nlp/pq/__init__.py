@@ -9,21 +9,17 @@
 Names are imported lazily, so registering the technique (``slimkit plugins``) does not import
 transformers.
 """
-import importlib
+from slimkit.parts import lazy_exports
 
 _EXPORTS = {
-    "PackedKV": "cache", "PQCache": "cache", "PQLayer": "cache", "GroupedPQLayer": "grouped",
-    "ProgressiveQuantConfig": "config",
-    "dequantize": "quant", "dequantize_msb": "quant", "join_planes": "quant", "pack": "quant",
-    "quantize": "quant", "split_planes": "quant", "unpack": "quant", "pack_fast": "quant", "unpack_fast": "quant",
-    "PQStats": "stats",
-    "apply_progressive_quant": "transform", "pq_stats": "transform", "runtime_of": "state",
+    "PackedKV": ".cache", "PQCache": ".cache", "PQLayer": ".cache", "GroupedPQLayer": ".grouped",
+    "ProgressiveQuantConfig": ".config",
+    "dequantize": ".quant", "dequantize_msb": ".quant", "join_planes": ".quant", "pack": ".quant",
+    "quantize": ".quant", "split_planes": ".quant", "unpack": ".quant", "pack_fast": ".quant", "unpack_fast": ".quant",
+    "PQStats": ".stats",
+    "apply_progressive_quant": ".transform", "pq_stats": ".transform", "runtime_of": ".state",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

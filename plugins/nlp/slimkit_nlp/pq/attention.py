@@ -19,6 +19,7 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
+from .config import CRITERION_EXPECTED_KL, CRITERION_MAX_PROB, LAYOUT_GROUPED
 from .quant import dequantize, dequantize_msb, quantize, split_planes
 from .state import ATTENTION_NAME as NAME
 from .state import layer_index_of, runtime_of
@@ -78,7 +79,7 @@ def _needs_lsb(cfg, p: torch.Tensor, q: torch.Tensor, k_scale: torch.Tensor, sca
     all rows at ``threshold >= 1``; else the max-probability test or ``expected_msb_kl``."""
     if cfg.threshold >= 1.0:
         return torch.ones(p.shape[:-1], dtype=torch.bool, device=p.device)
-    if cfg.criterion == "max_prob":
+    if cfg.criterion == CRITERION_MAX_PROB:
         return p.amax(-1) < cfg.threshold
     return expected_msb_kl(p, q, k_scale, scaling, cfg.lsb_bits, q_scale, k_msb) > cfg.kl_threshold
 
@@ -116,7 +117,7 @@ def _pq_attention(module, query, key, value, attention_mask, scaling, dropout):
     if rt is None:
         return eager_reference(module, query, key, value, attention_mask, scaling, dropout)
     cfg = rt.config
-    if cfg.layout == "grouped" or (isinstance(key, PackedKV) and getattr(key.layer, "layout", "") == "grouped"):
+    if cfg.layout == LAYOUT_GROUPED or (isinstance(key, PackedKV) and getattr(key.layer, "layout", "") == LAYOUT_GROUPED):
         return _grouped_forward(module, rt, query, key, value, attention_mask, scaling, dropout)
     msb_bits, lsb_bits = cfg.msb_bits, cfg.lsb_bits
     if scaling is None:
@@ -194,7 +195,7 @@ def _attend_packed(rt, layer, q_msb, q_full, attention_mask, scaling, q_scale=No
     recomputed = 0
     if lsb_bits > 0 and cfg.threshold > 0.0:
         k_msb = None
-        if q_scale is not None and cfg.criterion == "expected_kl" and cfg.threshold < 1.0:
+        if q_scale is not None and cfg.criterion == CRITERION_EXPECTED_KL and cfg.threshold < 1.0:
             k_msb = msb * (ks * float(1 << lsb_bits)) + (ks * mid + kz)      # MSB-only keys, for the query term
         need = _needs_lsb(cfg, p, q_msb, layer.k_scale, scaling, q_scale, k_msb)  # [B, H, Lq]
         recomputed = int(need.sum())
@@ -311,7 +312,7 @@ def attend_grouped(cfg, layer, query: torch.Tensor, attention_mask, scaling: flo
         s_hi = torch.matmul(qg, k_hi.transpose(-1, -2))
         p = finish(s_hi)
         pg = p.view(b, hkv, g * lq, t)
-        if cfg.criterion == "max_prob":
+        if cfg.criterion == CRITERION_MAX_PROB:
             need = pg.amax(-1) < thr
         else:
             need = _expected_kl_grouped(cfg, layer, pg, qg, scaling) > cfg.kl_threshold
@@ -357,7 +358,7 @@ def attend_grouped_reference(cfg, layer, query: torch.Tensor, attention_mask, sc
         need = torch.zeros(b, h, lq, dtype=torch.bool)
     elif thr >= 1.0:
         need = torch.ones(b, h, lq, dtype=torch.bool)
-    elif cfg.criterion == "max_prob":
+    elif cfg.criterion == CRITERION_MAX_PROB:
         need = p_hi.amax(-1) < thr
     else:
         step2 = (layer.k_scale.float() * float(1 << lsb)).square().repeat_interleave(cfg.key_group, dim=2)

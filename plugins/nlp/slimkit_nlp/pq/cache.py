@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
+from .config import GRID_MSB, LAYOUT_GROUPED
 from .handles import PackedKV  # noqa: F401  (re-exported from its former home)
 from .layer_base import PackedLayerBase
 from .quant import dequantize, join_planes, pack, quantize, split_planes, unpack, unpack_uint8
@@ -38,10 +39,10 @@ class PQLayer(PackedLayerBase):
     is_croppable = True
 
     def __init__(self, msb_bits: int, lsb_bits: int, value_bits: int, return_handles: bool = True,
-                 grid: str = "msb"):
+                 grid: str = GRID_MSB):
         self.is_initialized = False
         self.msb_bits, self.lsb_bits, self.value_bits = msb_bits, lsb_bits, value_bits
-        self.align_bits = lsb_bits if grid == "msb" else 0
+        self.align_bits = lsb_bits if grid == GRID_MSB else 0
         self.return_handles = return_handles
         self.length = 0
         self._clear()
@@ -200,7 +201,7 @@ class PQCache(Cache):
         self.msb_bits, self.lsb_bits, self.value_bits = cfg.msb_bits, cfg.lsb_bits, cfg.value_bits
         handles = bool(return_handles)
 
-        if cfg.layout == "grouped":
+        if cfg.layout == LAYOUT_GROUPED:
             from .grouped import GroupedPQLayer
 
             def make():

@@ -6,6 +6,20 @@ from slimkit import ConfigError, TechniqueConfig
 
 FAST_BITS = (1, 2, 4, 8)
 
+# The values of the config's string fields, written once (the ``Literal`` annotations below repeat them).
+#: ``layout``: keys per channel over groups of ``key_group`` tokens, packed planes (the default)
+LAYOUT_GROUPED = "grouped"
+#: ``layout``: keys and queries per head and token over head_dim (config version 1)
+LAYOUT_TOKEN = "token"
+#: ``criterion``: recompute a row with the LSBs when its largest MSB probability is under ``threshold``
+CRITERION_MAX_PROB = "max_prob"
+#: ``criterion``: recompute a row when its estimated KL(exact || MSB-only) exceeds ``kl_threshold``
+CRITERION_EXPECTED_KL = "expected_kl"
+#: ``grid``: the ``msb+lsb``-bit grid aligned so that the MSB plane alone is static ``msb``-bit quantization
+GRID_MSB = "msb"
+#: ``grid``: the plain min..max grid
+GRID_MINMAX = "minmax"
+
 
 @dataclass
 class ProgressiveQuantConfig(TechniqueConfig):
@@ -69,12 +83,12 @@ class ProgressiveQuantConfig(TechniqueConfig):
     lsb_bits: int = 2
     threshold: float = 1.0
     value_bits: int = 4
-    criterion: Literal["max_prob", "expected_kl"] = "expected_kl"
+    criterion: Literal["max_prob", "expected_kl"] = CRITERION_EXPECTED_KL
     kl_threshold: float = 2e-3
-    grid: Literal["msb", "minmax"] = "minmax"
+    grid: Literal["msb", "minmax"] = GRID_MINMAX
     quantize_queries: bool = True
     cache: bool = True
-    layout: Literal["grouped", "token"] = "grouped"
+    layout: Literal["grouped", "token"] = LAYOUT_GROUPED
     key_group: int = 32
     value_group: int = 64
     residual_length: int = 8
@@ -82,13 +96,13 @@ class ProgressiveQuantConfig(TechniqueConfig):
     value_rotation: bool = True
     keep_views: bool = False
 
-    V1_DEFAULTS: ClassVar[dict] = dict(msb_bits=6, lsb_bits=4, threshold=0.1, value_bits=8, criterion="max_prob",
-                                       kl_threshold=1e-3, grid="msb", quantize_queries=True, cache=True)
+    V1_DEFAULTS: ClassVar[dict] = dict(msb_bits=6, lsb_bits=4, threshold=0.1, value_bits=8, criterion=CRITERION_MAX_PROB,
+                                       kl_threshold=1e-3, grid=GRID_MSB, quantize_queries=True, cache=True)
 
     @classmethod
     def migrate(cls, data: dict, from_version: int) -> dict:
         if from_version < 2:  # version 1: per-token layout only, and its defaults for any field left out
-            data = {**cls.V1_DEFAULTS, **data, "layout": "token"}
+            data = {**cls.V1_DEFAULTS, **data, "layout": LAYOUT_TOKEN}
         return data
 
     def validate(self) -> None:
@@ -106,7 +120,7 @@ class ProgressiveQuantConfig(TechniqueConfig):
             raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}; use e.g. threshold=0.1 "
                               f"(1.0 always recomputes with the LSBs, 0.0 never)")
 
-        if self.layout == "grouped":
+        if self.layout == LAYOUT_GROUPED:
             for name in ("msb_bits", "lsb_bits", "value_bits"):
                 bits = getattr(self, name)
                 if bits not in FAST_BITS and not (name == "lsb_bits" and bits == 0):
@@ -130,7 +144,7 @@ class ProgressiveQuantConfig(TechniqueConfig):
     @property
     def align_bits(self) -> int:
         """``lsb_bits`` passed to ``quantize`` for keys and queries (0 on the min..max grid)."""
-        return self.lsb_bits if self.grid == "msb" else 0
+        return self.lsb_bits if self.grid == GRID_MSB else 0
 
     @property
     def key_bits(self) -> int:

@@ -32,8 +32,9 @@ import torch
 
 from slimkit.errors import ConfigError
 
+from .config import LAYOUT_GROUPED
 from .layer_base import PackedLayerBase
-from .quant import pack_fast, quantize_grouped, unpack, unpack_fast
+from .quant import pack_fast, quantize_grouped, unpack, unpack_fast_float
 
 STORE_DTYPE = torch.float16  # residual window
 
@@ -41,7 +42,7 @@ STORE_DTYPE = torch.float16  # residual window
 def check_dims(cfg, head_dim: int, value_dim: int | None = None) -> None:
     """ConfigError when the grouped layout cannot hold ``head_dim``-wide heads with ``cfg``."""
     value_dim = head_dim if value_dim is None else value_dim
-    if cfg.layout != "grouped":
+    if cfg.layout != LAYOUT_GROUPED:
         return
     vg = value_group_for(cfg, value_dim)
     if value_dim % vg:
@@ -113,7 +114,7 @@ class GroupedPQLayer(PackedLayerBase):
     is_sliding = False
     is_compileable = False
     is_croppable = True
-    layout = "grouped"
+    layout = LAYOUT_GROUPED
     _FIELDS = ("k_msb", "k_lsb", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero", "k_res", "v_res")
 
     def __init__(self, cfg, return_handles: bool = True):
@@ -325,15 +326,15 @@ class GroupedPQLayer(PackedLayerBase):
         with ``keep_views=False`` dequantized now from the packed planes (one shift-and-mask per plane)."""
         if self.cfg.keep_views or not self.k_len:
             return self._k_hi.view(), self._k_full.view(), self._k_res_f
-        msb = unpack_fast(self.k_msb, self.msb_bits)
-        lsb = unpack_fast(self.k_lsb, self.lsb_bits) if self.lsb_bits else None
+        msb = unpack_fast_float(self.k_msb, self.msb_bits)
+        lsb = unpack_fast_float(self.k_lsb, self.lsb_bits) if self.lsb_bits and self.needs_full_view else None
         hi, full = self._dequantize_keys(msb, lsb, self.k_scale, self.k_zero)
         return hi, full, self._k_res_f
 
     def value_views(self):
         if self.cfg.keep_views or not self.v_len:
             return self._v.view(), self._v_res_f
-        codes = unpack_fast(self.v_codes, self.value_bits)
+        codes = unpack_fast_float(self.v_codes, self.value_bits)
         return self._dequantize_values(codes, self.v_scale, self.v_zero), self._v_res_f
 
     def reference_key_planes(self) -> tuple[torch.Tensor, torch.Tensor]:

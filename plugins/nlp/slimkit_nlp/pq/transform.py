@@ -11,7 +11,7 @@ from slimkit_nlp.compat import cache_name, output_cache, pick_cache
 from slimkit_nlp.families import resolve_family
 
 from .attention import register
-from .config import ProgressiveQuantConfig
+from .config import LAYOUT_GROUPED, ProgressiveQuantConfig
 from .state import ATTENTION_NAME as NAME
 from .state import PQRuntime, attach_runtime, runtime_of
 from .stats import PQStats
@@ -110,7 +110,7 @@ def check_positions(model, config: ProgressiveQuantConfig) -> None:
     """``ConfigError`` when the grouped layout would never quantize a key within the model's positions: keys
     leave the float16 window only in whole groups of ``key_group`` beyond the newest ``residual_length``."""
     limit = _max_positions(model)
-    if config.layout != "grouped" or limit is None or config.key_group + config.residual_length <= limit:
+    if config.layout != LAYOUT_GROUPED or limit is None or config.key_group + config.residual_length <= limit:
         return
     raise ConfigError(f"key_group={config.key_group} + residual_length={config.residual_length} = "
                       f"{config.key_group + config.residual_length} tokens exceed the {limit} positions of this "

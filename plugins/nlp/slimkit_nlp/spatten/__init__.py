@@ -13,21 +13,17 @@ Encoders (BERT, RoBERTa) and decoders (GPT-2, Llama; ``generate()`` with cache e
 
 Names are imported lazily, so registering the technique does not import transformers.
 """
-import importlib
+from slimkit.parts import lazy_exports
 
 _EXPORTS = {
-    "SpattenConfig": "config", "keep_schedule": "schedule", "LayerStats": "stats", "SpattenStats": "stats",
-    "apply_spatten": "transform", "load_pretrained": "transform", "remove_spatten": "transform",
-    "restore": "transform", "spatten_config": "transform", "distill": "finetune",
-    "save_deltas": "finetune", "load_deltas": "finetune", "mean_pool": "textdata",
-    "kv_budget_schedule": "schedule", "TokenPolicy": "policies", "ScoreInputs": "policies",
-    "register_policy": "policies", "get_policy": "policies", "policy_names": "policies",
+    "SpattenConfig": ".config", "keep_schedule": ".schedule", "LayerStats": ".stats", "SpattenStats": ".stats",
+    "apply_spatten": ".transform", "load_pretrained": ".transform", "remove_spatten": ".transform",
+    "restore": ".transform", "spatten_config": ".transform", "distill": ".finetune",
+    "save_deltas": ".finetune", "load_deltas": ".finetune", "mean_pool": ".textdata",
+    "kv_budget_schedule": ".schedule", "TokenPolicy": ".policies", "ScoreInputs": ".policies",
+    "register_policy": ".policies", "get_policy": ".policies", "policy_names": ".policies",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
