@@ -219,3 +219,76 @@ def test_a_technique_takes_its_name_from_the_config_and_its_summary_from_the_reg
     t = technique(ProgressiveQuantConfig, lambda model, config: model, "ignored: the catalogue has one")
     assert (t.name, t.config_class) == ("progressive-quant", ProgressiveQuantConfig)
     assert t.summary == registry().techniques["progressive-quant"].summary
+
+
+#: where a registration module may add commands: the ``cli`` its ``register_commands(cli)`` receives
+CLICK_ADDERS = {"add_command", "command", "group"}
+
+
+def _root_name(node: ast.expr) -> str | None:
+    """``cli`` for ``cli.commands["nlp"].add_command``: the name an attribute/subscript chain starts from."""
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _is_literal_text(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _literal_technique_texts(call: ast.Call) -> list[str]:
+    """What ``call`` spells out that must come from the config class (name) or ``registry.toml`` (summary)."""
+    func = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", None)
+    keywords = {k.arg: k.value for k in call.keywords}
+    if func == "Technique":  # Technique(name, config_class, apply, summary)
+        args = {"name": call.args[0] if call.args else keywords.get("name"),
+                "summary": call.args[3] if len(call.args) > 3 else keywords.get("summary")}
+    elif func == "technique":  # technique(config_class, apply, summary)
+        args = {"summary": call.args[2] if len(call.args) > 2 else keywords.get("summary")}
+    else:
+        return []
+    return [f"{func}() with a literal {what}" for what, value in args.items() if _is_literal_text(value)]
+
+
+def _registration_problems(root: Path) -> list[str]:
+    """``"<file>:<line> <problem>"`` for every registration module under ``root`` that names or describes a
+    technique with a string literal, or adds commands to a click group other than the hook's ``cli``."""
+    found = []
+    for f in sorted(root.rglob("registration.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            problems = _literal_technique_texts(node)
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in CLICK_ADDERS and _root_name(func.value) != "cli":
+                problems.append(f"{_root_name(func.value)}.{func.attr}(): commands go to the cli the hook receives")
+            found += [(str(f.relative_to(root)), node.lineno, p) for p in problems]
+    return [f"{name}:{line} {problem}" for name, line, problem in sorted(found)]
+
+
+@pytest.mark.parametrize("pkg", ["slimkit_video", "slimkit_nlp"])
+def test_registration_takes_names_from_configs_summaries_from_the_registry_and_commands_to_cli(pkg):
+    """``register(technique(Config, apply))`` and commands added to the hook's ``cli`` (CONTRIBUTING.md)."""
+    wrong = _registration_problems(PACKAGES[pkg])
+    assert not wrong, "register techniques with slimkit.parts.technique(Config, apply) and add commands " \
+                      "to register_commands' cli:\n" + "\n".join(wrong)
+
+
+def test_the_registration_check_finds_literals_and_global_groups(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "registration.py").write_text(
+        "def register_techniques(register):\n"
+        "    register(slimkit.Technique('x', XConfig, apply, 'does x'))\n"
+        "    register(technique(YConfig, apply, summary=f'does {y}'))\n"
+        "    register(technique(ZConfig, apply))\n"
+        "def register_commands(cli):\n"
+        "    from slimkit_nlp.cli import nlp\n"
+        "    nlp.add_command(demo, 'demo')\n"
+        "    cli.commands['nlp'].add_command(train, 'train')\n"
+        "    cli.add_command(hat)\n")
+    assert _registration_problems(tmp_path) == [
+        "a/registration.py:2 Technique() with a literal name",
+        "a/registration.py:2 Technique() with a literal summary",
+        "a/registration.py:3 technique() with a literal summary",
+        "a/registration.py:7 nlp.add_command(): commands go to the cli the hook receives",
+    ]

@@ -523,10 +523,3 @@ def _train_command():
 
     return train
 
-
-def register_train_command() -> None:
-    """Add ``train`` to the ``slimkit nlp`` group (once)."""
-    from .cli import nlp
-
-    if "train" not in nlp.commands:
-        nlp.add_command(_train_command())

@@ -417,16 +417,11 @@ def _open_data(spec: str, split: str, args: dict):
     return VideoDataset.from_folder(p, skip_corrupt=args["skip_corrupt"], **common)
 
 
-def register_cli() -> None:
-    """Add ``train`` to the ``slimkit video`` group."""
+def train_command():
+    """The ``slimkit video train`` click command (the ``tsm`` part adds it to the ``video`` group it is given)."""
     import click
 
-    from .cli import video
-
-    if "train" in video.commands:
-        return
-
-    @video.command("train")
+    @click.command("train")
     @click.option("--data", required=True,
                   help="'synthetic' (generated temporal-order clips), a folder with one sub-folder per "
                        "class, or a saved Hugging Face datasets folder of video paths and labels.")
@@ -463,6 +458,8 @@ def register_cli() -> None:
     def train_command(**args):
         """Train a TSM (or TSN) video classifier; runs as is or under `accelerate launch`."""
         run_train_command(args, click.echo)
+
+    return train_command
 
 
 def run_train_command(args: dict, echo) -> None:
@@ -510,4 +507,4 @@ def run_train_command(args: dict, echo) -> None:
 
 
 __all__ = ["train", "evaluate", "TrainResult", "save_checkpoint", "load_checkpoint", "checkpoint_info",
-           "register_cli"]
+           "train_command"]

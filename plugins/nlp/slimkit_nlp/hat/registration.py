@@ -10,12 +10,11 @@ _BENCH = "slimkit_nlp.benchmarks.hat"
 
 
 def register_techniques(register) -> None:
-    from slimkit import Technique
+    from slimkit.parts import technique
 
     from .config import HatConfig
 
-    register(Technique("hat", HatConfig, lazy("slimkit_nlp.hat.transform:apply_hat"),
-                       "HAT SuperTransformer from GPT-2: latency predictor, evolutionary search, standalone export"))
+    register(technique(HatConfig, lazy("slimkit_nlp.hat.transform:apply_hat")))
 
 
 def register_benchmarks(register) -> None:

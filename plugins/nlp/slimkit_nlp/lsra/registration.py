@@ -3,20 +3,12 @@ counters, the ``lsra-cost`` / ``lsra-quality`` benchmarks and the ``slimkit nlp 
 from __future__ import annotations
 
 
-def _apply(model, config):
-    from .transform import apply_lsra
-
-    return apply_lsra(model, config)
-
-
 def register_techniques(register) -> None:
-    from slimkit import Technique
+    from slimkit.parts import lazy, technique
 
     from .config import LSRAConfig
 
-    register(Technique("lsra", LSRAConfig, _apply,
-                       "Lite Transformer: Long-Short Range Attention (attention half + convolution half) for "
-                       "GPT-2 / BERT-family models"))
+    register(technique(LSRAConfig, lazy("slimkit_nlp.lsra.transform:apply_lsra")))
 
 
 def _lite_causal_lm(**options):
@@ -71,6 +63,7 @@ def register_benchmarks(register) -> None:
 
 
 def register_commands(cli) -> None:
-    from slimkit_nlp.train import register_train_command
+    """``slimkit nlp train``, in the ``nlp`` group of ``cli`` (added by :mod:`slimkit_nlp.cli`)."""
+    from slimkit_nlp.train import _train_command
 
-    register_train_command()
+    cli.commands["nlp"].add_command(_train_command(), "train")

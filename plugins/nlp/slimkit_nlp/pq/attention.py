@@ -280,17 +280,19 @@ def _expected_kl_grouped(cfg, layer, p: torch.Tensor, qg: torch.Tensor, scaling:
 
 
 def attend_grouped(cfg, layer, query: torch.Tensor, attention_mask, scaling: float):
-    """Fast attention on a ``GroupedPQLayer`` from its float32 views (one matmul per read plane).
+    """Fast attention on a ``GroupedPQLayer``, one matmul per read plane, never a dequantized copy of the cache.
 
     -> ``(probabilities [B, H, Lq, T], output [B, H, Lq, D], rows recomputed, LSB bytes read)``.
-    Queries are grouped per key/value head (``[B, Hkv, G*Lq, D]``) so GQA needs no key copies."""
+    Queries are grouped per key/value head (``[B, Hkv, G*Lq, D]``) so GQA needs no key copies. Packed mode
+    folds the scales and zeros into the queries and probabilities instead of dequantizing the keys and values
+    (``_key_scores``, ``_value_output``); ``keep_views=True`` reads its float32 views."""
     b, h, lq, d = query.shape
     hkv = layer.k_res.shape[1]
     g = h // hkv
-    t, tk, tv = layer.length, layer.k_len, layer.v_len
+    t, tk = layer.length, layer.k_len
     qg = query.float().reshape(b, hkv, g * lq, d)
-    k_hi, k_full, k_res = layer.key_views()
     lsb, thr = cfg.lsb_bits, cfg.threshold
+    keys = _KeyReader(cfg, layer, qg)
 
     def finish(s_q):
         s = s_res if s_q is None else (torch.cat([s_q, s_res], dim=-1) if s_res.shape[-1] else s_q)
@@ -299,41 +301,110 @@ def attend_grouped(cfg, layer, query: torch.Tensor, attention_mask, scaling: flo
             s = s + attention_mask[..., :t].to(s.dtype)
         return torch.softmax(s, dim=-1)
 
-    s_res = torch.matmul(qg, k_res.transpose(-1, -2))
+    s_res = torch.matmul(qg, keys.k_res.transpose(-1, -2))
     recomputed = read = 0
     if tk == 0:
         p = finish(None)
     elif lsb == 0 or thr <= 0.0:
-        p = finish(torch.matmul(qg, k_hi.transpose(-1, -2)))
+        p = finish(keys.scores(full=False))
     elif thr >= 1.0:
-        p = finish(torch.matmul(qg, k_full.transpose(-1, -2)))
+        p = finish(keys.scores(full=True))
         recomputed, read = b * h * lq, layer.lsb_bytes()
     else:
-        s_hi = torch.matmul(qg, k_hi.transpose(-1, -2))
+        s_hi = keys.scores(full=False)
         p = finish(s_hi)
         pg = p.view(b, hkv, g * lq, t)
-        if cfg.criterion == CRITERION_MAX_PROB:
+        if cfg.criterion == "max_prob":
             need = pg.amax(-1) < thr
         else:
             need = _expected_kl_grouped(cfg, layer, pg, qg, scaling) > cfg.kl_threshold
         pairs = need.any(-1)                                                        # [B, Hkv]
         if bool(pairs.any()):
             recomputed = int(need.sum())
-            if bool(pairs.all()):
-                s_full, read = torch.matmul(qg, k_full.transpose(-1, -2)), layer.lsb_bytes()
-            else:
+            s_full, read = keys.scores(full=True), layer.lsb_bytes()
+            if not bool(pairs.all()):
                 b_idx, h_idx = pairs.nonzero(as_tuple=True)
-                s_full = s_hi.clone()
-                s_full[b_idx, h_idx] = torch.matmul(qg[b_idx, h_idx], k_full[b_idx, h_idx].transpose(-1, -2))
+                s_full = s_hi.clone().index_put_((b_idx, h_idx), s_full[b_idx, h_idx])
                 read = layer.lsb_bytes(b_idx, h_idx)
             p = torch.where(need.view(b, h, lq, 1), finish(s_full), p)
-    pg = p.view(b, hkv, g * lq, t)
-    v_q, v_res = layer.value_views()
-    out = torch.matmul(pg[..., tv:], v_res) if t > tv else None
-    if tv:
-        o = torch.matmul(pg[..., :tv] if t > tv else pg, v_q)
-        out = o if out is None else out + o
+    out = _value_output(cfg, layer, p.view(b, hkv, g * lq, t))
     return p, out.view(b, h, lq, -1), recomputed, read
+
+
+class _KeyReader:
+    """Attention logits ``q . k`` of the quantized keys of a ``GroupedPQLayer`` without dequantizing them.
+
+    A key is ``k = code * s + z`` per group of ``key_group`` tokens and channel, so for a query ``q``:
+    ``q . k = (q * s) . code + q . z``: the scale goes into the (few) queries, the zero point into one small
+    matmul per group. MSB-only keys read ``code = msb * 2**lsb + (2**lsb - 1) / 2`` (the bucket centre), full
+    keys ``code = msb * 2**lsb + lsb``: one matmul per plane. ``keep_views=True`` multiplies the views."""
+
+    def __init__(self, cfg, layer, qg: torch.Tensor):
+        self.cfg, self.layer, self.qg = cfg, layer, qg
+        self.k_res = layer.key_views()[2] if cfg.keep_views or not layer.k_len else layer._k_res_f
+        self._planes = None
+
+    def scores(self, full: bool) -> torch.Tensor:
+        """``[B, Hkv, R, Tk]`` logits (unscaled) of the queries ``qg [B, Hkv, R, D]`` against the quantized keys."""
+        layer, qg = self.layer, self.qg
+        if self.cfg.keep_views:
+            hi, whole, _ = layer.key_views()
+            return torch.matmul(qg, (whole if full else hi).transpose(-1, -2))
+        if self._planes is None:
+            self._planes = layer.key_planes()
+        msb, lsb = self._planes
+        step = float(1 << layer.lsb_bits)
+        s, z = layer.k_scale.float(), layer.k_zero.float()                                # [B, Hkv, n, D]
+        if not full:
+            z = z + s * ((step - 1.0) / 2.0)
+        planes = [(msb, step)] + ([(lsb, 1.0)] if full and lsb is not None else [])
+        return _grouped_logits(qg, planes, s, z, self.cfg.key_group)
+
+
+def _grouped_logits(qg: torch.Tensor, planes, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+    """``sum_i w_i * (qg * scale) . codes_i + qg . zero`` per token: ``qg [B, Hkv, R, D]``, ``planes``: pairs
+    ``(codes [B, Hkv, n * group, D] float, w)``, ``scale``/``zero [B, Hkv, n, D]`` per group of ``group``
+    tokens -> ``[B, Hkv, R, n * group]``."""
+    b, hk, r, d = qg.shape
+    n = scale.shape[2]
+    qs = qg.unsqueeze(2) * scale.unsqueeze(3)                                         # [B, Hkv, n, R, D]
+    out = None
+    for codes, w in planes:
+        part = torch.matmul(qs, codes.view(b, hk, n, group, d).transpose(-1, -2))     # [B, Hkv, n, R, G]
+        out = part * w if out is None else out + part * w if w != 1.0 else out + part
+    bias = torch.matmul(qg, zero.transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)   # [B, Hkv, n, R, 1]
+    return (out + bias).permute(0, 1, 3, 2, 4).reshape(b, hk, r, n * group)
+
+
+def _value_output(cfg, layer, pg: torch.Tensor) -> torch.Tensor:
+    """``pg [B, Hkv, R, T] @ values`` -> ``[B, Hkv, R, D]``: the residual window exactly; the quantized values
+    ``(code * s + z) @ rotation`` (per token and group of channels) as ``((pg * s) @ code + pg @ z) @ rotation``:
+    scales into the probabilities, the rotation applied to the ``R`` output rows, not to every cached token."""
+    tv, t = layer.v_len, pg.shape[-1]
+    v_res = layer._v_res_f if not (cfg.keep_views or not tv) else layer.value_views()[1]
+    out = torch.matmul(pg[..., tv:], v_res) if t > tv else None
+    if not tv:
+        return out
+    p = pg[..., :tv] if t > tv else pg
+    if cfg.keep_views:
+        o = torch.matmul(p, layer.value_views()[0])
+    else:
+        o = _grouped_values(p, layer.value_codes(), layer.v_scale.float(), layer.v_zero.float(), layer.value_group)
+        if layer.rotation is not None:
+            o = torch.matmul(o, layer.rotation)
+    return o if out is None else out + o
+
+
+def _grouped_values(p: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                    group: int) -> torch.Tensor:
+    """``p [B, Hkv, R, T]`` times values ``codes * scale + zero`` (``codes [B, Hkv, T, D]``, ``scale``/``zero
+    [B, Hkv, T, D / group]`` per token and group of channels) -> ``[B, Hkv, R, D]``."""
+    parts = []
+    for j in range(scale.shape[-1]):
+        sl = slice(j * group, (j + 1) * group)
+        o = torch.matmul(p * scale[..., j].unsqueeze(-2), codes[..., sl])
+        parts.append(o + torch.matmul(p, zero[..., j:j + 1]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
 
 def attend_grouped_reference(cfg, layer, query: torch.Tensor, attention_mask, scaling: float):

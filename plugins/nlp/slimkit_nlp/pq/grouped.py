@@ -337,6 +337,19 @@ class GroupedPQLayer(PackedLayerBase):
         codes = unpack_fast_float(self.v_codes, self.value_bits)
         return self._dequantize_values(codes, self.v_scale, self.v_zero), self._v_res_f
 
+    def key_planes(self):
+        """Packed mode (``keep_views=False``): ``(msb float codes, lsb float codes or None)`` ``[B, H, Tk, D]`` of
+        the quantized keys, unpacked once (keys are ``(msb * 2**lsb_bits + lsb) * scale + zero`` per group of
+        ``key_group`` tokens and channel); the LSB plane only where rows may be recomputed."""
+        msb = unpack_fast_float(self.k_msb, self.msb_bits)
+        lsb = unpack_fast_float(self.k_lsb, self.lsb_bits) if self.lsb_bits and self.needs_full_view else None
+        return msb, lsb
+
+    def value_codes(self) -> torch.Tensor:
+        """Packed mode: the quantized values' float codes ``[B, H, Tv, D]`` (in the rotated basis with
+        ``value_rotation``): values are ``(codes * scale + zero) @ rotation`` per token and group of channels."""
+        return unpack_fast_float(self.v_codes, self.value_bits)
+
     def reference_key_planes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """MSB and LSB codes ``int32 [B, H, Tk, D]`` read with the generic ``quant.unpack``."""
         msb = unpack(self.k_msb, self.msb_bits, self.head_dim)

@@ -2,21 +2,13 @@
 from __future__ import annotations
 
 
-def _apply(model, config):
-    from .transform import apply_progressive_quant  # imports transformers: only when used
-
-    return apply_progressive_quant(model, config)
-
-
 def register_techniques(register) -> None:
-    from slimkit import Technique
+    from slimkit.parts import lazy, technique
 
     from .config import ProgressiveQuantConfig
 
-    register(Technique("progressive-quant", ProgressiveQuantConfig, _apply,
-                       "SpAtten progressive quantization: MSB-first attention, LSB recompute for flat rows "
-                       "(or by an expected-KL test), "
-                       "packed low-bit KV cache"))
+    # the transform imports transformers: lazy() imports it only when the technique is applied
+    register(technique(ProgressiveQuantConfig, lazy("slimkit_nlp.pq.transform:apply_progressive_quant")))
 
 
 def register_benchmarks(register) -> None:

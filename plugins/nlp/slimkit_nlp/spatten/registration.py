@@ -3,13 +3,11 @@ from __future__ import annotations
 
 
 def register_techniques(register) -> None:
-    from slimkit import Technique
-    from slimkit.parts import lazy
+    from slimkit.parts import lazy, technique
 
     from .config import SpattenConfig
 
-    register(Technique("spatten", SpattenConfig, lazy("slimkit_nlp.spatten.transform:apply_spatten"),
-                       "SpAtten cascade token and head pruning for HF encoders and decoders (real removal)"))
+    register(technique(SpattenConfig, lazy("slimkit_nlp.spatten.transform:apply_spatten")))
 
 
 def register_benchmarks(register) -> None:
@@ -34,9 +32,7 @@ def register_benchmarks(register) -> None:
 
 
 def register_commands(cli) -> None:
-    from slimkit_nlp.cli import nlp
-
+    """``slimkit nlp demo``, in the ``nlp`` group of ``cli`` (added by :mod:`slimkit_nlp.cli`)."""
     from .demo import demo_command
 
-    if "demo" not in nlp.commands:
-        nlp.add_command(demo_command, "demo")
+    cli.commands["nlp"].add_command(demo_command, "demo")

@@ -2,21 +2,13 @@
 
 Its benchmarks are registered by :mod:`slimkit_video.benchmarks`.
 """
-import slimkit
+from slimkit.parts import lazy, technique
 
 from .config import R2Plus1DConfig
 
 
-def _apply(model, config):
-    from .transform import apply_r2plus1d
-    return apply_r2plus1d(model, config)
-
-
 def register_techniques(register) -> None:
-    register(slimkit.Technique(
-        "r2plus1d", R2Plus1DConfig, _apply,
-        "Split 3D convolutions into spatial 1xkxk + temporal tx1x1 ones (R(2+1)D, P3D), "
-        "data-free from trained weights by truncated SVD"))
+    register(technique(R2Plus1DConfig, lazy("slimkit_video.r2plus1d.transform:apply_r2plus1d")))
 
 
 def _r3d(**options):

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 
 def register_techniques(register) -> None:
-    from slimkit import Technique
+    from slimkit.parts import lazy, technique
 
     from .config import TSMConfig
-    from .transform import apply_tsm
 
-    register(Technique("tsm", TSMConfig, apply_tsm,
-                       "Temporal Shift Module: temporal modelling for any 2D CNN at zero extra FLOPs"))
+    register(technique(TSMConfig, lazy("slimkit_video.tsm.transform:apply_tsm")))
 
 
 def register_commands(cli) -> None:
-    from slimkit_video.train import register_cli
+    from slimkit_video.train import train_command
 
-    register_cli()
+    if "train" not in cli.commands["video"].commands:
+        cli.commands["video"].add_command(train_command(), "train")
