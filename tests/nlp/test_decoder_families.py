@@ -204,6 +204,27 @@ def test_spatten_half_keeps_fewer_keys(name):
     assert len(kv) == LAYERS and max(kv[1:]) < dense and sum(kv) < LAYERS * dense
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_spatten_per_kv_head_selection(name):
+    """``kv_heads="separate"`` on every family (sliding windows, soft-caps, left padding): a score shared by all
+    heads (``streaming``) gives exactly the shared selection's generation; ``observed`` keeps the budget."""
+    ids, am = prompts()
+    outs = []
+    with torch.no_grad():
+        for kv_heads in ("shared", "separate"):
+            m = slimkit.apply(model(name), "spatten", token_keep=0.5, policy="streaming", prefill_pruning=False,
+                              kv_heads=kv_heads, sink_tokens=2)
+            outs.append(m.generate(input_ids=ids, attention_mask=am, **GEN))
+        m = slimkit.apply(model(name), "spatten", token_keep=0.5, policy="observed", prefill_pruning=False,
+                          kv_heads="separate", observe_queries=4, sink_tokens=2)
+        out = m.generate(input_ids=ids, attention_mask=am, **GEN)
+    assert torch.equal(outs[0], outs[1])
+    assert out.shape == outs[0].shape
+    kv = m.spatten_stats.kv_tokens
+    dense = float(am.sum()) / 2 + GEN["max_new_tokens"] - 1
+    assert len(kv) == LAYERS and max(kv) < dense
+
+
 #: near-lossless settings per layout, and the largest logit error measured on these models (+ margin)
 PQ = {"token": (dict(layout="token", msb_bits=8, lsb_bits=8, threshold=1.0, value_bits=16), 1e-3),
       "grouped": (dict(layout="grouped", msb_bits=8, lsb_bits=8, threshold=1.0, value_bits=8), 2e-2)}

@@ -32,7 +32,8 @@ class SpattenConfig(TechniqueConfig):
         (cumulative attention, normalised by the number of queries that could see a token in causal
         models) is the paper's score; ``window`` scores by the attention of the newest prompt queries in
         each layer (a question at the end of the prompt steers what is kept) and ``spatten_window``
-        averages both; ``per_layer``, ``random``, ``streaming`` (sinks + recent window) and ``h2o``
+        averages both; ``observed`` averages the attention received from every prompt query with the
+        window's (with ``prefill_pruning=False, kv_heads="separate"``: the most faithful setting); ``per_layer``, ``random``, ``streaming`` (sinks + recent window) and ``h2o``
         (accumulated attention + recent window) are baselines. ``register_policy`` adds your own.
     prefill_pruning: decoders: ``True`` (SpAtten's cascade): pruned tokens leave later layers during
         prefill, which shortens it (time to first token). ``False``: every layer sees the whole prompt and

@@ -428,6 +428,12 @@ def finish_layer(w: Walk, li: int, layer, ctx, units: int, n_keys: int, k_valid,
     w.stats.head_ids.append(w.heads_cur)
 
 
+def _cached_tokens(valid: torch.Tensor) -> float:
+    """Real tokens a layer caches, summed over the batch: ``valid (B, n)``, or ``(B, Hkv, n)`` when each key/value
+    head keeps its own tokens (the same number per head: the mean over heads)."""
+    return float(valid.sum()) / (valid.shape[1] if valid.dim() == 3 else 1)
+
+
 # -- after the layers ----------------------------------------------------------------------------------
 def end(w: Walk) -> SpattenModelOutput:
     """Final norm, statistics and the output with its pruning information."""
@@ -438,7 +444,7 @@ def end(w: Walk) -> SpattenModelOutput:
         w.full[w.valid.nonzero(as_tuple=True)[0], kept[w.valid]] = h[w.valid]
     w.stats.kept_indices = kept
     if w.cache is not None:
-        w.stats.kv_tokens = [float(s[1].sum()) / w.B if s is not None else 0.0 for s in state.slots]
+        w.stats.kv_tokens = [_cached_tokens(s[1]) / w.B if s is not None else 0.0 for s in state.slots]
     w.rt.publish(w.stats)
     pooler = fam.pooler(w.bb)
     return SpattenModelOutput(

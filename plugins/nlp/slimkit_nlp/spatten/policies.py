@@ -26,6 +26,11 @@ Built in:
   query's attention in the layer is added. Computed inside the cascade: the tokens it drops leave the
   later layers' prefill, which presses cannot do.
 * ``spatten_window``: both, each normalised to a distribution over the candidates, averaged.
+* ``observed``: the attention a token received from *every* prompt query of the layer (divided by how many
+  queries could see it, as kvpress's ObservedAttentionPress) averaged with the observation window's.
+* With ``kv_heads="separate"`` each key/value head keeps its own tokens by ``score_heads`` (the default
+  gives every head ``score``; ``per_layer``, ``window``/``window_group`` and ``observed`` score each head by
+  its group of query heads).
 * baselines: ``per_layer`` (this layer's attention only), ``random``, ``streaming`` (sinks and the
   newest tokens), ``h2o`` (accumulated attention plus a recent window).
 """
