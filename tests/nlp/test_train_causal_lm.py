@@ -99,7 +99,7 @@ def test_same_trainer_runs_in_two_processes(tmp_path):
 
     script = tmp_path / "run.py"
     script.write_text(
-        "import json, sys, torch\n"
+        "import json, os, sys, torch\n"
         "torch.set_num_threads(1)\n"
         "from slimkit_nlp.train import build_causal_lm, train_causal_lm\n"
         "torch.manual_seed(0)\n"
@@ -108,12 +108,15 @@ def test_same_trainer_runs_in_two_processes(tmp_path):
         "r = train_causal_lm(m, text, text, block_size=16, batch_size=2, steps=3, eval_tokens=512,\n"
         "                    show_progress=False, output_dir=sys.argv[1])\n"
         "w = next(m.parameters()).detach().flatten()[:4].tolist()\n"
-        "print('RESULT', json.dumps({'n': r['num_processes'], 'loss': r['eval_loss'], 'w': w}))\n")
+        "rank = os.environ['RANK']\n"
+        "with open(os.path.join(sys.argv[2], 'result-' + rank + '.json'), 'w') as f:\n"
+        "    json.dump({'n': r['num_processes'], 'loss': r['eval_loss'], 'w': w}, f)\n")
     torchrun = Path(sys.executable).with_name("torchrun")
-    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(tmp_path / "out")],
+    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(tmp_path / "out"), str(tmp_path)],
                          capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
-    rows = [json.loads(line.split("RESULT ", 1)[1]) for line in res.stdout.splitlines() if "RESULT " in line]
+    # each rank writes its own file (two processes printing to one pipe can lose or merge lines)
+    rows = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
     assert len(rows) == 2 and all(r["n"] == 2 for r in rows)
     assert rows[0] == rows[1]  # same weights and same (all-reduced) eval loss in both processes
     assert (tmp_path / "out" / "metrics.json").exists()
