@@ -165,11 +165,11 @@ def _check_budget(rt: SpattenRuntime, cfg, k: torch.Tensor, n_real: torch.Tensor
 
 
 def _sdpa(q, k, v, mask, scaling: float) -> torch.Tensor:
-    """PyTorch's fused attention, ``(B, L, H, d)``; ``k``/``v`` with fewer (grouped) heads are repeated."""
-    if k.shape[1] != q.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling).transpose(1, 2)
+    """PyTorch's fused attention, ``(B, L, H, d)``; ``k``/``v`` with fewer (grouped) heads are read in place
+    (``enable_gqa``: no repeated copies of the cache every step)."""
+    gqa = k.shape[1] != q.shape[1]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
+                                                            enable_gqa=gqa).transpose(1, 2)
 
 
 def _compress_after_prefill(state: PruneState, cfg, rt: SpattenRuntime, cache, layer: int, probs, cols, valid,
