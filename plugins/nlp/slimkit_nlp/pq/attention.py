@@ -341,7 +341,7 @@ class _KeyReader:
 
     def __init__(self, cfg, layer, qg: torch.Tensor):
         self.cfg, self.layer, self.qg = cfg, layer, qg
-        self.k_res = layer.key_views()[2] if cfg.keep_views or not layer.k_len else layer._k_res_f
+        self.k_res = layer.residual_views()[0]
         self._planes = None
 
     def scores(self, full: bool) -> torch.Tensor:
@@ -371,7 +371,8 @@ def _grouped_logits(qg: torch.Tensor, planes, scale: torch.Tensor, zero: torch.T
     out = None
     for codes, w in planes:
         part = torch.matmul(qs, codes.view(b, hk, n, group, d).transpose(-1, -2))     # [B, Hkv, n, R, G]
-        out = part * w if out is None else out + part * w if w != 1.0 else out + part
+        part = part * w if w != 1.0 else part
+        out = part if out is None else out + part
     bias = torch.matmul(qg, zero.transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)   # [B, Hkv, n, R, 1]
     return (out + bias).permute(0, 1, 3, 2, 4).reshape(b, hk, r, n * group)
 
@@ -381,7 +382,7 @@ def _value_output(cfg, layer, pg: torch.Tensor) -> torch.Tensor:
     ``(code * s + z) @ rotation`` (per token and group of channels) as ``((pg * s) @ code + pg @ z) @ rotation``:
     scales into the probabilities, the rotation applied to the ``R`` output rows, not to every cached token."""
     tv, t = layer.v_len, pg.shape[-1]
-    v_res = layer._v_res_f if not (cfg.keep_views or not tv) else layer.value_views()[1]
+    v_res = layer.residual_views()[1]
     out = torch.matmul(pg[..., tv:], v_res) if t > tv else None
     if not tv:
         return out

@@ -323,19 +323,22 @@ class GroupedPQLayer(PackedLayerBase):
     # -- reading -----------------------------------------------------------------------------
     def key_views(self):
         """``(MSB-only keys or None, full keys or None, residual keys)`` float32: views of the buffers, or
-        with ``keep_views=False`` dequantized now from the packed planes (one shift-and-mask per plane)."""
+        with ``keep_views=False`` dequantized now from the packed planes (``key_planes``). Attention does not
+        need them in packed mode (``attention.attend_grouped`` reads the planes)."""
         if self.cfg.keep_views or not self.k_len:
             return self._k_hi.view(), self._k_full.view(), self._k_res_f
-        msb = unpack_fast_float(self.k_msb, self.msb_bits)
-        lsb = unpack_fast_float(self.k_lsb, self.lsb_bits) if self.lsb_bits and self.needs_full_view else None
-        hi, full = self._dequantize_keys(msb, lsb, self.k_scale, self.k_zero)
+        hi, full = self._dequantize_keys(*self.key_planes(), self.k_scale, self.k_zero)
         return hi, full, self._k_res_f
 
     def value_views(self):
+        """``(quantized values, residual values)`` float32, dequantized now in packed mode (``value_codes``)."""
         if self.cfg.keep_views or not self.v_len:
             return self._v.view(), self._v_res_f
-        codes = unpack_fast_float(self.v_codes, self.value_bits)
-        return self._dequantize_values(codes, self.v_scale, self.v_zero), self._v_res_f
+        return self._dequantize_values(self.value_codes(), self.v_scale, self.v_zero), self._v_res_f
+
+    def residual_views(self):
+        """``(keys, values)`` float32 ``[B, H, n, D]`` of the newest tokens kept unquantized."""
+        return self._k_res_f, self._v_res_f
 
     def key_planes(self):
         """Packed mode (``keep_views=False``): ``(msb float codes, lsb float codes or None)`` ``[B, H, Tk, D]`` of

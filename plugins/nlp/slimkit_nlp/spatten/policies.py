@@ -126,14 +126,20 @@ class CumulativeAttention(TokenPolicy):
         return _normalised_cumulative(x)
 
 
+def _previous_layer_received(x: ScoreInputs) -> torch.Tensor:
+    """``(B, n)``: attention the candidates received in the latest scored layer (per query that could see
+    them, in causal models)."""
+    s = x.state.last.gather(1, x.cols)
+    return s / x.state.last_count.gather(1, x.cols).clamp(min=1.0) if x.causal else s
+
+
 class PerLayerAttention(TokenPolicy):
     """The previous layer's attention only (no accumulation across layers)."""
 
     name = "per_layer"
 
     def score(self, x: ScoreInputs) -> torch.Tensor:
-        s = x.state.last.gather(1, x.cols)
-        return s / x.state.last_count.gather(1, x.cols).clamp(min=1.0) if x.causal else s
+        return _previous_layer_received(x)
 
 
     def score_heads(self, x: ScoreInputs, kv_heads: int) -> torch.Tensor:
@@ -289,7 +295,7 @@ class ObservedAndWindow(ObservationWindow):
         if x.probs is not None:
             received = received_per_group(x.probs, x.state.col_valid, x.cols, 1)[:, 0]
         else:
-            received = PerLayerAttention().score(x)
+            received = _previous_layer_received(x)
         return 0.5 * (_as_distribution(received) + _as_distribution(super().score(x)))
 
     def score_heads(self, x: ScoreInputs, kv_heads: int) -> torch.Tensor:
