@@ -99,6 +99,14 @@ def test_pq_groups_longer_than_the_model_are_refused():
     slimkit.apply(tiny_gpt2(positions=32), "progressive-quant", layout="token", msb_bits=4, lsb_bits=4)
 
 
+def test_pq_groups_that_do_not_fill_whole_bytes_are_refused():
+    with pytest.raises(ConfigError) as e:                   # 1-bit values pack 8 tokens per byte
+        slimkit.make_config("progressive-quant", value_bits=1, key_group=12)
+    msg = _one_sentence(e)
+    assert "key_group=12 is not a multiple of 8" in msg and "key_group=8" in msg
+    slimkit.make_config("progressive-quant", value_bits=1, key_group=16)
+
+
 # -- lsra ------------------------------------------------------------------------------------------
 def test_lsra_kernels_that_cannot_work_are_refused():
     with pytest.raises(ConfigError) as e:

@@ -54,6 +54,7 @@ def _layer(cfg, t, b=2, hkv=2, d=16, seed=0):
     dict(msb_bits=2, lsb_bits=0, value_bits=2, value_group=4, value_rotation=False),
     dict(grid="msb", threshold=0.5, kl_threshold=0.0), dict(threshold=0.5, kl_threshold=0.05, residual_length=0),
     dict(keep_views=False), dict(keep_views=False, threshold=0.5, kl_threshold=1e-4, residual_length=0),
+    dict(msb_bits=8, lsb_bits=8, value_bits=8, threshold=0.5, kl_threshold=1e-4),   # 16-bit joined key codes
 ])
 @pytest.mark.parametrize("lq", [1, 6])
 def test_fast_attention_equals_the_reference_on_the_same_packed_cache(opts, lq):

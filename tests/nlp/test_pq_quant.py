@@ -58,17 +58,28 @@ def test_two_4bit_codes_per_byte():
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
-@pytest.mark.parametrize("width", [16, 6, 3])
-def test_unpack_fast_float_equals_unpack_fast(bits, width):
-    """The decode path's float unpacking (int32 words for 1-2 bits, per-shift planes for 4) gives exactly
-    the codes ``unpack_fast`` gives, for plane widths that are and are not a multiple of 4 bytes."""
-    from slimkit_nlp.pq.quant import pack_fast, unpack_fast, unpack_fast_float
+def test_token_packing_round_trips_and_matches_its_definition(bits):
+    """``pack_tokens`` puts token ``k*u + i`` of channel ``c`` in bits ``bits*i ..`` of byte ``[u, c]``; the fast
+    ``unpack_tokens`` equals the token-by-token reference and returns the codes, also on a non-contiguous slice."""
+    from slimkit_nlp.pq.quant import pack_tokens, unpack_tokens, unpack_tokens_reference
 
-    g = torch.Generator().manual_seed(bits * 100 + width)
-    codes = torch.randint(0, 1 << bits, (2, 3, 5, width * 8 // bits), generator=g)
-    packed = pack_fast(codes, bits)
-    got = unpack_fast_float(packed, bits)
-    assert got.dtype == torch.float32
-    assert torch.equal(got, unpack_fast(packed, bits).float())
-    assert torch.equal(got, codes.float())
-    assert torch.equal(unpack_fast_float(packed[:, :, 1:4], bits), codes[:, :, 1:4].float())   # a non-contiguous view
+    k = 8 // bits
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 1 << bits, (2, 3, 4 * k, 6), generator=g)
+    packed = pack_tokens(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, 3, 4, 6)
+    u, c, i = 1, 2, k - 1   # one byte, written from the definition
+    expected = sum(int(codes[0, 0, k * u + j, c]) << (bits * j) for j in range(k))
+    assert int(packed[0, 0, u, c]) == expected
+    assert int(codes[0, 0, k * u + i, c]) == (int(packed[0, 0, u, c]) >> (bits * i)) % (1 << bits)
+    got = unpack_tokens(packed, bits)
+    assert got.dtype == torch.uint8 and torch.equal(got.long(), codes)
+    assert torch.equal(unpack_tokens_reference(packed, bits), codes)
+    assert torch.equal(unpack_tokens(packed[:, 1:, 1:3], bits).long(), codes[:, 1:, k:3 * k])
+
+
+def test_token_packing_needs_whole_bytes_of_tokens():
+    from slimkit_nlp.pq.quant import pack_tokens
+
+    with pytest.raises(ValueError, match="multiple of 4 tokens"):
+        pack_tokens(torch.zeros(1, 1, 6, 8, dtype=torch.uint8), 2)

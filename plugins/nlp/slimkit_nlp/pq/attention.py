@@ -332,12 +332,14 @@ def attend_grouped(cfg, layer, query: torch.Tensor, attention_mask, scaling: flo
 
 
 class _KeyReader:
-    """Attention logits ``q . k`` of the quantized keys of a ``GroupedPQLayer`` without dequantizing them.
+    """Attention logits ``q . k`` of the quantized keys of a ``GroupedPQLayer``.
 
-    A key is ``k = code * s + z`` per group of ``key_group`` tokens and channel, so for a query ``q``:
-    ``q . k = (q * s) . code + q . z``: the scale goes into the (few) queries, the zero point into one small
-    matmul per group. MSB-only keys read ``code = msb * 2**lsb + (2**lsb - 1) / 2`` (the bucket centre), full
-    keys ``code = msb * 2**lsb + lsb``: one matmul per plane. ``keep_views=True`` multiplies the views."""
+    A key is ``k = code * s + z`` per group of ``key_group`` tokens and channel. MSB-only keys read
+    ``code = msb * 2**lsb + (2**lsb - 1) / 2`` (the bucket centre), full keys ``code = msb * 2**lsb + lsb``. In
+    packed mode the planes are unpacked once per call (``GroupedPQLayer.key_planes``), joined as integers, and
+    dequantized into one transient float32 tensor (one ``addcmul``) for one matmul: measured faster on CPU than
+    folding the scales into per-group query copies (many tiny batched matmuls). ``keep_views=True`` multiplies
+    the float32 views."""
 
     def __init__(self, cfg, layer, qg: torch.Tensor):
         self.cfg, self.layer, self.qg = cfg, layer, qg
@@ -350,31 +352,32 @@ class _KeyReader:
         if self.cfg.keep_views:
             hi, whole, _ = layer.key_views()
             return torch.matmul(qg, (whole if full else hi).transpose(-1, -2))
+        return torch.matmul(qg, self.keys(full).transpose(-1, -2))
+
+    def keys(self, full: bool) -> torch.Tensor:
+        """Packed mode: the quantized keys ``[B, Hkv, Tk, D]`` float32, MSB-only or full."""
+        layer = self.layer
         if self._planes is None:
             self._planes = layer.key_planes()
         msb, lsb = self._planes
-        step = float(1 << layer.lsb_bits)
+        lsb_bits = layer.lsb_bits
         s, z = layer.k_scale.float(), layer.k_zero.float()                                # [B, Hkv, n, D]
-        if not full:
-            z = z + s * ((step - 1.0) / 2.0)
-        planes = [(msb, step)] + ([(lsb, 1.0)] if full and lsb is not None else [])
-        return _grouped_logits(qg, planes, s, z, self.cfg.key_group)
+        if full and lsb is not None:
+            wide = msb if layer.msb_bits + lsb_bits <= 8 else msb.to(torch.int32)
+            codes = (wide << lsb_bits) | lsb
+        else:  # the MSB code alone: scale by the MSB step, the bucket centre into the zero point
+            step = float(1 << lsb_bits)
+            codes, z, s = msb, z + s * ((step - 1.0) / 2.0), s * step
+        return dequantize_grouped(codes, s, z)
 
 
-def _grouped_logits(qg: torch.Tensor, planes, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
-    """``sum_i w_i * (qg * scale) . codes_i + qg . zero`` per token: ``qg [B, Hkv, R, D]``, ``planes``: pairs
-    ``(codes [B, Hkv, n * group, D] float, w)``, ``scale``/``zero [B, Hkv, n, D]`` per group of ``group``
-    tokens -> ``[B, Hkv, R, n * group]``."""
-    b, hk, r, d = qg.shape
+def dequantize_grouped(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """``codes [B, H, n * G, D]`` (integers) with ``scale``/``zero [B, H, n, D]`` per group of ``G`` consecutive
+    tokens and channel -> ``codes * scale + zero`` float32 ``[B, H, n * G, D]`` (one ``addcmul``)."""
+    b, h, t, d = codes.shape
     n = scale.shape[2]
-    qs = qg.unsqueeze(2) * scale.unsqueeze(3)                                         # [B, Hkv, n, R, D]
-    out = None
-    for codes, w in planes:
-        part = torch.matmul(qs, codes.view(b, hk, n, group, d).transpose(-1, -2))     # [B, Hkv, n, R, G]
-        part = part * w if w != 1.0 else part
-        out = part if out is None else out + part
-    bias = torch.matmul(qg, zero.transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)   # [B, Hkv, n, R, 1]
-    return (out + bias).permute(0, 1, 3, 2, 4).reshape(b, hk, r, n * group)
+    out = torch.addcmul(zero.unsqueeze(3), codes.view(b, h, n, t // n, d), scale.unsqueeze(3))
+    return out.view(b, h, t, d)
 
 
 def _value_output(cfg, layer, pg: torch.Tensor) -> torch.Tensor:

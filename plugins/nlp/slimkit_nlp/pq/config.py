@@ -131,6 +131,11 @@ class ProgressiveQuantConfig(TechniqueConfig):
             if not 1 <= self.key_group <= 4096:
                 raise ConfigError(f"key_group must be between 1 and 4096 tokens, got {self.key_group}; "
                                   f"use e.g. key_group=32")
+            per_byte = max(8 // bits for bits in (self.msb_bits, self.lsb_bits, self.value_bits) if bits)
+            if self.key_group % per_byte:
+                raise ConfigError(f"key_group={self.key_group} is not a multiple of {per_byte}: the grouped layout packs "
+                                  f"{per_byte} tokens per byte at {8 // per_byte} bits, so whole key groups must fill "
+                                  f"whole bytes; use e.g. key_group={max(per_byte, self.key_group // per_byte * per_byte)}")
             if self.value_group < 0:
                 raise ConfigError(f"value_group must be 0 (whole head) or a positive divisor of head_dim, got "
                                   f"{self.value_group}; use e.g. value_group=32")

@@ -5,26 +5,28 @@ Per layer, for ``[batch, kv_heads, time, head_dim]`` states (``D``: head_dim, ``
 
 - keys, quantized **per channel** over groups of ``G`` consecutive tokens (KIVI: rotary models have
   large per-channel outliers in their keys), at ``msb_bits + lsb_bits`` bits on the MSB-aligned grid
-  and split into two packed planes: ``k_msb uint8 [B, H, Tk, D * msb / 8]``, ``k_lsb uint8 [B, H, Tk,
-  D * lsb / 8]``, ``k_scale, k_zero float16 [B, H, Tk / G, D]``;
+  and split into two planes packed along the token axis: ``k_msb uint8 [B, H, Tk * msb / 8, D]``, ``k_lsb
+  uint8 [B, H, Tk * lsb / 8, D]``, ``k_scale, k_zero float16 [B, H, Tk / G, D]``;
 - values, quantized **per token** in groups of ``g`` channels along head_dim (after an orthonormal
-  Hadamard rotation of head_dim with ``value_rotation``, undone when they are dequantized): ``v_codes uint8 [B, H, Tv,
-  D * value_bits / 8]``, ``v_scale, v_zero float16 [B, H, Tv, D / g]``;
+  Hadamard rotation of head_dim with ``value_rotation``, undone when they are dequantized): ``v_codes uint8 [B, H,
+  Tv * value_bits / 8, D]``, ``v_scale, v_zero float16 [B, H, Tv, D / g]``;
 - a residual window in float16: ``k_res [B, H, T - Tk, D]`` (the newest ``residual_length`` tokens plus
   the tokens of the key group still being filled, fewer than ``G``), ``v_res [B, H, T - Tv, D]`` (the
   newest ``residual_length`` tokens).
 
-``nbytes()`` is the sum of these tensors. Codes are packed ``8 / bits`` per byte (``quant.pack_fast``,
-byte-identical to ``quant.pack`` for these widths) and unpacked with one shift-and-mask expression.
+``nbytes()`` is the sum of these tensors. Codes are packed ``8 / bits`` per byte along the token axis (byte
+``[u, c]`` holds channel ``c`` of tokens ``k*u .. k*u + k - 1``, ``quant.pack_tokens``), so that a decode step
+unpacks a plane with one shift and one mask over whole rows of ``D`` bytes (``quant.unpack_tokens``); key groups
+and flushed value chunks are whole multiples of ``8 / bits`` tokens (``key_group`` is checked).
 
 Compute views (``view_bytes()``, not part of ``nbytes``): the attention reads float32 copies of the
 dequantized prefix (MSB-only keys, full keys where the recompute test can ask for them, values) and of
 the residual window, kept in preallocated buffers that grow by doubling. Each quantized chunk is
 dequantized once, when it enters the cache, so a decode step dequantizes nothing but its own token
-(and, every ``G`` steps, one key group). With ``keep_views=False`` no view of the prefix is kept: each call
-dequantizes the packed planes (one shift-and-mask per plane, vectorised), so the resident memory is the
-packed cache, at a cost in decode speed. ``reference_*`` rebuild the same tensors from the packed
-planes with the generic per-plane ``quant.unpack`` (the slow reference the tests compare against).
+(and, every ``G`` steps, one key group). With ``keep_views=False`` (the default) no view of the prefix is kept:
+each call unpacks the planes (one shift and one mask per plane) and dequantizes them into a transient float32
+tensor, so the resident memory is the packed cache. ``reference_*`` rebuild the same tensors from the packed
+planes token by token (``quant.unpack_tokens_reference``, the slow reference the tests compare against).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from slimkit.errors import ConfigError
 
 from .config import LAYOUT_GROUPED
 from .layer_base import PackedLayerBase
-from .quant import pack_fast, quantize_grouped, unpack, unpack_fast_float
+from .quant import pack_tokens, quantize_grouped, unpack_tokens, unpack_tokens_reference
 
 STORE_DTYPE = torch.float16  # residual window
 
@@ -140,11 +142,12 @@ class GroupedPQLayer(PackedLayerBase):
     @property
     def k_len(self) -> int:
         """Tokens whose keys are quantized (a multiple of ``key_group``)."""
-        return 0 if self.k_msb is None else self.k_msb.shape[2]
+        return 0 if self.k_msb is None else self.k_msb.shape[2] * (8 // self.msb_bits)
 
     @property
     def v_len(self) -> int:
-        return 0 if self.v_codes is None else self.v_codes.shape[2]
+        """Tokens whose values are quantized."""
+        return 0 if self.v_codes is None else self.v_codes.shape[2] * (8 // self.value_bits)
 
     @property
     def needs_hi_view(self) -> bool:
@@ -174,8 +177,8 @@ class GroupedPQLayer(PackedLayerBase):
         codes = codes.transpose(-1, -2).reshape(b, h, t, d)
         scale, zero = scale.squeeze(-1), zero.squeeze(-1)                          # [B, H, n, D]
         msb, lsb = codes >> self.lsb_bits, codes & ((1 << self.lsb_bits) - 1)
-        planes = (pack_fast(msb, self.msb_bits),
-                  pack_fast(lsb, self.lsb_bits) if self.lsb_bits else msb.new_empty(b, h, t, 0))
+        planes = (pack_tokens(msb, self.msb_bits),
+                  pack_tokens(lsb, self.lsb_bits) if self.lsb_bits else msb.new_empty(b, h, 0, d))
         hi, full = self._dequantize_keys(msb, lsb, scale, zero)
         return (*planes, scale, zero, hi, full)
 
@@ -201,7 +204,7 @@ class GroupedPQLayer(PackedLayerBase):
             x = torch.matmul(x, self.rotation)
         codes, scale, zero = quantize_grouped(x.reshape(b, h, t, d // g, g), self.value_bits)
         codes = codes.reshape(b, h, t, d)
-        return pack_fast(codes, self.value_bits), scale.squeeze(-1), zero.squeeze(-1), \
+        return pack_tokens(codes, self.value_bits), scale.squeeze(-1), zero.squeeze(-1), \
             self._dequantize_values(codes, scale.squeeze(-1), zero.squeeze(-1))
 
     def _dequantize_values(self, codes, scale, zero):
@@ -281,7 +284,7 @@ class GroupedPQLayer(PackedLayerBase):
             if full is not None:
                 self._k_full.append(full)
         if self.v_codes is not None and self.v_len:
-            self._v.append(self._dequantize_values(unpack(self.v_codes, self.value_bits, self.value_dim),
+            self._v.append(self._dequantize_values(unpack_tokens(self.v_codes, self.value_bits),
                                                    self.v_scale, self.v_zero))
 
 
@@ -341,22 +344,22 @@ class GroupedPQLayer(PackedLayerBase):
         return self._k_res_f, self._v_res_f
 
     def key_planes(self):
-        """Packed mode (``keep_views=False``): ``(msb float codes, lsb float codes or None)`` ``[B, H, Tk, D]`` of
-        the quantized keys, unpacked once (keys are ``(msb * 2**lsb_bits + lsb) * scale + zero`` per group of
+        """Packed mode (``keep_views=False``): ``(msb codes, lsb codes or None)``, ``uint8 [B, H, Tk, D]``, of the
+        quantized keys, unpacked once (keys are ``(msb * 2**lsb_bits + lsb) * scale + zero`` per group of
         ``key_group`` tokens and channel); the LSB plane only where rows may be recomputed."""
-        msb = unpack_fast_float(self.k_msb, self.msb_bits)
-        lsb = unpack_fast_float(self.k_lsb, self.lsb_bits) if self.lsb_bits and self.needs_full_view else None
+        msb = unpack_tokens(self.k_msb, self.msb_bits)
+        lsb = unpack_tokens(self.k_lsb, self.lsb_bits) if self.lsb_bits and self.needs_full_view else None
         return msb, lsb
 
     def value_codes(self) -> torch.Tensor:
         """Packed mode: the quantized values' float codes ``[B, H, Tv, D]`` (in the rotated basis with
         ``value_rotation``): values are ``(codes * scale + zero) @ rotation`` per token and group of channels."""
-        return unpack_fast_float(self.v_codes, self.value_bits)
+        return unpack_tokens(self.v_codes, self.value_bits).float()
 
     def reference_key_planes(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """MSB and LSB codes ``int32 [B, H, Tk, D]`` read with the generic ``quant.unpack``."""
-        msb = unpack(self.k_msb, self.msb_bits, self.head_dim)
-        lsb = unpack(self.k_lsb, self.lsb_bits, self.head_dim) if self.lsb_bits else torch.zeros_like(msb)
+        """MSB and LSB codes ``int64 [B, H, Tk, D]`` read token by token (``quant.unpack_tokens_reference``)."""
+        msb = unpack_tokens_reference(self.k_msb, self.msb_bits)
+        lsb = unpack_tokens_reference(self.k_lsb, self.lsb_bits) if self.lsb_bits else torch.zeros_like(msb)
         return msb, lsb
 
     def reference_keys(self, full: bool = True) -> torch.Tensor:
@@ -377,7 +380,7 @@ class GroupedPQLayer(PackedLayerBase):
     def reference_values(self) -> torch.Tensor:
         parts = []
         if self.v_len:
-            parts.append(self._dequantize_values(unpack(self.v_codes, self.value_bits, self.value_dim),
+            parts.append(self._dequantize_values(unpack_tokens_reference(self.v_codes, self.value_bits),
                                                  self.v_scale, self.v_zero))
         parts.append(self.v_res.float())
         return torch.cat(parts, dim=2)

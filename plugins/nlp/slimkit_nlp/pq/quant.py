@@ -9,8 +9,6 @@ wherever it is computed.
 """
 from __future__ import annotations
 
-import sys
-
 import torch
 
 SCALE_DTYPE = torch.float16
@@ -164,24 +162,50 @@ def unpack_fast(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).flatten(-2)
 
 
-def unpack_fast_float(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """``unpack_fast(packed, bits).float()`` without the uint8 round trip: ``uint8 [..., W]`` -> ``float32
-    codes [..., W * 8 / bits]``, the cheapest way measured on CPU (the decode step unpacks every plane).
+def pack_tokens(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack ``codes [..., T, D]`` (values < 2**bits, ``bits`` in 1, 2, 4, 8; ``T`` a multiple of ``k = 8 / bits``)
+    along the token axis into ``uint8 [..., T / k, D]``: byte ``[..., u, c]`` holds channel ``c`` of tokens
+    ``k*u .. k*u + k - 1``, token ``k*u + i`` in bits ``bits*i .. bits*i + bits - 1`` (the first token lowest).
 
-    Broadcasting a shift over a short last dimension does not vectorize well, so: for 1- and 2-bit codes the
-    bytes are read as little-endian int32 words (16 or 32 codes per shift, in order); for 4-bit codes each
-    shift runs over the whole contiguous plane and writes its strided slot of the output."""
+    Packing along tokens rather than channels lets ``unpack_tokens`` broadcast its shifts over whole rows of
+    ``D`` bytes, which vectorizes on CPUs (a shift over a short last dimension of 4 codes does not)."""
     if bits == 8:
-        return packed.float()
-    m = (1 << bits) - 1
-    if bits <= 2 and packed.shape[-1] % 4 == 0 and sys.byteorder == "little":
-        words = packed.contiguous().view(torch.int32)
-        shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=packed.device)
-        return ((words.unsqueeze(-1) >> shifts) & m).flatten(-2).float()
-    out = packed.new_empty(*packed.shape, 8 // bits, dtype=torch.float32)
-    for i, shift in enumerate(range(0, 8, bits)):
-        out[..., i] = (packed >> shift) & m
-    return out.flatten(-2)
+        return codes.to(torch.uint8)
+    k = 8 // bits
+    if codes.shape[-2] % k:
+        raise ValueError(f"pack_tokens needs a multiple of {k} tokens for {bits}-bit codes, got {codes.shape[-2]}")
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=codes.device).view(k, 1)
+    c = codes.to(torch.uint8).unflatten(-2, (-1, k)) << shifts                   # [..., T / k, k, D]
+    return c.sum(-2, dtype=torch.uint8)                                            # disjoint bits: the sum is an OR
+
+
+def unpack_tokens(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of ``pack_tokens``: ``uint8 [..., T / k, D]`` -> ``uint8 codes [..., T, D]``, one shift and one
+    mask broadcast over rows of ``D`` bytes (``unpack_tokens_reference`` is the loop it must equal)."""
+    if bits == 8:
+        return packed
+    return ((packed.unsqueeze(-2) >> _token_shifts(bits, packed.device)) & ((1 << bits) - 1)).flatten(-3, -2)
+
+
+_SHIFTS: dict = {}
+
+
+def _token_shifts(bits: int, device) -> torch.Tensor:
+    """``uint8 [8 / bits, 1]``: the bit offset of each token in a byte (made once per width and device)."""
+    key = (bits, str(device))
+    if key not in _SHIFTS:
+        _SHIFTS[key] = torch.arange(0, 8, bits, dtype=torch.uint8, device=device).view(8 // bits, 1)
+    return _SHIFTS[key]
+
+
+def unpack_tokens_reference(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """``unpack_tokens`` written token by token from the definition in ``pack_tokens`` -> ``int64 [..., T, D]``."""
+    k = 8 // bits
+    rows = []
+    for u in range(packed.shape[-2]):
+        byte = packed[..., u, :].long()
+        rows += [(byte >> (bits * i)) % (1 << bits) for i in range(k)]
+    return torch.stack(rows, -2) if rows else packed.new_zeros(*packed.shape[:-2], 0, packed.shape[-1]).long()
 
 
 def quantize_grouped(x: torch.Tensor, bits: int, lsb_bits: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
