@@ -53,6 +53,17 @@ _BACKEND_MODULE = {"quanto": "optimum.quanto", "hqq": "hqq"}
 _BACKEND_PIP = {"quanto": "optimum-quanto", "hqq": "hqq"}
 
 
+FP32_SDPA = "fp32 DynamicCache (sdpa)"   # the same weights with PyTorch's fused attention: reported beside the goal
+
+
+def _with_sdpa(model):
+    """A copy of ``model`` that shares its weights and runs ``attn_implementation="sdpa"``."""
+    memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    m = copy.deepcopy(model, memo)
+    m.set_attn_implementation("sdpa")
+    return m
+
+
 class QuantizedCacheMethod(Method):
     """transformers' ``QuantizedCache(backend, nbits)`` with its defaults (groups of 64, axis 0,
     residual window of 128 float tokens)."""
@@ -205,7 +216,7 @@ def run(ctx) -> dict:
     prompts = load_prompts(tok, n=n_prompts, prompt_tokens=PROMPT_TOKENS, continuation_tokens=CONTINUATION_TOKENS,
                            seed=ctx.seed)
     dense = DenseMethod(model, name="fp32 DynamicCache")
-    methods: list[Method] = [dense]
+    methods: list[Method] = [dense, DenseMethod(_with_sdpa(model), name=FP32_SDPA)]
     for backend, nbits in QUANTIZED:
         methods.append(QuantizedCacheMethod(model, backend, nbits))
     pq_model = slimkit.apply(copy.deepcopy(model), "progressive-quant")
@@ -262,6 +273,7 @@ def run(ctx) -> dict:
         sk.goal("pq decode tok/s / fp32 cache", pq["decode_vs_fp32"], 0.9, unit="x"),
         sk.goal("pq prefill s / fp32 cache", pq["prefill_vs_fp32"], 1.25, higher_is_better=False, unit="x"),
     ]
+    sdpa = by[FP32_SDPA]
     return {
         "model": "SmolLM2-135M-Instruct (fp32, eager attention), slimkit_nlp.models.load_smollm2",
         "transformers_version": transformers.__version__,
@@ -271,6 +283,10 @@ def run(ctx) -> dict:
         "kv_bytes_note": "after prompt + decode tokens: every tensor the cache holds (codes, scales, zeros, "
                          "residual windows); pq's float32 compute views are reported as view_bytes",
         "pq_default": _to_dict_fields(ProgressiveQuantConfig()),
+        "pq_decode_vs_fp32_sdpa": pq["decode_tok_s"] / sdpa["decode_tok_s"],
+        "fp32_note": "the goals compare with the fp32 cache under the eager attention every method here runs "
+                     f"(kvpress and the pq recompute test need the probabilities); {FP32_SDPA!r} is the same "
+                     "model with PyTorch's fused attention, reported for reference",
         "rows": rows, "goals": goals,
     }
 
