@@ -258,3 +258,23 @@ def test_measurement_store_resumes_and_separates_settings(tmp_path, monkeypatch)
     assert other.path != a.path and other.measure("continuation/0/dense", work) and len(calls) == 2
     a.path.write_text("{broken")                                      # a damaged file costs a re-measurement only
     assert MeasurementStore("toy", {"prompts": 2}).measure("continuation/0/dense", work) and len(calls) == 3
+
+
+def test_measurement_store_fingerprints_single_source_files_and_prompt_content(tmp_path, monkeypatch):
+    """A store keyed on one source file starts afresh when that file changes, not when another does; prompts
+    are keyed by their token ids, so the same window gets the same key whatever its index in a run."""
+    import torch
+
+    from slimkit_nlp.benchmarks.llm_eval import MeasurementStore, prompt_key
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+    harness, technique = tmp_path / "harness.py", tmp_path / "technique.py"
+    harness.write_text("x = 1\n")
+    technique.write_text("y = 1\n")
+    first = MeasurementStore("toy", {}, source_dirs=[harness])
+    technique.write_text("y = 2\n")
+    assert MeasurementStore("toy", {}, source_dirs=[harness]).path == first.path
+    harness.write_text("x = 2\n")
+    assert MeasurementStore("toy", {}, source_dirs=[harness]).path != first.path
+    ids = torch.arange(10).unsqueeze(0)
+    assert prompt_key(ids) == prompt_key(ids.clone()) != prompt_key(ids + 1)

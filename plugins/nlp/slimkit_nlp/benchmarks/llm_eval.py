@@ -510,13 +510,21 @@ def time_prefill_and_decode(methods: Sequence[Method], prompt: Prompt, decode_to
 
 
 # -- resumable measurements ------------------------------------------------------------------------
+def prompt_key(ids: torch.Tensor) -> str:
+    """A short fingerprint of a prompt's token ids (results stored per prompt content, not per index)."""
+    import hashlib
+
+    return hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 class MeasurementStore:
     """Per-(prompt, method) results of a long benchmark, kept on disk so an interrupted run resumes.
 
     The store is one JSON file under ``~/.cache/slimkit/bench-progress/`` named by a fingerprint of
-    everything that changes the numbers (``settings``, plus a hash of the benchmark and technique
-    sources), written atomically after every new result. A rerun with the same settings and code
-    skips what is already measured; any change of settings or code starts a fresh file.
+    everything that changes the numbers (``settings``, plus a hash of the sources that compute them:
+    ``source_dirs``, folders or single files), written atomically after every new result. A rerun with the
+    same settings and code skips what is already measured; any change of settings or code starts a fresh
+    file. Key results by ``prompt_key`` so that runs with other prompt counts share what overlaps.
     """
 
     def __init__(self, name: str, settings: dict, source_dirs: Sequence[str] = ()):
@@ -526,7 +534,8 @@ class MeasurementStore:
 
         h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
         for d in source_dirs:
-            for f in sorted(Path(d).rglob("*.py")):
+            files = [Path(d)] if Path(d).is_file() else sorted(Path(d).rglob("*.py"))
+            for f in files:
                 h.update(f.read_bytes())
         root = Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit")) / "bench-progress"
         self.path = root / f"{name}-{h.hexdigest()[:16]}.json"

@@ -32,6 +32,7 @@ from .llm_eval import (
     continuation_metrics,
     dense_reference,
     load_prompts,
+    prompt_key,
     retrieval_accuracy,
     retrieval_prompts,
     time_prefill_and_decode,
@@ -96,9 +97,11 @@ def _rerun_in_peers(ctx) -> dict:
     return rerun_benchmark_in_peer_env("spatten-llm", ctx, prompt_count(ctx))
 
 
-def _measurement_store(n_prompts: int, seed: int, budgets, presses):
+def _measurement_stores(budgets, presses) -> dict:
     """Per-(prompt, method) results on disk, so an interrupted run resumes where it stopped
-    (``llm_eval.MeasurementStore``; a change of settings or of the spatten/benchmark code starts afresh)."""
+    (``llm_eval.MeasurementStore``, keyed by prompt content). Two stores: the peers' (dense and kvpress)
+    depend only on the evaluation harness and the peer versions, so they survive changes to spatten; the
+    spatten settings' store also fingerprints the spatten sources and settings."""
     from pathlib import Path
 
     import transformers
@@ -106,11 +109,12 @@ def _measurement_store(n_prompts: int, seed: int, budgets, presses):
     from .llm_eval import MeasurementStore
 
     here = Path(__file__).resolve().parent
-    settings = {"prompts": n_prompts, "seed": seed, "budgets": list(budgets), "presses": list(presses),
-                "spatten_settings": [list(x) for x in SPATTEN_SETTINGS], "prompt_tokens": PROMPT_TOKENS,
-                "continuation_tokens": CONTINUATION_TOKENS, "step_tokens": STEP_TOKENS,
-                "transformers": transformers.__version__, "kvpress": _version("kvpress")}
-    return MeasurementStore("spatten-llm", settings, source_dirs=[here, here.parent / "spatten"])
+    common = {"prompt_tokens": PROMPT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS, "step_tokens": STEP_TOKENS,
+              "transformers": transformers.__version__, "kvpress": _version("kvpress"), "torch": torch.__version__}
+    peers = MeasurementStore("spatten-llm-peers", common, source_dirs=[here / "llm_eval.py"])
+    ours = MeasurementStore("spatten-llm-spatten", {**common, "spatten_settings": [list(x) for x in SPATTEN_SETTINGS]},
+                            source_dirs=[here / "llm_eval.py", here / "spatten_llm.py", here.parent / "spatten"])
+    return {"dense": peers, "kvpress": peers, "spatten": ours}
 
 
 def build_methods(model, budgets=BUDGETS, presses=PRESSES, settings=SPATTEN_SETTINGS) -> list[Method]:
@@ -148,20 +152,22 @@ def run(ctx) -> dict:
     methods = build_methods(model, budgets=budgets, presses=presses)
     t0 = time.perf_counter()
 
-    store = _measurement_store(n_prompts, ctx.seed, budgets, presses)
+    stores = _measurement_stores(budgets, presses)
     per = {m.name: [] for m in methods}
-    for i, prompt in enumerate(ctx.progress(prompts, desc="spatten-llm continuation")):
+    for prompt in ctx.progress(prompts, desc="spatten-llm continuation"):
         ref = None
         for m in methods:
             def measure(m=m):
                 nonlocal ref
                 ref = dense_reference(model, prompt) if ref is None else ref
                 return continuation_metrics(m, prompt, ref, step_tokens=STEP_TOKENS)
-            per[m.name].append(store.measure(f"continuation/{i}/{m.name}", measure))
+            key = f"continuation/{prompt_key(prompt.ids)}/{m.name}"
+            per[m.name].append(stores[m.kind].measure(key, measure))
     retr = {m.name: [] for m in methods}
-    for j, rp in enumerate(ctx.progress(rprompts, desc="spatten-llm retrieval")):
+    for rp in ctx.progress(rprompts, desc="spatten-llm retrieval"):
         for m in methods:
-            retr[m.name].append(store.measure(f"retrieval/{j}/{m.name}", lambda m=m: retrieval_accuracy(m, rp)))
+            key = f"retrieval/{prompt_key(rp.ids)}/{m.name}"
+            retr[m.name].append(stores[m.kind].measure(key, lambda m=m: retrieval_accuracy(m, rp)))
     repeats = 2 if ctx.quick else 3
     timing = time_prefill_and_decode(methods, prompts[0], decode_tokens=DECODE_TOKENS, repeats=repeats)
 
