@@ -303,6 +303,18 @@ class Method:
         return cache_nbytes(cache)
 
 
+def shared_copy(model, attn_implementation: str | None = None):
+    """A copy of ``model`` whose parameters and buffers are the same tensors (so techniques that replace a
+    bound forward, or another attention implementation, do not touch the original or double the memory)."""
+    import copy
+
+    memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    m = copy.deepcopy(model, memo)
+    if attn_implementation is not None:
+        m.set_attn_implementation(attn_implementation)
+    return m
+
+
 class DenseMethod(Method):
     """The plain model with a full ``DynamicCache`` (the reference everyone is compared with)."""
 

@@ -33,7 +33,15 @@ import torch
 
 from slimkit.errors import MissingExtraError, SlimkitError
 
-from .llm_eval import DenseMethod, Method, continuation_metrics, dense_reference, load_prompts, time_prefill_and_decode
+from .llm_eval import (
+    DenseMethod,
+    Method,
+    continuation_metrics,
+    dense_reference,
+    load_prompts,
+    shared_copy,
+    time_prefill_and_decode,
+)
 from .peers import PROMPTS_ENV  # noqa: E402  (SLIMKIT_BENCH_PROMPTS)
 
 DEFAULT_PROMPTS = 40
@@ -54,14 +62,6 @@ _BACKEND_PIP = {"quanto": "optimum-quanto", "hqq": "hqq"}
 
 
 FP32_SDPA = "fp32 DynamicCache (sdpa)"   # the same weights with PyTorch's fused attention: reported beside the goal
-
-
-def _with_sdpa(model):
-    """A copy of ``model`` that shares its weights and runs ``attn_implementation="sdpa"``."""
-    memo = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    m = copy.deepcopy(model, memo)
-    m.set_attn_implementation("sdpa")
-    return m
 
 
 class QuantizedCacheMethod(Method):
@@ -216,7 +216,7 @@ def run(ctx) -> dict:
     prompts = load_prompts(tok, n=n_prompts, prompt_tokens=PROMPT_TOKENS, continuation_tokens=CONTINUATION_TOKENS,
                            seed=ctx.seed)
     dense = DenseMethod(model, name="fp32 DynamicCache")
-    methods: list[Method] = [dense, DenseMethod(_with_sdpa(model), name=FP32_SDPA)]
+    methods: list[Method] = [dense, DenseMethod(shared_copy(model, "sdpa"), name=FP32_SDPA)]
     for backend, nbits in QUANTIZED:
         methods.append(QuantizedCacheMethod(model, backend, nbits))
     pq_model = slimkit.apply(copy.deepcopy(model), "progressive-quant")
