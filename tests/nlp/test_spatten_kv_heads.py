@@ -99,7 +99,7 @@ class _PerHeadMask:
         return eager_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kw)
 
 
-@pytest.mark.parametrize("policy", ["per_layer", "window_group", "observed"])
+@pytest.mark.parametrize("policy", ["per_layer", "window_group", "observed", "observed_values"])
 def test_next_token_equals_dense_with_each_heads_keys_masked(policy):
     from transformers import AttentionInterface
 
@@ -190,3 +190,28 @@ def test_observed_policy_scores_each_head_by_its_groups_attention_and_window():
         r, w = torch.tensor(received), torch.tensor(pooled)
         want = 0.5 * (r / r.sum() + w / w.sum())
         torch.testing.assert_close(got[h], want.float(), atol=1e-6, rtol=1e-5)
+
+
+def test_observed_values_weighs_the_observed_score_by_each_value_norm():
+    """``observed_values``: per key/value head, ``observed``'s score times ``||v_j||`` of that head; shared over
+    heads, ``observed``'s score times the mean norm over heads; without values, ``observed`` itself."""
+    from slimkit_nlp.spatten.policies import ScoreInputs, get_policy
+    from slimkit_nlp.spatten.state import PruneState
+
+    g = torch.Generator().manual_seed(1)
+    n, heads, kv = 10, 4, 2
+    logits = torch.randn(1, heads, n, n, generator=g).masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
+    probs = logits.softmax(-1)
+    values = torch.randn(1, kv, n, 8, generator=g)
+    st = PruneState(1, 1, kv, "cpu", 0)
+    st.extend(torch.ones(1, n, dtype=torch.bool), torch.zeros(1, n, dtype=torch.bool))
+    cols = torch.arange(n)[None]
+    args = dict(state=st, cols=cols, causal=True, layer=0, observed=probs[:, :, -3:], group=2, probs=probs)
+    with_v, without = ScoreInputs(**args, values=values), ScoreInputs(**args)
+    plain, weighted = get_policy("observed"), get_policy("observed_values")
+    norms = torch.stack([torch.tensor([float(values[0, h, j].pow(2).sum().sqrt()) for j in range(n)])
+                         for h in range(kv)])
+    torch.testing.assert_close(weighted.score_heads(with_v, kv)[0], plain.score_heads(without, kv)[0] * norms)
+    torch.testing.assert_close(weighted.score(with_v)[0], plain.score(without)[0] * norms.mean(0))
+    torch.testing.assert_close(weighted.score_heads(without, kv), plain.score_heads(without, kv))
+    assert not torch.allclose(weighted.score_heads(with_v, kv), plain.score_heads(without, kv))

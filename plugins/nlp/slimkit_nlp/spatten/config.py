@@ -6,7 +6,7 @@ from typing import ClassVar, Literal, Optional, Union
 
 from slimkit import ConfigError, TechniqueConfig
 
-POLICIES = ("spatten", "window", "window_group", "spatten_window", "observed", "per_layer", "random", "streaming", "h2o")   # built-ins
+POLICIES = ("spatten", "window", "window_group", "spatten_window", "observed", "observed_values", "per_layer", "random", "streaming", "h2o")   # built-ins
 
 
 @dataclass
@@ -33,7 +33,8 @@ class SpattenConfig(TechniqueConfig):
         models) is the paper's score; ``window`` scores by the attention of the newest prompt queries in
         each layer (a question at the end of the prompt steers what is kept) and ``spatten_window``
         averages both; ``observed`` averages the attention received from every prompt query with the
-        window's (with ``prefill_pruning=False, kv_heads="separate"``: the most faithful setting); ``per_layer``, ``random``, ``streaming`` (sinks + recent window) and ``h2o``
+        window's, and ``observed_values`` weighs that by each value's norm (with ``prefill_pruning=False,
+        kv_heads="separate"``: the most faithful setting measured); ``per_layer``, ``random``, ``streaming`` (sinks + recent window) and ``h2o``
         (accumulated attention + recent window) are baselines. ``register_policy`` adds your own.
     prefill_pruning: decoders: ``True`` (SpAtten's cascade): pruned tokens leave later layers during
         prefill, which shortens it (time to first token). ``False``: every layer sees the whole prompt and

@@ -306,6 +306,25 @@ class ObservedAndWindow(ObservationWindow):
         return 0.5 * (_as_distribution(received) + _as_distribution(window))
 
 
+class ObservedTimesValueNorm(ObservedAndWindow):
+    """``observed_values``: the ``observed`` score of each key times the norm of its value ``||v_j||`` (per
+    key/value head with ``kv_heads="separate"``, the mean over heads otherwise): a token whose value is small
+    moves the attention output little however much attention it receives (VATP, Guo et al. 2024, "Attention
+    Score is not All You Need for Token Importance Indicator in KV Cache Reduction: Value Also Matters";
+    kvpress's ExpectedAttentionPress weighs its scores the same way). Where the values are not at hand (the
+    cascade scores before the layer computes them) it is ``observed``."""
+
+    name = "observed_values"
+
+    def score(self, x: ScoreInputs) -> torch.Tensor:
+        s = super().score(x)
+        return s if x.values is None else s * x.values.float().norm(dim=-1).mean(1)
+
+    def score_heads(self, x: ScoreInputs, kv_heads: int) -> torch.Tensor:
+        s = super().score_heads(x, kv_heads)
+        return s if x.values is None else s * x.values.float().norm(dim=-1)
+
+
 _POLICIES: dict[str, TokenPolicy] = {}
 
 
@@ -336,5 +355,5 @@ def get_policy(name: str) -> TokenPolicy:
 
 
 for _p in (CumulativeAttention(), ObservationWindow(), GroupWindow(), CumulativeAndWindow(), ObservedAndWindow(),
-           PerLayerAttention(), RandomTokens(), Streaming(), HeavyHitters()):
+           ObservedTimesValueNorm(), PerLayerAttention(), RandomTokens(), Streaming(), HeavyHitters()):
     register_policy(_p)

@@ -189,7 +189,9 @@ def _compress_after_prefill(state: PruneState, cfg, rt: SpattenRuntime, cache, l
     if cfg.kv_heads == "separate":
         _cut_each_kv_head(state, cfg, rt, cache, layer, observed, probs, cols, valid, k)
         return
-    rank = rank_tokens(state, rt.policy, cols, True, layer, observed)
+    lay = None if hasattr(cache, "select_tokens") else cache.layers[layer]   # packed caches: no plain tensors
+    rank = rank_tokens(state, rt.policy, cols, True, layer, observed, probs,
+                       *((lay.keys, lay.values) if lay is not None else (None, None)))
     sel = select_slots(rank, valid, protected(state, cfg, cols, k, True, layer), k, cols, pad_first=True)
     if sel is None:
         return

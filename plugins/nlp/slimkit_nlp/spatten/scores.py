@@ -15,13 +15,15 @@ if TYPE_CHECKING:
 
 
 def rank_tokens(state: PruneState, policy, cols: torch.Tensor, causal: bool, layer: int,
-                observed: torch.Tensor | None = None) -> torch.Tensor:
+                observed: torch.Tensor | None = None, probs: torch.Tensor | None = None, keys=None,
+                values=None) -> torch.Tensor:
     """Ranking key ``(B, n)`` of the tokens at ``cols (B, n)`` for ``layer`` under ``policy`` (a
-    ``TokenPolicy``; higher = kept). ``observed``: the newest prompt queries' attention, if computed."""
+    ``TokenPolicy``; higher = kept). ``observed``: the newest prompt queries' attention, if computed;
+    ``probs``, ``keys``, ``values``: the layer's full prefill attention and cache, where at hand."""
     from .policies import ScoreInputs
 
     s = policy.score(ScoreInputs(state=state, cols=cols, causal=causal, layer=layer, observed=observed,
-                                 group=state.group))
+                                 group=state.group, probs=probs, keys=keys, values=values))
     if s.shape != cols.shape:
         raise SlimkitError(f"policy {policy.name!r} returned scores of shape {tuple(s.shape)}; it must return "
                            f"one score per candidate, shape {tuple(cols.shape)}")
