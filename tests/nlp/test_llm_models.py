@@ -128,3 +128,21 @@ def test_converted_plain_llama_matches_gguf_logits(tmp_path):
         b = plain(ids).logits
     assert torch.equal(a, b)
     assert tok2.chat_template
+
+
+def test_a_too_old_transformers_is_named_with_the_fix(monkeypatch):
+    """On a transformers whose PreTrainedConfig is not a dataclass (5.2, which kvpress pins) the Lite
+    Transformer module refuses to load with one sentence naming the version and the fix."""
+    import transformers
+
+    from slimkit_nlp.compat import TransformersTooOldError, require_dataclass_configs
+
+    require_dataclass_configs("x")                                   # this environment is new enough
+
+    class OldConfig:                                                  # what 5.2's PreTrainedConfig looks like
+        pass
+
+    monkeypatch.setattr(transformers, "PreTrainedConfig", OldConfig)
+    monkeypatch.setattr(transformers, "__version__", "5.2.0")
+    with pytest.raises(TransformersTooOldError, match=r"Lite Transformer needs .* has transformers 5\.2\.0: pip"):
+        require_dataclass_configs("slimkit's Lite Transformer")

@@ -36,8 +36,13 @@ def register_auto_classes() -> None:
         if _registered:
             return
         _registered = True
+        from .compat import TransformersTooOldError
+
         for name in MODEL_MODULES:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except TransformersTooOldError:   # that model needs a newer transformers; it says so when imported
+                continue
 
 
 def _register_quietly() -> None:

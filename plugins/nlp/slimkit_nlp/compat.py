@@ -33,3 +33,21 @@ def cache_kwargs(cache: Any) -> dict:
 def output_cache(output: Any) -> Any:
     """The cache carried by a model output (``None`` if it has none)."""
     return getattr(output, cache_name(), None)
+
+
+class TransformersTooOldError(ImportError):
+    """A slimkit model module needs a newer transformers than the one installed (raised at its import)."""
+
+
+def require_dataclass_configs(what: str) -> None:
+    """``TransformersTooOldError`` naming ``what`` and the fix when transformers' ``PreTrainedConfig`` is not
+    yet a dataclass (configs declared as typed fields need it; transformers 5.2, which kvpress pins, is older)."""
+    import dataclasses
+
+    import transformers
+
+    base = getattr(transformers, "PreTrainedConfig", None)
+    if base is None or not dataclasses.is_dataclass(base):
+        raise TransformersTooOldError(
+            f"{what} needs a transformers whose PreTrainedConfig is a dataclass (5.24 is tested); this environment "
+            f"has transformers {transformers.__version__}: pip install -U 'transformers>=5.24'")

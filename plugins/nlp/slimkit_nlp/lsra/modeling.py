@@ -33,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPas
 
 from slimkit.errors import ConfigError
 
-from ..compat import cache_kwargs, pick_cache
+from ..compat import cache_kwargs, pick_cache, require_dataclass_configs
 from .modules import (
     LSRA,
     PADDING_ORDERS,
@@ -44,6 +44,8 @@ from .modules import (
     LightweightConv,
     attention_masks,
 )
+
+require_dataclass_configs("slimkit's Lite Transformer")   # before the config class below is declared
 
 DEFAULT_KERNEL_SIZES = (3, 7, 15, 31, 31, 31)
 
