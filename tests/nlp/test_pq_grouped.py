@@ -213,6 +213,19 @@ def test_group_sizes_must_divide_head_dim():
     with pytest.raises(ConfigError, match="value_rotation needs a power-of-two head_dim.*head_dim=12"):
         slimkit.apply(llama(head_dim=12), "progressive-quant", value_group=0)
     slimkit.apply(llama(head_dim=12), "progressive-quant", value_group=0, value_rotation=False)
+
+
+def test_any_head_dim_packs_along_tokens():
+    """Codes are packed along the token axis, so 1-bit values fit a head_dim of 12 (not a multiple of 8)."""
+    m = slimkit.apply(llama(head_dim=12), "progressive-quant", value_group=0, value_rotation=False, value_bits=1,
+                      msb_bits=1, lsb_bits=1, key_group=8, residual_length=2)
+    cache = PQCache(m)
+    with torch.no_grad():
+        m(torch.randint(0, 50, (1, 30)), **cache_kwargs(cache), use_cache=True)
+    layer = cache.layers[0]
+    assert layer.k_len == 24 and layer.v_codes.shape[-2:] == (3, 12)        # 24 tokens / 8 per byte, 12 channels
+    keys = layer.reference_keys()
+    assert keys.shape[2] == 30 and torch.isfinite(keys).all()
     # sizes of at least head_dim mean whole heads; odd widths are fine on the token layout
     slimkit.apply(llama(head_dim=16), "progressive-quant", value_group=64)
     slimkit.apply(tiny("gpt2"), "progressive-quant", layout="token", msb_bits=3, lsb_bits=3, value_bits=6)

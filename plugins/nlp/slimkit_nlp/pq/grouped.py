@@ -53,11 +53,6 @@ def check_dims(cfg, head_dim: int, value_dim: int | None = None) -> None:
     if cfg.value_rotation and value_dim & (value_dim - 1):
         raise ConfigError(f"value_rotation needs a power-of-two head_dim (Hadamard rotation), got "
                           f"head_dim={value_dim}; use value_rotation=False")
-    for name, bits in (("msb_bits", cfg.msb_bits), ("lsb_bits", cfg.lsb_bits), ("value_bits", cfg.value_bits)):
-        dim = value_dim if name == "value_bits" else head_dim
-        if bits and (dim * bits) % 8:
-            raise ConfigError(f"{name}={bits} packs {8 // bits} codes per byte, which does not divide "
-                              f"head_dim={dim}; use e.g. {name}=8")
 
 
 def hadamard(d: int, device=None) -> torch.Tensor:
