@@ -45,6 +45,32 @@ def test_pq_method_runs_the_harness_and_reports_its_stats():
     assert timing["pq lo"]["decode_tok_s"] > 0 and timing["pq lo"]["kv_bytes"] > 0
 
 
+def test_stored_pq_results_carry_the_counters_that_rebuild_the_stats(tmp_path, monkeypatch):
+    """Each pq result carries the counters its prompt added; summing them (fresh or read back from the store of
+    a resumed run) gives the stats of measuring straight through, and the store does not measure twice."""
+    from slimkit_nlp.benchmarks.llm_eval import MeasurementStore
+    from slimkit_nlp.benchmarks.pq_llm import _measured_continuation
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path))
+    model, prompt = llama(), _prompt()
+    ref = dense_reference(model, prompt)
+    opts = dict(key_group=8, value_group=8, criterion="max_prob", threshold=0.5)
+    straight = PQMethod(model, opts, name="pq")
+    for _ in range(2):
+        continuation_metrics(straight, prompt, ref)
+    want = straight.stats()
+    assert set(want["recompute_rate_by_layer"]) == {0, 1} and want["recompute_rate"] > 0
+    calls = []
+    for run in range(2):                                              # a first run, then a resumed one
+        m = PQMethod(model, opts, name="pq", pq_model=straight.model)
+        store = MeasurementStore("toy-pq", {})
+        for key in ("prompt a", "prompt b"):
+            result = store.measure(key, lambda: calls.append(1) or _measured_continuation(m, prompt, ref))
+            m.add_counters(result["pq_counters"])
+        assert m.stats() == want
+    assert len(calls) == 2
+
+
 @pytest.mark.skipif(importlib.util.find_spec("optimum") is not None, reason="quanto is installed here")
 def test_a_missing_quantized_backend_is_an_error_naming_the_fix():
     with pytest.raises(MissingExtraError) as e:

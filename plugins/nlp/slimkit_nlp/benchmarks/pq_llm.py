@@ -18,7 +18,9 @@ quanto and hqq need a transformers older than slimkit's main environment may car
 import here, the benchmark re-runs itself in the LLM peer virtualenv (``peers.py``), so every method
 is timed in one process. A missing backend is an error naming the fix, never a silent skip.
 
-``python -m slimkit_nlp.benchmarks.pq_llm --prompts 4`` runs it with a prompt count (also
+The fidelity results are kept per (prompt, method) under ``~/.cache/slimkit/bench-progress/``, so an
+interrupted run resumes where it stopped (``llm_eval.MeasurementStore``; pq's recompute counters travel with
+each result). ``python -m slimkit_nlp.benchmarks.pq_llm --prompts 4`` runs it with a prompt count (also
 ``SLIMKIT_BENCH_PROMPTS=N slimkit bench pq-llm``).
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .llm_eval import (
     continuation_metrics,
     dense_reference,
     load_prompts,
+    prompt_key,
     shared_copy,
     time_prefill_and_decode,
 )
@@ -114,6 +117,28 @@ class PQMethod(Method):
         self.lsb_read = self.lsb_stored = 0
         self.view_bytes = 0
 
+    def counters(self) -> dict:
+        """The accumulated counters as plain data (layer keys as strings, so they survive JSON)."""
+        return {"rows": {str(k): v for k, v in self.rows.items()},
+                "recomputed": {str(k): v for k, v in self.recomputed.items()},
+                "lsb_read": self.lsb_read, "lsb_stored": self.lsb_stored}
+
+    def add_counters(self, c: dict) -> None:
+        """Add counters from ``counters()`` (e.g. a stored result's) to this method's."""
+        for name in ("rows", "recomputed"):
+            mine = getattr(self, name)
+            for k, v in c[name].items():
+                mine[int(k)] = mine.get(int(k), 0) + v
+        self.lsb_read += c["lsb_read"]
+        self.lsb_stored += c["lsb_stored"]
+
+    @staticmethod
+    def difference(after: dict, before: dict) -> dict:
+        """``after - before`` of two ``counters()``."""
+        out = {name: {k: v - before[name].get(k, 0) for k, v in after[name].items()} for name in ("rows", "recomputed")}
+        out.update(lsb_read=after["lsb_read"] - before["lsb_read"], lsb_stored=after["lsb_stored"] - before["lsb_stored"])
+        return out
+
     def _install(self):
         from slimkit_nlp.pq import runtime_of
 
@@ -171,6 +196,36 @@ def _to_dict_fields(cfg) -> dict:
     return d
 
 
+def _measured_continuation(m: Method, prompt, ref) -> dict:
+    """``continuation_metrics`` of one method on one prompt; for pq also the counters this prompt added."""
+    if not isinstance(m, PQMethod):
+        return continuation_metrics(m, prompt, ref)
+    before = m.counters()
+    result = continuation_metrics(m, prompt, ref)
+    after = m.counters()
+    m.reset_stats()
+    m.add_counters(before)
+    result["pq_counters"] = PQMethod.difference(after, before)
+    return result
+
+
+def _measurement_store():
+    """The fidelity results on disk (``llm_eval.MeasurementStore``), fingerprinted by the harness, this benchmark
+    and the pq sources, so a rerun after an interruption measures only what is missing."""
+    from pathlib import Path
+
+    import transformers
+
+    from .llm_eval import MeasurementStore
+
+    here = Path(__file__).resolve().parent
+    settings = {"prompt_tokens": PROMPT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS,
+                "transformers": transformers.__version__, "torch": torch.__version__,
+                "settings": [list(x) for x in PQ_SETTINGS], "quantized": [list(x) for x in QUANTIZED]}
+    return MeasurementStore("pq-llm", settings, source_dirs=[here / "llm_eval.py", here / "pq_llm.py",
+                                                             here.parent / "pq"])
+
+
 def prompt_count(ctx) -> int:
     from .peers import prompt_count as count
 
@@ -226,12 +281,23 @@ def run(ctx) -> dict:
         pq_methods.append(pm)
         methods.append(pm)
 
-    # fidelity: teacher-forced continuation through each cache vs the full fp32 forward
+    # fidelity: teacher-forced continuation through each cache vs the full fp32 forward, stored per (prompt,
+    # method) so that an interrupted run resumes (pq's counters travel with each result)
+    store = _measurement_store()
     per = {m.name: [] for m in methods}
+    for pm in pq_methods:
+        pm.reset_stats()
     for prompt in ctx.progress(prompts, desc="pq-llm fidelity"):
-        ref = dense_reference(model, prompt)
+        ref = None
         for m in methods:
-            per[m.name].append(continuation_metrics(m, prompt, ref))
+            def measure(m=m):
+                nonlocal ref
+                ref = dense_reference(model, prompt) if ref is None else ref
+                return _measured_continuation(m, prompt, ref)
+            result = store.measure(f"continuation/{prompt_key(prompt.ids)}/{m.name}", measure)
+            if isinstance(m, PQMethod):
+                m.add_counters(result["pq_counters"])
+            per[m.name].append(result)
     pq_stats = {}
     for pm in pq_methods:
         pq_stats[pm.name] = pm.stats()
