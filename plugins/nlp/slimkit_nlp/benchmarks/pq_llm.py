@@ -132,13 +132,6 @@ class PQMethod(Method):
         self.lsb_read += c["lsb_read"]
         self.lsb_stored += c["lsb_stored"]
 
-    @staticmethod
-    def difference(after: dict, before: dict) -> dict:
-        """``after - before`` of two ``counters()``."""
-        out = {name: {k: v - before[name].get(k, 0) for k, v in after[name].items()} for name in ("rows", "recomputed")}
-        out.update(lsb_read=after["lsb_read"] - before["lsb_read"], lsb_stored=after["lsb_stored"] - before["lsb_stored"])
-        return out
-
     def _install(self):
         from slimkit_nlp.pq import runtime_of
 
@@ -200,12 +193,10 @@ def _measured_continuation(m: Method, prompt, ref) -> dict:
     """``continuation_metrics`` of one method on one prompt; for pq also the counters this prompt added."""
     if not isinstance(m, PQMethod):
         return continuation_metrics(m, prompt, ref)
-    before = m.counters()
+    m.reset_stats()            # the caller sums every result's counters, fresh or stored
     result = continuation_metrics(m, prompt, ref)
-    after = m.counters()
+    result["pq_counters"] = m.counters()
     m.reset_stats()
-    m.add_counters(before)
-    result["pq_counters"] = PQMethod.difference(after, before)
     return result
 
 

@@ -94,7 +94,7 @@ def _rerun_in_peers(ctx) -> dict:
     return rerun_benchmark_in_peer_env("spatten-llm", ctx, prompt_count(ctx))
 
 
-def _measurement_stores(budgets, presses) -> dict:
+def _measurement_stores() -> dict:
     """Per-(prompt, method) results on disk, so an interrupted run resumes where it stopped
     (``llm_eval.MeasurementStore``, keyed by prompt content). Two stores: the peers' (dense and kvpress)
     depend only on the evaluation harness and the peer versions, so they survive changes to spatten; the
@@ -149,7 +149,7 @@ def run(ctx) -> dict:
     methods = build_methods(model, budgets=budgets, presses=presses)
     t0 = time.perf_counter()
 
-    stores = _measurement_stores(budgets, presses)
+    stores = _measurement_stores()
     per = {m.name: [] for m in methods}
     for prompt in ctx.progress(prompts, desc="spatten-llm continuation"):
         ref = None
