@@ -153,7 +153,7 @@ def test_hf_auto_classes_know_slimkit_models_after_import_slimkit_nlp(tmp_path):
     assert res.stdout.strip().endswith("LiteTransformerForCausalLM")
 
 
-def test_progress_is_quiet_under_quiet_and_off_a_terminal(monkeypatch):
+def test_progress_bars_on_a_terminal_lines_in_a_log_nothing_under_quiet(monkeypatch):
     import io
 
     from click.testing import CliRunner
@@ -171,7 +171,18 @@ def test_progress_is_quiet_under_quiet_and_off_a_terminal(monkeypatch):
     monkeypatch.setenv("SLIMKIT_QUIET", "1")
     assert not progress.show_progress() and progress.bar(range(3)).disable
     monkeypatch.setenv("SLIMKIT_QUIET", "")
-    monkeypatch.setattr(sys, "stderr", io.StringIO())              # a log file, a pipe, CI
-    assert not progress.show_progress()
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)                         # a log file, a pipe, CI
+    assert not progress.show_progress() and progress.log_progress()
+    assert list(progress.bar(range(3), desc="short")) == [0, 1, 2] and log.getvalue() == ""   # under the delay
+    monkeypatch.setattr(progress, "LOG_DELAY_S", 0.0)               # a loop that runs long: plain lines
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
+    assert list(progress.bar(range(3), desc="long")) == [0, 1, 2]
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and lines and all(line.startswith("long:") for line in lines)
+    assert "3/3" in lines[-1]                                       # the last line is the finished count
+    monkeypatch.setenv("SLIMKIT_QUIET", "1")
+    assert not progress.log_progress() and progress.bar(range(3)).disable
+    monkeypatch.setenv("SLIMKIT_QUIET", "")
     assert CliRunner().invoke(cli, ["--quiet", "techniques"]).exit_code == 0
     assert os.environ["SLIMKIT_QUIET"] == "1"                       # `slimkit --quiet` reaches every bar

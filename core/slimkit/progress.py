@@ -2,7 +2,10 @@
 
 One switch for all of slimkit: bars (tqdm, with the elapsed time and an estimate of the time left)
 are drawn on a terminal and hidden under ``slimkit --quiet`` (which sets ``SLIMKIT_QUIET=1``, so
-child processes stay quiet too) or when stderr is not a terminal (logs, CI, pipes).
+child processes stay quiet too). When stderr is not a terminal (a log file, ``nohup``, CI, a pipe), a
+loop that is still running after ``LOG_DELAY_S`` seconds writes one plain line (count, elapsed, time left)
+every ``LOG_INTERVAL_S`` seconds and a last one when it ends, so an hour-long benchmark in a log shows
+where it is without filling the log with carriage returns; short loops write nothing.
 
     from slimkit.progress import bar, step
     for batch in bar(loader, total=len(loader), desc="train"):   # tqdm, or a plain iterator when quiet
@@ -19,6 +22,8 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 QUIET_ENV = "SLIMKIT_QUIET"
+LOG_DELAY_S = 30.0       # off a terminal: a loop shorter than this writes nothing
+LOG_INTERVAL_S = 60.0    # off a terminal: at most one line per this many seconds
 
 
 def quiet_requested() -> bool:
@@ -40,11 +45,41 @@ def show_progress(requested: bool = True) -> bool:
     return bool(requested) and not quiet_requested() and on_terminal()
 
 
+def log_progress(requested: bool = True) -> bool:
+    """Whether to write plain progress lines: asked for, not ``--quiet``, and stderr is *not* a terminal."""
+    return bool(requested) and not quiet_requested() and not on_terminal()
+
+
+class _Lines:
+    """A stream for tqdm that turns each redraw (``"\\r" + bar``) into one whole line of a log."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.last = stream, ""
+
+    def write(self, s: str) -> int:
+        line = s.replace("\r", "").strip()
+        if line and line != self.last:             # tqdm redraws the final state when it closes
+            self.last = line
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def bar(iterable: Iterable | None = None, *, total: int | float | None = None, desc: str = "",
         initial: int = 0, enabled: bool = True, unit: str = "it", leave: bool = False, **kwargs: Any):
-    """A tqdm bar (elapsed time, rate, time left) that is silent when :func:`show_progress` says so."""
+    """A tqdm bar (elapsed time, rate, time left): drawn on a terminal, plain lines in a log after
+    ``LOG_DELAY_S`` (see the module docstring), silent under ``--quiet`` or ``enabled=False``."""
     from tqdm.auto import tqdm
 
+    if log_progress(enabled):
+        from tqdm import tqdm as plain
+
+        return plain(iterable, total=total, desc=desc, initial=initial, unit=unit, leave=True,
+                     file=_Lines(sys.stderr), delay=LOG_DELAY_S, mininterval=LOG_INTERVAL_S,
+                     maxinterval=LOG_INTERVAL_S, ascii=True, ncols=100, **kwargs)
     return tqdm(iterable, total=total, desc=desc, initial=initial, unit=unit, leave=leave,
                 disable=not show_progress(enabled), dynamic_ncols=True, **kwargs)
 
@@ -66,4 +101,5 @@ def step(desc: str, enabled: bool = True) -> Iterator[None]:
         print(f"{desc}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
-__all__ = ["QUIET_ENV", "quiet_requested", "on_terminal", "show_progress", "bar", "progress_callback", "step"]
+__all__ = ["QUIET_ENV", "LOG_DELAY_S", "LOG_INTERVAL_S", "quiet_requested", "on_terminal", "show_progress",
+           "log_progress", "bar", "progress_callback", "step"]
