@@ -278,3 +278,44 @@ def test_measurement_store_fingerprints_single_source_files_and_prompt_content(t
     assert MeasurementStore("toy", {}, source_dirs=[harness]).path != first.path
     ids = torch.arange(10).unsqueeze(0)
     assert prompt_key(ids) == prompt_key(ids.clone()) != prompt_key(ids + 1)
+
+
+def test_measurement_store_hashes_the_measuring_code_not_the_file_around_it(tmp_path, monkeypatch):
+    """``sources``: functions hashed by their own text, so editing the timing or plots of a benchmark keeps its
+    stored results while editing the function that measures starts a fresh store."""
+    import importlib.util
+
+    from slimkit_nlp.benchmarks.llm_eval import MEASURING, MeasurementStore
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+
+    def load(measured: str, timing: str):
+        path = tmp_path / f"bench_{abs(hash((measured, timing)))}.py"
+        path.write_text(f"def measured():\n    return {measured}\n\n\ndef timing():\n    return {timing}\n")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    first = MeasurementStore("toy", {}, sources=[load("1", "1").measured]).path
+    assert MeasurementStore("toy", {}, sources=[load("1", "2").measured]).path == first      # timing edited
+    assert MeasurementStore("toy", {}, sources=[load("2", "1").measured]).path != first      # measuring edited
+    assert MeasurementStore("toy", {}, sources=["a pattern"]).path != MeasurementStore("toy", {}, sources=["b"]).path
+    assert MeasurementStore("toy", {}, sources=MEASURING).path.exists() is False             # every entry hashes
+
+
+def test_store_keys_carry_each_settings_options():
+    """Two settings of one technique under the same label but other options never share a stored result."""
+    from slimkit_nlp.benchmarks.llm_eval import DenseMethod
+    from slimkit_nlp.benchmarks.spatten_llm import SpattenMethod
+
+    def spatten(options):
+        m = object.__new__(SpattenMethod)
+        m.name, m.options = "spatten @0.5", options
+        return m
+
+    a, b = spatten({"policy": "observed"}), spatten({"policy": "observed_values"})
+    assert a.store_key != b.store_key and a.store_key.startswith("spatten @0.5 ")
+    assert spatten({"kv_heads": "separate", "policy": "observed"}).store_key == \
+        spatten({"policy": "observed", "kv_heads": "separate"}).store_key                  # order-free
+    assert DenseMethod(None, name="dense").store_key == "dense"

@@ -114,3 +114,9 @@ def test_pq_llm_is_registered():
     from slimkit.bench import benchmarks
 
     assert "pq-llm" in benchmarks()
+
+
+def test_pq_store_keys_differ_per_config():
+    m1, m2 = PQMethod(llama(), {"key_group": 8, "value_group": 8}, name="pq"), None
+    m2 = PQMethod(llama(), {"key_group": 16, "value_group": 8}, name="pq", pq_model=m1.model)
+    assert m1.store_key != m2.store_key and '"key_group": 8' in m1.store_key

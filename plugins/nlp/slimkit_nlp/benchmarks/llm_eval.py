@@ -274,6 +274,11 @@ class Method:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r}, budget={self.budget!r})"
 
+    @property
+    def store_key(self) -> str:
+        """The method's part of a ``MeasurementStore`` key: its name (subclasses with options add them)."""
+        return self.name
+
     def new_cache(self):
         from transformers import DynamicCache
 
@@ -464,7 +469,17 @@ def retrieval_accuracy(method: Method, rp: RetrievalPrompt, max_new_tokens: int 
     return sum(a == b for a, b in zip(got, rp.answer)) / len(rp.answer)
 
 
+# ------------------------------------------------------------------------ what the numbers depend on
+#: the code that computes the fidelity and retrieval numbers (prompts, methods, metrics), hashed into the
+#: fingerprint of a ``MeasurementStore`` (``sources=MEASURING``); timing and the store itself are not part of it
+MEASURING = (Prompt, RetrievalPrompt, encode, _windows, _corpus_texts, load_prompts, _WORD.pattern, _key_words,
+             _stop_ids, _chat_ids, retrieval_prompts, cache_lengths, _nbytes, cache_nbytes, Method, shared_copy,
+             DenseMethod, KVPressMethod, dense_reference, method_continuation_logits, continuation_metrics,
+             _DIGITS.pattern, _answer_digits, greedy_generate, retrieval_accuracy, cache_kwargs, output_cache)
+
+
 # --------------------------------------------------------------------------------------- timing
+
 def fix_threads(n: int = 1) -> None:
     """Pin torch (and the BLAS libraries of any subprocess) to ``n`` threads."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -533,14 +548,18 @@ class MeasurementStore:
     """Per-(prompt, method) results of a long benchmark, kept on disk so an interrupted run resumes.
 
     The store is one JSON file under ``~/.cache/slimkit/bench-progress/`` named by a fingerprint of
-    everything that changes the numbers (``settings``, plus a hash of the sources that compute them:
-    ``source_dirs``, folders or single files), written atomically after every new result. A rerun with the
-    same settings and code skips what is already measured; any change of settings or code starts a fresh
-    file. Key results by ``prompt_key`` so that runs with other prompt counts share what overlaps.
+    everything that changes the numbers: ``settings``, plus a hash of the code that computes them, given as
+    ``source_dirs`` (folders or single files, hashed whole: a technique's package) and ``sources``
+    (functions and classes, hashed by their source text: the measuring parts of a harness, so that a change
+    to its timing, goals or plots keeps the stored results). It is written atomically after every new result.
+    A rerun with the same settings and code skips what is already measured; any change of settings or code
+    starts a fresh file. Key results by ``prompt_key`` so that runs with other prompt counts share what
+    overlaps, and by ``Method.store_key`` so that each method's options are part of its key.
     """
 
-    def __init__(self, name: str, settings: dict, source_dirs: Sequence[str] = ()):
+    def __init__(self, name: str, settings: dict, source_dirs: Sequence[str] = (), sources: Sequence[Any] = ()):
         import hashlib
+        import inspect
         import json
         from pathlib import Path
 
@@ -549,6 +568,8 @@ class MeasurementStore:
             files = [Path(d)] if Path(d).is_file() else sorted(Path(d).rglob("*.py"))
             for f in files:
                 h.update(f.read_bytes())
+        for obj in sources:
+            h.update((obj if isinstance(obj, str) else inspect.getsource(obj)).encode())
         root = Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit")) / "bench-progress"
         self.path = root / f"{name}-{h.hexdigest()[:16]}.json"
         self.data: dict[str, Any] = {}

@@ -87,6 +87,12 @@ class QuantizedCacheMethod(Method):
         self.backend, self.nbits, self.cache_kwargs = backend, nbits, cache_kwargs
         super().__init__(model, name=name or f"{backend} int{nbits}")
 
+    @property
+    def store_key(self) -> str:
+        import json
+
+        return f"{self.name} {json.dumps({'backend': self.backend, 'nbits': self.nbits, **self.cache_kwargs}, sort_keys=True)}"
+
     def new_cache(self):
         from transformers import QuantizedCache
 
@@ -111,6 +117,13 @@ class PQMethod(Method):
             pq_model = slimkit.apply(copy.deepcopy(model), "progressive-quant", **_to_dict_fields(config))
         super().__init__(pq_model, name=name or "pq")
         self.reset_stats()
+
+    @property
+    def store_key(self) -> str:
+        """The label and every config field: a changed setting is measured again, the others are kept."""
+        import json
+
+        return f"{self.name} {json.dumps(_to_dict_fields(self.config), sort_keys=True, default=str)}"
 
     def reset_stats(self) -> None:
         self.rows, self.recomputed = {}, {}
@@ -201,20 +214,32 @@ def _measured_continuation(m: Method, prompt, ref) -> dict:
 
 
 def _measurement_store():
-    """The fidelity results on disk (``llm_eval.MeasurementStore``), fingerprinted by the harness, this benchmark
-    and the pq sources, so a rerun after an interruption measures only what is missing."""
+    """The fidelity results on disk (``llm_eval.MeasurementStore``), keyed by prompt content and
+    ``Method.store_key`` (each setting's options), fingerprinted by the harness's measuring code
+    (``llm_eval.MEASURING``), the methods here and the ``pq`` package: a change to timing, goals or plots keeps
+    every stored result, a new setting measures only itself."""
     from pathlib import Path
 
     import transformers
 
-    from .llm_eval import MeasurementStore
+    from .llm_eval import MEASURING, MeasurementStore
 
     here = Path(__file__).resolve().parent
     settings = {"prompt_tokens": PROMPT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS,
                 "transformers": transformers.__version__, "torch": torch.__version__,
-                "settings": [list(x) for x in PQ_SETTINGS], "quantized": [list(x) for x in QUANTIZED]}
-    return MeasurementStore("pq-llm", settings, source_dirs=[here / "llm_eval.py", here / "pq_llm.py",
-                                                             here.parent / "pq"])
+                **{pip: _installed_version(pip) for pip in _BACKEND_PIP.values()}}
+    return MeasurementStore("pq-llm", settings, source_dirs=[here.parent / "pq"],
+                            sources=(*MEASURING, QuantizedCacheMethod, PQMethod, _to_dict_fields,
+                                     _measured_continuation))
+
+
+def _installed_version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def prompt_count(ctx) -> int:
@@ -285,7 +310,7 @@ def run(ctx) -> dict:
                 nonlocal ref
                 ref = dense_reference(model, prompt) if ref is None else ref
                 return _measured_continuation(m, prompt, ref)
-            result = store.measure(f"continuation/{prompt_key(prompt.ids)}/{m.name}", measure)
+            result = store.measure(f"continuation/{prompt_key(prompt.ids)}/{m.store_key}", measure)
             if isinstance(m, PQMethod):
                 m.add_counters(result["pq_counters"])
             per[m.name].append(result)

@@ -73,6 +73,13 @@ class SpattenMethod(Method):
         pruned = slimkit.apply(shared_copy(model), "spatten", token_keep=budget, **self.options)
         super().__init__(pruned, name=name, budget=budget)
 
+    @property
+    def store_key(self) -> str:
+        """The label and the options: a setting whose options change is measured again, the others are kept."""
+        import json
+
+        return f"{self.name} {json.dumps(self.options, sort_keys=True)}"
+
 
 def prompt_count(ctx) -> int:
     from .peers import prompt_count as count
@@ -96,21 +103,23 @@ def _rerun_in_peers(ctx) -> dict:
 
 def _measurement_stores() -> dict:
     """Per-(prompt, method) results on disk, so an interrupted run resumes where it stopped
-    (``llm_eval.MeasurementStore``, keyed by prompt content). Two stores: the peers' (dense and kvpress)
-    depend only on the evaluation harness and the peer versions, so they survive changes to spatten; the
-    spatten settings' store also fingerprints the spatten sources and settings."""
+    (``llm_eval.MeasurementStore``, keyed by prompt content and ``Method.store_key``). Two stores: the peers'
+    (dense and kvpress) depend only on the harness's measuring code (``llm_eval.MEASURING``) and the peer
+    versions, so they survive changes to spatten; spatten's also fingerprints the ``spatten`` package and
+    ``SpattenMethod``, and keys each setting by its options, so adding or changing one setting measures only
+    that one. Goals, timing and plots are not fingerprinted: changing them keeps every stored result."""
     from pathlib import Path
 
     import transformers
 
-    from .llm_eval import MeasurementStore
+    from .llm_eval import MEASURING, MeasurementStore
 
     here = Path(__file__).resolve().parent
     common = {"prompt_tokens": PROMPT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS, "step_tokens": STEP_TOKENS,
               "transformers": transformers.__version__, "kvpress": _version("kvpress"), "torch": torch.__version__}
-    peers = MeasurementStore("spatten-llm-peers", common, source_dirs=[here / "llm_eval.py"])
-    ours = MeasurementStore("spatten-llm-spatten", {**common, "spatten_settings": [list(x) for x in SPATTEN_SETTINGS]},
-                            source_dirs=[here / "llm_eval.py", here / "spatten_llm.py", here.parent / "spatten"])
+    peers = MeasurementStore("spatten-llm-peers", common, sources=MEASURING)
+    ours = MeasurementStore("spatten-llm-spatten", common, source_dirs=[here.parent / "spatten"],
+                            sources=(*MEASURING, SpattenMethod))
     return {"dense": peers, "kvpress": peers, "spatten": ours}
 
 
@@ -158,12 +167,12 @@ def run(ctx) -> dict:
                 nonlocal ref
                 ref = dense_reference(model, prompt) if ref is None else ref
                 return continuation_metrics(m, prompt, ref, step_tokens=STEP_TOKENS)
-            key = f"continuation/{prompt_key(prompt.ids)}/{m.name}"
+            key = f"continuation/{prompt_key(prompt.ids)}/{m.store_key}"
             per[m.name].append(stores[m.kind].measure(key, measure))
     retr = {m.name: [] for m in methods}
     for rp in ctx.progress(rprompts, desc="spatten-llm retrieval"):
         for m in methods:
-            key = f"retrieval/{prompt_key(rp.ids)}/{m.name}"
+            key = f"retrieval/{prompt_key(rp.ids)}/{m.store_key}"
             retr[m.name].append(stores[m.kind].measure(key, lambda m=m: retrieval_accuracy(m, rp)))
     repeats = 2 if ctx.quick else 3
     sdpa_dense = DenseMethod(shared_copy(model, "sdpa"), name=DENSE_SDPA)    # timed beside, as a reference
