@@ -319,3 +319,13 @@ def test_store_keys_carry_each_settings_options():
     assert spatten({"kv_heads": "separate", "policy": "observed"}).store_key == \
         spatten({"policy": "observed", "kv_heads": "separate"}).store_key                  # order-free
     assert DenseMethod(None, name="dense").store_key == "dense"
+
+
+def test_code_fingerprint_ignores_documentation_only():
+    from slimkit_nlp.benchmarks.llm_eval import code_fingerprint
+
+    base = code_fingerprint('def f(x):\n    """Adds one."""\n    return x + 1\n')
+    assert code_fingerprint('def f(x):\n    """Adds 1 to x."""\n    # a comment\n    return x + 1  # here\n') == base
+    assert code_fingerprint('def f(x):\n    return x + 1\n') == base
+    assert code_fingerprint('def f(x):\n    """Adds one."""\n    return x + 2\n') != base
+    assert code_fingerprint('    def f(x):\n        return x + 1\n') == base            # a method's indented source

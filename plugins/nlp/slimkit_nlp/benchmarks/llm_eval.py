@@ -544,17 +544,34 @@ def prompt_key(ids: torch.Tensor) -> str:
     return hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+def code_fingerprint(source: str) -> str:
+    """What a piece of Python source computes, as text: its syntax tree without docstrings (comments and layout are
+    not in the tree), so editing documentation keeps a ``MeasurementStore``'s results and editing code does not."""
+    import ast
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 class MeasurementStore:
     """Per-(prompt, method) results of a long benchmark, kept on disk so an interrupted run resumes.
 
     The store is one JSON file under ``~/.cache/slimkit/bench-progress/`` named by a fingerprint of
-    everything that changes the numbers: ``settings``, plus a hash of the code that computes them, given as
+    everything that changes the numbers: ``settings``, plus the code that computes them, given as
     ``source_dirs`` (folders or single files, hashed whole: a technique's package) and ``sources``
-    (functions and classes, hashed by their source text: the measuring parts of a harness, so that a change
-    to its timing, goals or plots keeps the stored results). It is written atomically after every new result.
-    A rerun with the same settings and code skips what is already measured; any change of settings or code
-    starts a fresh file. Key results by ``prompt_key`` so that runs with other prompt counts share what
-    overlaps, and by ``Method.store_key`` so that each method's options are part of its key.
+    (functions and classes: the measuring parts of a harness, so that a change to its timing, goals or plots
+    keeps the stored results), each hashed as its ``code_fingerprint`` (documentation edits keep the results
+    too). It is written atomically after every new result. A rerun with the same settings and code skips what
+    is already measured; any change of settings or code starts a fresh file. Key results by ``prompt_key`` so
+    that runs with other prompt counts share what overlaps, and by ``Method.store_key`` so that each method's
+    options are part of its key.
     """
 
     def __init__(self, name: str, settings: dict, source_dirs: Sequence[str] = (), sources: Sequence[Any] = ()):
@@ -567,9 +584,9 @@ class MeasurementStore:
         for d in source_dirs:
             files = [Path(d)] if Path(d).is_file() else sorted(Path(d).rglob("*.py"))
             for f in files:
-                h.update(f.read_bytes())
+                h.update(code_fingerprint(f.read_text()).encode())
         for obj in sources:
-            h.update((obj if isinstance(obj, str) else inspect.getsource(obj)).encode())
+            h.update((obj if isinstance(obj, str) else code_fingerprint(inspect.getsource(obj))).encode())
         root = Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit")) / "bench-progress"
         self.path = root / f"{name}-{h.hexdigest()[:16]}.json"
         self.data: dict[str, Any] = {}
