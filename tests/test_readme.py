@@ -181,6 +181,7 @@ def test_progress_bars_on_a_terminal_lines_in_a_log_nothing_under_quiet(monkeypa
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and lines and all(line.startswith("long:") for line in lines)
     assert "3/3" in lines[-1]                                       # the last line is the finished count
+    assert list(progress.bar(range(2), desc="paced", mininterval=1.0, leave=False)) == [0, 1]  # callers' pacing
     monkeypatch.setenv("SLIMKIT_QUIET", "1")
     assert not progress.log_progress() and progress.bar(range(3)).disable
     monkeypatch.setenv("SLIMKIT_QUIET", "")

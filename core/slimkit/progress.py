@@ -77,9 +77,10 @@ def bar(iterable: Iterable | None = None, *, total: int | float | None = None, d
     if log_progress(enabled):
         from tqdm import tqdm as plain
 
-        return plain(iterable, total=total, desc=desc, initial=initial, unit=unit, leave=True,
-                     file=_Lines(sys.stderr), delay=LOG_DELAY_S, mininterval=LOG_INTERVAL_S,
-                     maxinterval=LOG_INTERVAL_S, ascii=True, ncols=100, **kwargs)
+        log = dict(leave=True, file=_Lines(sys.stderr), delay=LOG_DELAY_S, mininterval=LOG_INTERVAL_S,
+                   maxinterval=LOG_INTERVAL_S, ascii=True, ncols=100)
+        rest = {k: v for k, v in kwargs.items() if k not in log and k != "dynamic_ncols"}  # a log's own pace
+        return plain(iterable, total=total, desc=desc, initial=initial, unit=unit, **log, **rest)
     return tqdm(iterable, total=total, desc=desc, initial=initial, unit=unit, leave=leave,
                 disable=not show_progress(enabled), dynamic_ncols=True, **kwargs)
 
