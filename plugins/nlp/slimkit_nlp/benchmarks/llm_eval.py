@@ -274,10 +274,17 @@ class Method:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r}, budget={self.budget!r})"
 
+    def key_options(self) -> dict | None:
+        """The options that set this method's numbers apart from others of its name (None: the name says all)."""
+        return None
+
     @property
     def store_key(self) -> str:
-        """The method's part of a ``MeasurementStore`` key: its name (subclasses with options add them)."""
-        return self.name
+        """The method's part of a ``MeasurementStore`` key: its name, then its ``key_options`` as sorted JSON."""
+        import json
+
+        opts = self.key_options()
+        return self.name if opts is None else f"{self.name} {json.dumps(opts, sort_keys=True, default=str)}"
 
     def new_cache(self):
         from transformers import DynamicCache
@@ -479,7 +486,6 @@ MEASURING = (Prompt, RetrievalPrompt, encode, _windows, _corpus_texts, load_prom
 
 
 # --------------------------------------------------------------------------------------- timing
-
 def fix_threads(n: int = 1) -> None:
     """Pin torch (and the BLAS libraries of any subprocess) to ``n`` threads."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

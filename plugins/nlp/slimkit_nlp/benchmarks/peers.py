@@ -63,12 +63,13 @@ def repo_root() -> Path:
         "the LLM benchmarks need a source checkout so that the peer virtualenv can install slimkit editable")
 
 
-def _transformers_version() -> str | None:
-    try:
-        from importlib.metadata import version
+def installed_version(dist: str) -> str | None:
+    """The installed version of the distribution ``dist`` in this interpreter, None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
 
-        return version("transformers")
-    except Exception:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
         return None
 
 
@@ -83,7 +84,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 def peer_env_ready() -> bool:
     """True when THIS interpreter can run every peer: kvpress, optimum-quanto and hqq import and
     transformers is older than 5.3 (what kvpress 0.5.5 requires)."""
-    tv = _transformers_version()
+    tv = installed_version("transformers")
     if tv is None or _version_tuple(tv) >= (5, 3):
         return False
     for mod in PEER_MODULES:
@@ -183,7 +184,7 @@ def peer_versions() -> dict:
 
 def why_peer() -> str:
     """One line: why the benchmark cannot run in this interpreter."""
-    tv = _transformers_version() or "none"
+    tv = installed_version("transformers") or "none"
     missing = [m for m in PEER_MODULES if importlib.util.find_spec(m.split(".")[0]) is None]
     if tv != "none" and _version_tuple(tv) >= (5, 3):
         return f"kvpress 0.5.5 requires transformers<5.3 (this venv has {tv})"

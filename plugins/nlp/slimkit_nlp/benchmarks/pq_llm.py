@@ -87,11 +87,8 @@ class QuantizedCacheMethod(Method):
         self.backend, self.nbits, self.cache_kwargs = backend, nbits, cache_kwargs
         super().__init__(model, name=name or f"{backend} int{nbits}")
 
-    @property
-    def store_key(self) -> str:
-        import json
-
-        return f"{self.name} {json.dumps({'backend': self.backend, 'nbits': self.nbits, **self.cache_kwargs}, sort_keys=True)}"
+    def key_options(self) -> dict:
+        return {"backend": self.backend, "nbits": self.nbits, **self.cache_kwargs}
 
     def new_cache(self):
         from transformers import QuantizedCache
@@ -118,12 +115,9 @@ class PQMethod(Method):
         super().__init__(pq_model, name=name or "pq")
         self.reset_stats()
 
-    @property
-    def store_key(self) -> str:
-        """The label and every config field: a changed setting is measured again, the others are kept."""
-        import json
-
-        return f"{self.name} {json.dumps(_to_dict_fields(self.config), sort_keys=True, default=str)}"
+    def key_options(self) -> dict:
+        """Every config field: a changed setting is measured again, the others are kept."""
+        return _to_dict_fields(self.config)
 
     def reset_stats(self) -> None:
         self.rows, self.recomputed = {}, {}
@@ -223,23 +217,15 @@ def _measurement_store():
     import transformers
 
     from .llm_eval import MEASURING, MeasurementStore
+    from .peers import installed_version
 
     here = Path(__file__).resolve().parent
     settings = {"prompt_tokens": PROMPT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS,
                 "transformers": transformers.__version__, "torch": torch.__version__,
-                **{pip: _installed_version(pip) for pip in _BACKEND_PIP.values()}}
+                **{pip: installed_version(pip) for pip in _BACKEND_PIP.values()}}
     return MeasurementStore("pq-llm", settings, source_dirs=[here.parent / "pq"],
                             sources=(*MEASURING, QuantizedCacheMethod, PQMethod, _to_dict_fields,
                                      _measured_continuation))
-
-
-def _installed_version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 def prompt_count(ctx) -> int:

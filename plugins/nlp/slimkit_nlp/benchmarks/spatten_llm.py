@@ -37,6 +37,7 @@ from .llm_eval import (
     shared_copy,
     time_prefill_and_decode,
 )
+from .peers import installed_version
 
 DEFAULT_PROMPTS, QUICK_PROMPTS = 40, 2
 PROMPT_TOKENS, CONTINUATION_TOKENS, DECODE_TOKENS = 1000, 64, 128
@@ -74,12 +75,9 @@ class SpattenMethod(Method):
         pruned = slimkit.apply(shared_copy(model), "spatten", token_keep=budget, **self.options)
         super().__init__(pruned, name=name, budget=budget)
 
-    @property
-    def store_key(self) -> str:
-        """The label and the options: a setting whose options change is measured again, the others are kept."""
-        import json
-
-        return f"{self.name} {json.dumps(self.options, sort_keys=True)}"
+    def key_options(self) -> dict:
+        """The spatten options: a setting whose options change is measured again, the others are kept."""
+        return self.options
 
 
 def prompt_count(ctx) -> int:
@@ -117,7 +115,7 @@ def _measurement_stores() -> dict:
 
     here = Path(__file__).resolve().parent
     common = {"prompt_tokens": PROMPT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS, "step_tokens": STEP_TOKENS,
-              "transformers": transformers.__version__, "kvpress": _version("kvpress"), "torch": torch.__version__}
+              "transformers": transformers.__version__, "kvpress": installed_version("kvpress"), "torch": torch.__version__}
     peers = MeasurementStore("spatten-llm-peers", common, sources=MEASURING)
     ours = MeasurementStore("spatten-llm-spatten", common, source_dirs=[here.parent / "spatten"],
                             sources=(*MEASURING, SpattenMethod))
@@ -209,7 +207,7 @@ def run(ctx) -> dict:
     return {
         "model": "SmolLM2-135M-Instruct (fp32, eager attention), slimkit_nlp.models.load_smollm2",
         "transformers_version": transformers.__version__,
-        "kvpress_version": _version("kvpress"),
+        "kvpress_version": installed_version("kvpress"),
         "prompts": n_prompts, "retrieval_prompts": len(rprompts), "prompt_tokens": PROMPT_TOKENS,
         "continuation_tokens": CONTINUATION_TOKENS, "step_tokens": STEP_TOKENS, "decode_tokens": DECODE_TOKENS,
         "threads": ctx.threads, "budgets": list(budgets), "presses": list(chosen_presses(PRESSES)),
@@ -251,15 +249,6 @@ def _goals_at(rows: list[dict], by: dict, b: float) -> list:
         slimkit.goal(f"@{b:g}: {QUALITY_SETTING}: decode tok/s / best press ({best_dec['name']})",
                      q["decode_tok_s"] / best_dec["decode_tok_s"], 1.0, unit="x"),
     ]
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 def plot(result, png) -> None:
