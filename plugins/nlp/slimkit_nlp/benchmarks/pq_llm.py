@@ -228,6 +228,13 @@ def _measurement_store():
                                      _measured_continuation))
 
 
+def _per_round_ratios(timing: dict, name: str, others) -> dict:
+    """``{other: [decode tok/s of name / of other, per round]}``: the two were timed in the same round, a few
+    seconds apart, so each ratio is paired (the goals use the ratio of the medians; these show the spread)."""
+    mine = timing[name]["decode_runs"]
+    return {o: [theirs / ours for ours, theirs in zip(mine, timing[o]["decode_runs"])] for o in others}
+
+
 def prompt_count(ctx) -> int:
     from .peers import prompt_count as count
 
@@ -306,7 +313,9 @@ def run(ctx) -> dict:
         pm.reset_stats()
 
     # speed: 1,000 + 128 tokens, interleaved, medians after a warm-up
-    repeats = 2 if (ctx.quick or n_prompts <= 4) else 3
+    # 5 rounds: on a shared 2-core machine one round of 3 could swing a ratio by 20% (session 6: fp32 decode
+    # 6.23 / 7.48 / 6.37 tok/s in three rounds)
+    repeats = 2 if (ctx.quick or n_prompts <= 4) else 5
     timing = time_prefill_and_decode(methods, prompts[0], decode_tokens=DECODE_TOKENS, repeats=repeats)
 
     rows = []
@@ -352,6 +361,7 @@ def run(ctx) -> dict:
                          "residual windows); pq's float32 compute views are reported as view_bytes",
         "pq_default": _to_dict_fields(ProgressiveQuantConfig()),
         "pq_decode_vs_fp32_sdpa": pq["decode_tok_s"] / sdpa["decode_tok_s"],
+        "pq_decode_ratio_per_round": _per_round_ratios(timing, pq["name"], (fp["name"], q4["name"])),
         "fp32_note": "the goals compare with the fp32 cache under the eager attention every method here runs "
                      f"(kvpress and the pq recompute test need the probabilities); {FP32_SDPA!r} is the same "
                      "model with PyTorch's fused attention, reported for reference",
