@@ -143,14 +143,15 @@ def main() -> None:
     before = val_cosine()
     print(f"validation cosine before: {before:.4f}", flush=True)
     t0 = time.time()
+    bf16 = args.precision == "bf16"
     if args.objective == "cosine":
         info = distill(model, train, steps=args.steps, lr=args.lr, batch_size=args.batch, rank=args.rank,
-                       token_loss=args.token_loss, teacher=dense, bf16=args.precision == "bf16", seed=0)
+                       token_loss=args.token_loss, teacher=dense, bf16=bf16, seed=0)
         objective = "mean-pooled + per-token cosine to the unpruned model (slimkit_nlp.spatten.distill)"
     else:
         info = contrastive_distill(model, dense, train, steps=args.steps, lr=args.lr, batch_size=args.batch,
                                    rank=args.rank, temperature=args.temperature, cosine_weight=args.cosine_weight,
-                                   bf16=args.precision == "bf16")
+                                   bf16=bf16)
         objective = ("contrastive: the pruned passage's embedding picks the dense embedding of its own text among "
                      f"all {args.passages} training passages' (InfoNCE, temperature {args.temperature}) + "
                      f"{args.cosine_weight} x mean-pooled cosine")

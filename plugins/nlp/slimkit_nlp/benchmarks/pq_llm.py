@@ -313,8 +313,8 @@ def run(ctx) -> dict:
         pm.reset_stats()
 
     # speed: 1,000 + 128 tokens, interleaved, medians after a warm-up
-    # 5 rounds: on a shared 2-core machine one round of 3 could swing a ratio by 20% (session 6: fp32 decode
-    # 6.23 / 7.48 / 6.37 tok/s in three rounds)
+    # 5 rounds: on a shared 2-core machine single rounds swing by 20% (fp32 decode measured 6.23 / 7.48 / 6.37
+    # tok/s in three rounds), enough to move a median of 3 across a goal
     repeats = 2 if (ctx.quick or n_prompts <= 4) else 5
     timing = time_prefill_and_decode(methods, prompts[0], decode_tokens=DECODE_TOKENS, repeats=repeats)
 
