@@ -6,9 +6,9 @@ of the layers' linear weights on 512-token passages of the *training* plays (``-
 default; ``bf16`` autocast pays only on CPUs with native bfloat16: on this project's 2-core machine it measured
 12.2 s per contrastive step against 0.78 s in float32), with one of two objectives (``--objective``):
 
-* ``cosine`` (the shipped deltas' objective): ``slimkit_nlp.spatten.distill``: mean-pooled cosine to the
+* ``cosine`` (the objective of the deltas shipped before the retrieval target): ``slimkit_nlp.spatten.distill``: mean-pooled cosine to the
   unpruned model's embedding plus the per-token term (``--token-loss``);
-* ``contrastive``: the retrieval task's own signal. The pruned embedding of a passage must pick the
+* ``contrastive`` (the shipped deltas' objective): the retrieval task's own signal. The pruned embedding of a passage must pick the
   dense embedding of its own text out of the dense embeddings of every training passage (InfoNCE,
   temperature ``--temperature``; the other passages, mostly from the same plays, are the negatives),
   plus ``--cosine-weight`` times the mean-pooled cosine term. Same deltas, optimiser and schedule as
@@ -20,8 +20,10 @@ loss history, validation cosine before and after on passages of the validation p
 ``slimkit_nlp.assets.load_minilm_spatten()`` loads the shipped folder; ``slimkit bench spatten-retrieval``
 measures it on the retrieval task.
 
-    .venv/bin/python scripts/distill_minilm_spatten.py --steps 2000 --threads 2 --precision bf16   # the shipped deltas
-    .venv/bin/python scripts/distill_minilm_spatten.py --objective contrastive --keep 0.3 --out /tmp/cand
+    # the shipped deltas (about 32 minutes on 2 threads: 7 for the teacher bank, 24 for 2000 steps)
+    .venv/bin/python scripts/distill_minilm_spatten.py
+    # the earlier deltas (cosine objective, merge at keep 0.5), made with --precision bf16
+    .venv/bin/python scripts/distill_minilm_spatten.py --objective cosine --keep 0.5 --pruned-tokens merge --out /tmp/c
 """
 from __future__ import annotations
 
@@ -100,9 +102,9 @@ def contrastive_distill(model, teacher, train: torch.Tensor, *, steps: int, lr: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--keep", type=float, default=0.5, help="token_keep of the spatten config")
-    ap.add_argument("--pruned-tokens", choices=("merge", "drop"), default="merge")
-    ap.add_argument("--objective", choices=("cosine", "contrastive"), default="cosine")
+    ap.add_argument("--keep", type=float, default=0.3, help="token_keep of the spatten config")
+    ap.add_argument("--pruned-tokens", choices=("merge", "drop"), default="drop")
+    ap.add_argument("--objective", choices=("cosine", "contrastive"), default="contrastive")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--passages", type=int, default=1500, help="training passages of 512 tokens")
     ap.add_argument("--rank", type=int, default=32)

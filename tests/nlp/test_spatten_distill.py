@@ -85,8 +85,10 @@ def test_low_rank_distill_merges_deltas_that_save_and_load(tmp_path):
 
 
 def test_shipped_distilled_minilm_beats_the_untrained_one(minilm_path):
-    """The shipped deltas (scripts/distill_minilm_spatten.py) load into MiniLM and move held-out
-    mean-pooled embeddings closer to the unpruned model than the same spatten config without them."""
+    """The shipped deltas (scripts/distill_minilm_spatten.py, contrastive objective) load into MiniLM and make
+    the pruned embeddings of held-out passages (validation plays) pick out the dense embedding of their own
+    text among the others' more surely than the same spatten config without them: the retrieval signal
+    ``spatten-retrieval`` measures, on 8 passages (the cosine to the dense embedding is not the target)."""
     from transformers import AutoModel, AutoTokenizer
 
     from slimkit_nlp.assets import MINILM_SPATTEN, load_minilm_spatten
@@ -94,18 +96,25 @@ def test_shipped_distilled_minilm_beats_the_untrained_one(minilm_path):
     from slimkit_nlp.spatten.textdata import wordpiece_passages
 
     tok = AutoTokenizer.from_pretrained(minilm_path)
-    val = wordpiece_passages(tok, 256, 2)
+    val = wordpiece_passages(tok, 512, 8)
     dense = AutoModel.from_pretrained(minilm_path, attn_implementation="eager").eval()
     plain = slimkit.apply(AutoModel.from_pretrained(minilm_path, attn_implementation="eager").eval(),
                           SpattenConfig.from_pretrained(MINILM_SPATTEN))
     shipped = load_minilm_spatten()
-    assert shipped.config.slimkit_spatten["pruned_tokens"] == "merge"
+    assert shipped.config.slimkit_spatten["pruned_tokens"] == "drop"
     q = "encoder.layer.3.attention.self.query.weight"
     assert not torch.equal(shipped.state_dict()[q], dense.state_dict()[q])
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(dense(input_ids=val).last_hidden_state.mean(1), dim=-1)
 
-    def cos(m):
+    def identification(m):
+        """(InfoNCE loss at temperature 0.05, mean margin of the own passage over the best other one)."""
         with torch.inference_mode():
             o = m(input_ids=val)
-            ref = dense(input_ids=val).last_hidden_state.mean(1)
-            return float(torch.cosine_similarity(mean_pool(o.last_hidden_state, o.kept_token_weights), ref).mean())
-    assert cos(shipped) > cos(plain) + 0.01
+            sim = torch.nn.functional.normalize(mean_pool(o.last_hidden_state, o.kept_token_weights), dim=-1) @ ref.T
+        others = sim.masked_fill(torch.eye(len(val), dtype=torch.bool), -2.0).max(1).values
+        return float(torch.nn.functional.cross_entropy(sim / 0.05, torch.arange(len(val)))), float(
+            (sim.diag() - others).mean())
+    (loss_plain, margin_plain), (loss_shipped, margin_shipped) = identification(plain), identification(shipped)
+    assert loss_shipped < 0.5 * loss_plain, (loss_plain, loss_shipped)        # measured 0.18 -> 0.014
+    assert margin_shipped > margin_plain + 0.05, (margin_plain, margin_shipped)   # measured 0.14 -> 0.29

@@ -141,7 +141,7 @@ def test_tiny_end_to_end(minilm_path, tmp_path):
     assert t.doc_ids.shape == (10, 64) and t.query_ids.shape == (6, 16)
     chosen = [sr.Setting("spatten", "drop", 1.0), sr.Setting("spatten", "merge", 0.5),
               sr.Setting("per_layer", "merge", 0.5), sr.Setting("random", "merge", 0.5),
-              sr.Setting("spatten", "merge", 0.5, 0.8, distilled=True)]
+              sr.shipped_distilled_setting(0.8)]
     ctx = BenchContext(quick=True, threads=1, show_progress=False, out_dir=tmp_path)
     res = sr.run_task(ctx, t, chosen, rounds=1)
     dense, rows = res["dense"], {r["setting"]: r for r in res["rows"]}
@@ -156,7 +156,8 @@ def test_tiny_end_to_end(minilm_path, tmp_path):
         lo, hi = r["mrr_minus_dense"]["ci95"]
         assert lo <= r["mrr_minus_dense"]["mean"] <= hi
     assert rows["spatten merge @0.5"]["macs_ratio"] > 1.3
-    heads = rows["spatten merge + distill @0.5, head_keep 0.8"]
+    heads = rows[chosen[-1].name]
+    assert heads["distilled"] and heads["head_keep"] == 0.8 and "+ distill" in chosen[-1].name
     assert 0.05 < heads["heads_pruned_share"] < 0.5
     s = sr.summarize(res["rows"])
     assert [g["name"].split(",")[2].strip() for g in s["goals"][1:]] == ["merge"]     # no drop baselines here
@@ -166,3 +167,33 @@ def test_tiny_end_to_end(minilm_path, tmp_path):
     png = tmp_path / "r.png"
     sr.plot({"rows": res["rows"], "dense": dense}, png)
     assert png.stat().st_size > 10_000
+
+
+def test_an_interrupted_full_run_resumes_from_its_store(minilm_path, tmp_path, monkeypatch):
+    """Full (not quick) runs keep each setting's quality measurements in a ``MeasurementStore``: a rerun
+    takes them from the store (an edited stored value comes back) and times every setting again."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from slimkit.bench import BenchContext
+    from slimkit_nlp.benchmarks import spatten_retrieval as sr
+    from slimkit_nlp.spatten.retrieval import build_retrieval_task
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+    warnings.filterwarnings("ignore", message="spatten: switched")
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    t = build_retrieval_task(tok, doc_tokens=64, query_tokens=16, min_documents=10, max_queries=6)
+    chosen = [sr.Setting("spatten", "drop", 0.5), sr.Setting("random", "merge", 0.5)]
+    ctx = BenchContext(quick=False, threads=1, show_progress=False, out_dir=tmp_path)
+    first = sr.run_task(ctx, t, chosen, rounds=1)
+    stores = list((tmp_path / "cache" / "bench-progress").glob("spatten-retrieval-*.json"))
+    assert len(stores) == 1
+    saved = json.loads(stores[0].read_text())
+    assert set(saved["results"]) == {s.name for s in chosen}
+    saved["results"]["random merge @0.5"]["cosine_to_dense"] = 0.123
+    stores[0].write_text(json.dumps(saved))
+    second = {r["setting"]: r for r in sr.run_task(ctx, t, chosen, rounds=1)["rows"]}
+    assert second["random merge @0.5"]["cosine_to_dense"] == 0.123
+    a = first["rows"][0]
+    assert second[a["setting"]]["metrics"] == a["metrics"] and second[a["setting"]]["speedup"] > 0

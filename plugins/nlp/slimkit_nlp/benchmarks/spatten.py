@@ -159,10 +159,11 @@ def run_encoder(ctx) -> dict:
 
     training = json.loads((MINILM_SPATTEN / "training.json").read_text())
     return {"model": "all-MiniLM-L6-v2", "passages_per_length": n_pass, "timing_rounds": rounds,
-            "distilled": {"what": "the shipped slimkit_nlp.assets.load_minilm_spatten(): spatten (merge) plus the "
-                                  "paper's short fine-tune (distill: low-rank deltas, mean-pooled and per-token "
-                                  "cosine to the unpruned model) on passages of the training plays; every row here "
-                                  "is scored on the validation plays",
+            "distilled": {"what": "the shipped slimkit_nlp.assets.load_minilm_spatten(): spatten plus the paper's "
+                                  "short fine-tune (low-rank deltas) on passages of the training plays; every row "
+                                  "here is scored on the validation plays",
+                          "objective": training.get("objective", "mean-pooled and per-token cosine to the unpruned "
+                                                                 "model"),
                           "made_by": training["script"], "settings": training["settings"],
                           "train_seconds": training["seconds"]},
             "fidelity": "cosine: mean-pooled embedding (weighted by kept_token_weights: 1 per kept token for drop, "

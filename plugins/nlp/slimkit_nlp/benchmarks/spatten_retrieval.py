@@ -9,13 +9,14 @@ documents of its scene (``relevance="scene"``; the document it touches alone is 
 Documents are embedded by the pruned model (mean-pooled, weighted by ``kept_token_weights``), queries
 by the dense one; "both pruned" embeds the queries with the pruned model too. Cosine similarity,
 Recall@1, Recall@10 (a relevant document in the top k) and MRR; ratios to the dense model on the same
-queries. Settings: cumulative SpAtten (drop, merge, merge + the shipped distillation, and that model
+queries. Settings: cumulative SpAtten (drop, merge, the shipped distillation in its own mode and keep, and that model
 with heads pruned), per-layer scores and random selection at the same keep ratios. Speed-up: each
 setting timed round-robin against the dense document encoder (sdpa, its default) on one 512-token
 document, batch 1, threads fixed, median after warm-up. Mult-Adds from ``spatten_stats``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from dataclasses import dataclass
@@ -56,16 +57,20 @@ class Setting:
 def settings(quick: bool) -> list[Setting]:
     """Every setting measured: cumulative SpAtten at each keep in both modes, per-layer and random at the
     same keeps in ``BASELINE_MODES``, the shipped distilled model, and it with heads pruned."""
-    from slimkit_nlp.assets import MINILM_SPATTEN
-
-    cfg = json.loads((MINILM_SPATTEN / "slimkit_config.json").read_text())
     keeps = (0.5,) if quick else KEEPS
     out = [Setting(p, m, k) for m in MODES for p in POLICIES for k in keeps
            if p == "spatten" or m in BASELINE_MODES]
-    out.append(Setting("spatten", cfg["pruned_tokens"], cfg["token_keep"], distilled=True))
-    out += [Setting("spatten", cfg["pruned_tokens"], cfg["token_keep"], h, distilled=True)
-            for h in ((0.8,) if quick else HEAD_KEEPS)]
+    out.append(shipped_distilled_setting())
+    out += [shipped_distilled_setting(h) for h in ((0.8,) if quick else HEAD_KEEPS)]
     return out
+
+
+def shipped_distilled_setting(head_keep: float = 1.0) -> Setting:
+    """The shipped distilled model (``minilm-spatten/slimkit_config.json``: its mode and keep), ``head_keep`` set."""
+    from slimkit_nlp.assets import MINILM_SPATTEN
+
+    cfg = json.loads((MINILM_SPATTEN / "slimkit_config.json").read_text())
+    return Setting("spatten", cfg["pruned_tokens"], cfg["token_keep"], head_keep, distilled=True)
 
 
 def dense_model(attn: str = "sdpa"):
@@ -220,18 +225,46 @@ def run_task(ctx, task, chosen: list[Setting], rounds: int) -> dict:
     n_eval = task.n_evaluation
     dense["metrics"]["evaluation_documents_only"] = score(d_queries, d_docs[:n_eval], _only_evaluation(task))
     dense["metrics"]["evaluation_documents_only"].pop("reciprocal_ranks")
+    store = None if ctx.quick else progress_store(task)
     rows = []
     for s in ctx.progress(chosen, desc="settings"):
         m = make_model(s, eager, distilled)
+
+        def measure(m=m, s=s):
+            return evaluate(m, task, dense, progress=lambda it, n=s.name: ctx.progress(it, desc=n))
+        quality = measure() if store is None else store.measure(s.name, measure)
         row = {"setting": s.name, "policy": s.policy, "pruned_tokens": s.pruned_tokens, "token_keep": s.token_keep,
-               "head_keep": s.head_keep, "distilled": s.distilled,
-               **evaluate(m, task, dense, progress=lambda it, n=s.name: ctx.progress(it, desc=n))}
-        row.update(speedup(ctx, sdpa, m, task.doc_ids[:1], rounds))
+               "head_keep": s.head_keep, "distilled": s.distilled, **copy.deepcopy(quality)}
+        row.update(speedup(ctx, sdpa, m, task.doc_ids[:1], rounds))     # timed in every run, side by side
         base_rr = dense["metrics"]["reciprocal_ranks"]
         row["mrr_minus_dense"] = _paired_ci(row["metrics"]["reciprocal_ranks"], base_rr, ctx.seed)
         rows.append(row)
         del m
     return {"dense": dense["metrics"], "rows": rows}
+
+
+def progress_store(task):
+    """Where each setting's quality measurements (``evaluate``: 500 pruned documents, a few minutes each) are kept
+    so that an interrupted run resumes (``MeasurementStore``). Its fingerprint covers the task's token ids, the
+    shipped distillation (deltas and config), the torch and transformers versions, the ``spatten`` package and
+    the measuring functions here; the speed-ups are measured again in every run."""
+    import hashlib
+    from pathlib import Path
+
+    import transformers
+
+    from slimkit_nlp.assets import MINILM_SPATTEN
+
+    from .llm_eval import MeasurementStore
+
+    digest = hashlib.sha256(task.doc_ids.numpy().tobytes() + task.query_ids.numpy().tobytes())
+    for f in ("deltas.safetensors", "slimkit_config.json"):
+        digest.update((MINILM_SPATTEN / f).read_bytes())
+    settings = {"task_and_distillation": digest.hexdigest()[:16], "torch": torch.__version__,
+                "transformers": transformers.__version__}
+    here = Path(__file__).resolve().parent
+    return MeasurementStore("spatten-retrieval", settings, source_dirs=[here.parent / "spatten"],
+                            sources=(Setting, make_model, distilled_weights, embed, score, evaluate))
 
 
 def _only_evaluation(task):
@@ -344,7 +377,7 @@ def plot(result: dict, png) -> None:
             if r["distilled"]:
                 full = r["head_keep"] == 1.0
                 ax.plot([r["speedup"]], [r[key]], "D" if full else "x", color="C3", ms=7 if full else 6,
-                        label="spatten merge + distill" if full else None)
+                        label=f"spatten {r['pruned_tokens']} + distill" if full else None)
                 if not full:
                     ax.annotate(f"heads {r['heads_pruned_share']:.0%}", (r["speedup"], r[key]), fontsize=6,
                                 xytext=(3, -8), textcoords="offset points")
