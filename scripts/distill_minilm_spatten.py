@@ -6,13 +6,20 @@ of the layers' linear weights on 512-token passages of the *training* plays (``-
 default; ``bf16`` autocast pays only on CPUs with native bfloat16: on this project's 2-core machine it measured
 12.2 s per contrastive step against 0.78 s in float32), with one of two objectives (``--objective``):
 
-* ``cosine`` (the objective of the deltas shipped before the retrieval target): ``slimkit_nlp.spatten.distill``: mean-pooled cosine to the
-  unpruned model's embedding plus the per-token term (``--token-loss``);
-* ``contrastive`` (the shipped deltas' objective): the retrieval task's own signal. The pruned embedding of a passage must pick the
-  dense embedding of its own text out of the dense embeddings of every training passage (InfoNCE,
+* ``cosine`` (the objective of the deltas shipped before the retrieval target): mean-pooled cosine to
+  the unpruned model's embedding plus the per-token term (``--token-loss``);
+* ``contrastive`` (the shipped deltas' objective): the retrieval task's own signal. The pruned embedding of
+  a passage must pick the dense embedding of its own text out of the dense embeddings of every training
+  passage (InfoNCE,
   temperature ``--temperature``; the other passages, mostly from the same plays, are the negatives),
-  plus ``--cosine-weight`` times the mean-pooled cosine term. Same deltas, optimiser and schedule as
-  ``distill``.
+  plus ``--cosine-weight`` times the mean-pooled cosine term (``distill(..., objective="contrastive")``).
+
+Both run on ``slimkit_nlp.spatten.distill`` (the shared trainer): a checkpoint every 100 steps in
+``--out``/checkpoints and on Ctrl-C; the same command resumes; the checkpoints are removed once the deltas are
+written.
+The shipped deltas were made at commit 11a18c9 by this script's own loop, before it moved onto ``distill``: the
+same objective, initial deltas, optimiser and schedule, with the batches drawn from one generator rather than
+one per step, so a remake is the same training but not bit for bit the same deltas.
 
 It writes ``--out`` (default ``plugins/nlp/slimkit_nlp/assets/minilm-spatten/``): ``deltas.safetensors``
 (float16 factors), ``slimkit_config.json`` (the spatten config) and ``training.json`` (settings, time,
@@ -35,69 +42,9 @@ from pathlib import Path
 import torch
 
 from slimkit.io import atomic_write_json
+from slimkit.training import TrainingInterrupted, forget_checkpoints, interrupted_exit
 
 OUT = Path(__file__).resolve().parents[1] / "plugins/nlp/slimkit_nlp/assets/minilm-spatten"
-
-
-def contrastive_distill(model, teacher, train: torch.Tensor, *, steps: int, lr: float, batch_size: int, rank: int,
-                        temperature: float, cosine_weight: float, seed: int = 0, bf16: bool = True) -> dict:
-    """Train low-rank deltas of ``model``'s layer linears (in place, merged at the end) so that its
-    mean-pooled embedding of passage ``i`` of ``train (N, L)`` ranks the teacher's embedding of passage ``i``
-    first among the teacher's embeddings of all ``N`` passages. Returns ``distill``'s dict."""
-    import torch.nn.utils.parametrize as parametrize
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
-
-    from slimkit_nlp.spatten import mean_pool
-    from slimkit_nlp.spatten.finetune import LowRankDelta, _layer_linears
-
-    with torch.inference_mode():
-        bank = torch.cat([teacher(input_ids=train[i:i + 8]).last_hidden_state.mean(1)
-                          for i in tqdm(range(0, len(train), 8), desc="teacher embeddings", leave=False)])
-    bank_n = torch.nn.functional.normalize(bank, dim=-1)
-    gen = torch.Generator().manual_seed(seed)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    deltas = {}
-    for name, lin in _layer_linears(model).items():
-        deltas[name] = LowRankDelta(lin.out_features, lin.in_features, rank, gen)
-        parametrize.register_parametrization(lin, "weight", deltas[name])
-    params = [p for d in deltas.values() for p in d.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = get_linear_schedule_with_warmup(opt, min(20, steps), steps)
-    history, window = [], []
-    t0 = time.perf_counter()
-    try:
-        with torch.enable_grad():
-            for step in (bar := tqdm(range(steps), desc="contrastive distill", leave=False)):
-                idx = torch.randint(0, len(train), (batch_size,), generator=gen)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    out = model(input_ids=train[idx])
-                emb = mean_pool(out.last_hidden_state.float(), out.kept_token_weights.float())
-                logits = torch.nn.functional.normalize(emb, dim=-1) @ bank_n.T / temperature
-                loss = torch.nn.functional.cross_entropy(logits, idx)
-                if cosine_weight:
-                    loss = loss + cosine_weight * (1 - torch.cosine_similarity(emb, bank[idx], dim=-1)).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                window.append(loss.item())
-                if len(window) == 10 or step == steps - 1:
-                    history.append(sum(window) / len(window))
-                    window = []
-                    bar.set_postfix(loss=f"{history[-1]:.4f}")
-    finally:
-        for lin in _layer_linears(model).values():
-            if parametrize.is_parametrized(lin, "weight"):
-                parametrize.remove_parametrizations(lin, "weight", leave_parametrized=True)
-        for p in frozen:
-            p.requires_grad_(True)
-    factors = {name: (d.B.detach().clone(), d.A.detach().clone()) for name, d in deltas.items()}
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "loss_first": history[0], "loss_last": history[-1],
-            "history": history, "deltas": factors}
 
 
 def main() -> None:
@@ -145,18 +92,18 @@ def main() -> None:
     before = val_cosine()
     print(f"validation cosine before: {before:.4f}", flush=True)
     t0 = time.time()
-    bf16 = args.precision == "bf16"
-    if args.objective == "cosine":
+    contrastive = args.objective == "contrastive"
+    try:
         info = distill(model, train, steps=args.steps, lr=args.lr, batch_size=args.batch, rank=args.rank,
-                       token_loss=args.token_loss, teacher=dense, bf16=bf16, seed=0)
-        objective = "mean-pooled + per-token cosine to the unpruned model (slimkit_nlp.spatten.distill)"
-    else:
-        info = contrastive_distill(model, dense, train, steps=args.steps, lr=args.lr, batch_size=args.batch,
-                                   rank=args.rank, temperature=args.temperature, cosine_weight=args.cosine_weight,
-                                   bf16=bf16)
-        objective = ("contrastive: the pruned passage's embedding picks the dense embedding of its own text among "
-                     f"all {args.passages} training passages' (InfoNCE, temperature {args.temperature}) + "
-                     f"{args.cosine_weight} x mean-pooled cosine")
+                       token_loss=0.0 if contrastive else args.token_loss, objective=args.objective,
+                       temperature=args.temperature, cosine_weight=args.cosine_weight, teacher=dense,
+                       bf16=args.precision == "bf16", seed=0, output_dir=args.out, save_every=100)
+    except TrainingInterrupted as stop:
+        interrupted_exit(stop, print)
+    objective = ("contrastive: the pruned passage's embedding picks the dense embedding of its own text among "
+                 f"all {args.passages} training passages' (InfoNCE, temperature {args.temperature}) + "
+                 f"{args.cosine_weight} x mean-pooled cosine" if contrastive else
+                 "mean-pooled + per-token cosine to the unpruned model")
     after = val_cosine()
     print(f"validation cosine after: {after:.4f} ({time.time() - t0:.0f} s)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -171,6 +118,7 @@ def main() -> None:
             "seconds": info["seconds"], "loss_history": info["history"],
             "threads": args.threads, "torch": torch.__version__}
     atomic_write_json(args.out / "training.json", meta)
+    forget_checkpoints(args.out)
     print(f"wrote {args.out}")
 
 

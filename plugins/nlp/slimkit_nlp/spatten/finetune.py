@@ -59,6 +59,7 @@ class _Student(nn.Module):
 
 def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, steps: int = 200,
             lr: float | None = None, batch_size: int = 4, rank: int | None = None, token_loss: float = 0.0,
+            objective: str = "cosine", temperature: float = 0.05, cosine_weight: float = 1.0,
             teacher=None, seed: int = 0, bf16: bool = False, show_progress: bool = True,
             output_dir: str | Path | None = None, save_every: int | None = None, resume: bool | None = None,
             callbacks=(), accelerator=None) -> dict:
@@ -69,6 +70,10 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     ``rank``: None trains every weight (``lr`` default 5e-5); an integer trains low-rank deltas of the
     layers' linear weights (``lr`` default 1e-3), merged into the weights at the end and returned
     under ``"deltas"`` (``save_deltas`` writes them). ``token_loss``: weight of the per-token term.
+    ``objective``: ``"cosine"`` (the paper's recovery: ``1 - cos`` of the mean-pooled embedding to the
+    teacher's) or ``"contrastive"`` (toward retrieval: the pruned embedding of passage ``i`` must pick the
+    teacher's embedding of passage ``i`` out of the teacher's embeddings of all ``N`` passages: InfoNCE at
+    ``temperature``, plus ``cosine_weight`` times the cosine term; it lowers the cosine and raises retrieval).
     ``teacher``: the unpruned model (default: a frozen copy of ``model`` with spatten removed).
     ``bf16``: run the student's forward and backward under bfloat16 autocast (about 1.8x faster on
     CPUs with bf16 matmul; weights, deltas and optimizer state stay float32).
@@ -85,6 +90,7 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     backbone = family.backbone(model)
     attention_mask = _check_distill_inputs(model, family, backbone, input_ids, attention_mask, steps, batch_size,
                                            lr, token_loss, rank)
+    objective_options = _check_objective(objective, temperature, cosine_weight, input_ids.shape[0])
     targets, token_targets = _teacher_targets(model, teacher, input_ids, attention_mask, token_loss)
 
     from transformers import get_linear_schedule_with_warmup
@@ -99,7 +105,7 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
                      callbacks=callbacks, fingerprint={
                          "trainer": "spatten-distill", "model": describe_model(model), "data": tensor_digest(input_ids),
                          "steps": steps, "lr": lr, "batch_size": batch_size, "rank": rank, "token_loss": token_loss,
-                         "seed": seed, "bf16": bf16})
+                         "seed": seed, "bf16": bf16, **objective_options})
     student, opt = loop.prepare(_Student(model, backbone), torch.optim.AdamW(params, lr=lr, weight_decay=0.0))
     sched = get_linear_schedule_with_warmup(opt, min(20, steps), steps)
     device = loop.device
@@ -114,7 +120,7 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
         with torch.enable_grad(), loop.signals():
             for step in bar:
                 idx = torch.randint(0, data[0].shape[0], (batch_size,), generator=loop.seed_step(step)).to(device)
-                loss = _distill_loss(student, data, idx, token_loss, bf16)
+                loss = _distill_loss(student, data, idx, token_loss, bf16, objective_options)
                 opt.zero_grad(set_to_none=True)
                 loop.accelerator.backward(loss)
                 loop.accelerator.clip_grad_norm_(params, 1.0)
@@ -192,14 +198,34 @@ def _trainable(model, rank, lr, gen: torch.Generator):
     return [p for d in deltas.values() for p in d.parameters()], (1e-3 if lr is None else lr), deltas, frozen
 
 
-def _distill_loss(student, data, idx, token_loss: float, bf16: bool) -> torch.Tensor:
-    """``1 - cos`` of the pruned mean-pooled embedding to the teacher's, plus ``token_loss`` times the
-    per-token term (each input token's representative against the teacher's state of that token)."""
+def _check_objective(objective: str, temperature: float, cosine_weight: float, passages: int) -> dict:
+    """The objective's options for the fingerprint, or a clear error."""
+    if objective == "cosine":
+        return {"objective": "cosine"}
+    if objective != "contrastive":
+        raise SlimkitError(f"objective must be 'cosine' or 'contrastive', got {objective!r}")
+    if not temperature > 0 or cosine_weight < 0:
+        raise SlimkitError(f"the contrastive objective needs temperature > 0 and cosine_weight >= 0, got "
+                           f"{temperature} and {cosine_weight}")
+    if passages < 2:
+        raise SlimkitError("the contrastive objective needs at least 2 passages (the others are the negatives)")
+    return {"objective": "contrastive", "temperature": temperature, "cosine_weight": cosine_weight}
+
+
+def _distill_loss(student, data, idx, token_loss: float, bf16: bool, objective: dict) -> torch.Tensor:
+    """``1 - cos`` of the pruned mean-pooled embedding to the teacher's (times ``cosine_weight`` under the
+    contrastive objective, which adds InfoNCE of that embedding against all teacher embeddings, the target
+    being the passage's own), plus ``token_loss`` times the per-token term (each input token's
+    representative against the teacher's state of that token)."""
     input_ids, attention_mask, targets, token_targets = data
     with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         hidden, kept, owner = student(input_ids[idx], attention_mask[idx])
     emb = mean_pool(hidden.float(), kept.float())
     loss = (1 - torch.cosine_similarity(emb, targets[idx], dim=-1)).mean()
+    if objective["objective"] == "contrastive":
+        logits = (torch.nn.functional.normalize(emb, dim=-1) @ torch.nn.functional.normalize(targets, dim=-1).T
+                  / objective["temperature"])
+        loss = torch.nn.functional.cross_entropy(logits, idx) + objective["cosine_weight"] * loss
     if token_loss > 0:
         rec = hidden.float().gather(1, owner.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
         ok = (owner >= 0).to(rec.dtype)
