@@ -91,7 +91,7 @@ def distill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     attention_mask = _check_distill_inputs(model, family, backbone, input_ids, attention_mask, steps, batch_size,
                                            lr, token_loss, rank)
     objective_options = _check_objective(objective, temperature, cosine_weight, input_ids.shape[0])
-    targets, token_targets = _teacher_targets(model, teacher, input_ids, attention_mask, token_loss)
+    targets, token_targets = _teacher_targets(model, teacher, input_ids, attention_mask, token_loss, show_progress)
 
     from transformers import get_linear_schedule_with_warmup
 
@@ -165,8 +165,9 @@ def _check_distill_inputs(model, family, backbone, input_ids, attention_mask, st
 
 
 @torch.inference_mode()
-def _teacher_targets(model, teacher, input_ids, attention_mask, token_loss: float):
+def _teacher_targets(model, teacher, input_ids, attention_mask, token_loss: float, show_progress: bool = False):
     """The unpruned model's mean-pooled embeddings ``(N, H)`` and, with ``token_loss``, its states ``(N, L, H)``."""
+    from slimkit.progress import bar
     from slimkit_nlp.families import resolve_family
 
     from .transform import remove_spatten
@@ -176,7 +177,8 @@ def _teacher_targets(model, teacher, input_ids, attention_mask, token_loss: floa
     t_backbone = resolve_family(teacher).backbone(teacher)
     teacher.eval()
     states = [t_backbone(input_ids=input_ids[i:i + 8], attention_mask=attention_mask[i:i + 8]).last_hidden_state
-              for i in range(0, input_ids.shape[0], 8)]
+              for i in bar(range(0, input_ids.shape[0], 8), desc="teacher embeddings", unit="batch",
+                           enabled=show_progress)]
     targets = torch.cat([mean_pool(s, attention_mask[i * 8:(i + 1) * 8]) for i, s in enumerate(states)])
     return targets, (torch.cat(states) if token_loss > 0 else None)
 
