@@ -19,7 +19,9 @@ Both run on ``slimkit_nlp.spatten.distill`` (the shared trainer): a checkpoint e
 written.
 The shipped deltas were made at commit 11a18c9 by this script's own loop, before it moved onto ``distill``: the
 same objective, initial deltas, optimiser and schedule, with the batches drawn from one generator rather than
-one per step, so a remake is the same training but not bit for bit the same deltas.
+one per step, so a remake is the same training but not bit for bit the same deltas. A remake with this script
+(its defaults, 2026-11-30) measured MRR 0.996x and Recall@10 1.007x dense on the retrieval task, against the
+shipped deltas' 1.006x and 0.993x: the same within the task's noise (about ±0.04 on MRR).
 
 It writes ``--out`` (default ``plugins/nlp/slimkit_nlp/assets/minilm-spatten/``): ``deltas.safetensors``
 (float16 factors), ``slimkit_config.json`` (the spatten config) and ``training.json`` (settings, time,
