@@ -14,9 +14,10 @@ default; ``bf16`` autocast pays only on CPUs with native bfloat16: on this proje
   temperature ``--temperature``; the other passages, mostly from the same plays, are the negatives),
   plus ``--cosine-weight`` times the mean-pooled cosine term (``distill(..., objective="contrastive")``).
 
-Both run on ``slimkit_nlp.spatten.distill`` (the shared trainer): a checkpoint every 100 steps in
-``--out``/checkpoints and on Ctrl-C; the same command resumes; the checkpoints are removed once the deltas are
-written.
+Both run on ``slimkit_nlp.spatten.distill`` (the shared trainer): a checkpoint every 100 steps and on Ctrl-C in
+``--checkpoints`` (default ``$SLIMKIT_CACHE/distill-minilm-spatten``, outside the package so that no half-made
+run lands in it); the same command resumes (``--no-resume`` starts over); they are removed once the deltas
+are written.
 The shipped deltas were made at commit 11a18c9 by this script's own loop, before it moved onto ``distill``: the
 same objective, initial deltas, optimiser and schedule, with the batches drawn from one generator rather than
 one per step, so a remake is the same training but not bit for bit the same deltas. A remake with this script
@@ -37,12 +38,14 @@ measures it on the retrieval task.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from slimkit.errors import SlimkitError
 from slimkit.io import atomic_write_json
 from slimkit.training import TrainingInterrupted, forget_checkpoints, interrupted_exit
 
@@ -66,6 +69,10 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="training precision: bf16 autocast is faster only where the CPU computes bfloat16 natively")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--checkpoints", type=Path,
+                    default=Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
+                    / "distill-minilm-spatten", help="where the training checkpoints go (resumed from there)")
+    ap.add_argument("--no-resume", action="store_true", help="start over, deleting the checkpoints of a run")
     args = ap.parse_args()
 
     warnings.filterwarnings("ignore", message="spatten: switched")
@@ -99,7 +106,8 @@ def main() -> None:
         info = distill(model, train, steps=args.steps, lr=args.lr, batch_size=args.batch, rank=args.rank,
                        token_loss=0.0 if contrastive else args.token_loss, objective=args.objective,
                        temperature=args.temperature, cosine_weight=args.cosine_weight, teacher=dense,
-                       bf16=args.precision == "bf16", seed=0, output_dir=args.out, save_every=100)
+                       bf16=args.precision == "bf16", seed=0, output_dir=args.checkpoints, save_every=100,
+                       resume=False if args.no_resume else None)
     except TrainingInterrupted as stop:
         interrupted_exit(stop, print)
     objective = ("contrastive: the pruned passage's embedding picks the dense embedding of its own text among "
@@ -120,9 +128,12 @@ def main() -> None:
             "seconds": info["seconds"], "loss_history": info["history"],
             "threads": args.threads, "torch": torch.__version__}
     atomic_write_json(args.out / "training.json", meta)
-    forget_checkpoints(args.out)
+    forget_checkpoints(args.checkpoints)
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SlimkitError as err:    # a bad setting, a checkpoint made with other settings: one sentence, no traceback
+        raise SystemExit(f"error: {err}") from None
