@@ -19,6 +19,7 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
+from . import native
 from .config import CRITERION_EXPECTED_KL, CRITERION_MAX_PROB, LAYOUT_GROUPED
 from .quant import dequantize, dequantize_msb, quantize, split_planes
 from .state import ATTENTION_NAME as NAME
@@ -335,11 +336,13 @@ class _KeyReader:
     """Attention logits ``q . k`` of the quantized keys of a ``GroupedPQLayer``.
 
     A key is ``k = code * s + z`` per group of ``key_group`` tokens and channel. MSB-only keys read
-    ``code = msb * 2**lsb + (2**lsb - 1) / 2`` (the bucket centre), full keys ``code = msb * 2**lsb + lsb``. In
-    packed mode the planes are unpacked once per call (``GroupedPQLayer.key_planes``), joined as integers, and
-    dequantized into one transient float32 tensor (one ``addcmul``) for one matmul: measured faster on CPU than
-    folding the scales into per-group query copies (many tiny batched matmuls). ``keep_views=True`` multiplies
-    the float32 views."""
+    ``code = msb * 2**lsb + (2**lsb - 1) / 2`` (the bucket centre), full keys ``code = msb * 2**lsb + lsb``.
+    Packed mode, a few query rows (decode, ``R <= NATIVE_MAX_ROWS``): the fused kernel (``native.key_scores``)
+    reads the packed planes and folds the scales into the queries, writing nothing but the logits. Otherwise,
+    or when the kernel cannot be built: the planes are unpacked once per call (``GroupedPQLayer.key_planes``),
+    joined as integers, and dequantized into one transient float32 tensor (one ``addcmul``) for one matmul
+    (measured faster on CPU than folding the scales into per-group query copies, many tiny batched matmuls).
+    ``keep_views=True`` multiplies the float32 views."""
 
     def __init__(self, cfg, layer, qg: torch.Tensor):
         self.cfg, self.layer, self.qg = cfg, layer, qg
@@ -352,7 +355,25 @@ class _KeyReader:
         if self.cfg.keep_views:
             hi, whole, _ = layer.key_views()
             return torch.matmul(qg, (whole if full else hi).transpose(-1, -2))
+        if use_native(qg):
+            return self._native_scores(full)
         return torch.matmul(qg, self.keys(full).transpose(-1, -2))
+
+    def _scale_zero(self, full: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """``(scale, zero, with_lsb)`` float32 ``[B, Hkv, n, D]`` of the code the keys are read with: the joined
+        MSB+LSB code, or the MSB code alone with the bucket centre folded into the zero point."""
+        layer = self.layer
+        s, z = layer.k_scale.float(), layer.k_zero.float()
+        if full and layer.lsb_bits and layer.needs_full_view:
+            return s, z, True
+        step = float(1 << layer.lsb_bits)
+        return s * step, z + s * ((step - 1.0) / 2.0), False
+
+    def _native_scores(self, full: bool) -> torch.Tensor:
+        layer = self.layer
+        s, z, with_lsb = self._scale_zero(full)
+        return native.key_scores(self.qg, layer.k_msb, layer.msb_bits, layer.k_lsb if with_lsb else None,
+                                 layer.lsb_bits, s, z, self.cfg.key_group)
 
     def keys(self, full: bool) -> torch.Tensor:
         """Packed mode: the quantized keys ``[B, Hkv, Tk, D]`` float32, MSB-only or full."""
@@ -360,15 +381,26 @@ class _KeyReader:
         if self._planes is None:
             self._planes = layer.key_planes()
         msb, lsb = self._planes
-        lsb_bits = layer.lsb_bits
-        s, z = layer.k_scale.float(), layer.k_zero.float()                                # [B, Hkv, n, D]
-        if full and lsb is not None:
-            wide = msb if layer.msb_bits + lsb_bits <= 8 else msb.to(torch.int32)
-            codes = (wide << lsb_bits) | lsb
-        else:  # the MSB code alone: scale by the MSB step, the bucket centre into the zero point
-            step = float(1 << lsb_bits)
-            codes, z, s = msb, z + s * ((step - 1.0) / 2.0), s * step
+        s, z, with_lsb = self._scale_zero(full and lsb is not None)
+        if with_lsb:
+            wide = msb if layer.msb_bits + layer.lsb_bits <= 8 else msb.to(torch.int32)
+            codes = (wide << layer.lsb_bits) | lsb
+        else:
+            codes = msb
         return dequantize_grouped(codes, s, z)
+
+
+#: the fused kernels serve calls with at most this many query rows per key/value head (decode steps and short
+#: chunks); longer calls (the prefill) multiply dequantized tensors with PyTorch's matmul
+NATIVE_MAX_ROWS = 32
+
+
+def use_native(qg: torch.Tensor) -> bool:
+    """Whether a call with grouped queries ``qg [B, Hkv, R, D]`` runs the fused kernels (``native.py``): few
+    rows, no gradient wanted (the kernels have no backward), the kernels built."""
+    if torch.is_grad_enabled() and qg.requires_grad:
+        return False
+    return qg.shape[-2] <= NATIVE_MAX_ROWS and qg.shape[-1] <= native.MAX_HEAD_DIM and native.usable(qg)
 
 
 def dequantize_grouped(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -392,6 +424,11 @@ def _value_output(cfg, layer, pg: torch.Tensor) -> torch.Tensor:
     p = pg[..., :tv] if t > tv else pg
     if cfg.keep_views:
         o = torch.matmul(p, layer.value_views()[0])
+    elif use_native(pg):
+        o = native.value_output(p, layer.v_codes, layer.value_bits, layer.v_scale.float(), layer.v_zero.float(),
+                                layer.value_group)
+        if layer.rotation is not None:
+            o = torch.matmul(o, layer.rotation)
     else:
         o = _grouped_values(p, layer.value_codes(), layer.v_scale.float(), layer.v_zero.float(), layer.value_group)
         if layer.rotation is not None:
