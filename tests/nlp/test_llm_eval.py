@@ -165,6 +165,36 @@ def test_timing_interleaves_methods(model, prompt):
         ev.time_prefill_and_decode([ev.DenseMethod(model), ev.DenseMethod(model)], prompt, decode_tokens=1)
 
 
+def test_timing_decodes_step_by_step_across_methods_without_mixing_their_caches(model, prompt):
+    calls = []
+
+    def logged(base, name):
+        class Logged(base):
+            def prefill(self, ids):
+                calls.append(("prefill", self.name))
+                return super().prefill(ids)
+
+            def step(self, ids, cache, position):
+                calls.append((position, self.name, int(ids)))
+                return super().step(ids, cache, position)
+        return Logged(model, name=name)
+
+    methods = [logged(ev.DenseMethod, "dense"), logged(HalfMethod, "half")]
+    ev.time_prefill_and_decode(methods, prompt, decode_tokens=4, repeats=2, warmup_tokens=1)
+    timed = calls[2 + 2:]                                      # after the warm-up (prefill + 1 step each)
+    first_round = timed[:2 + 2 * 4]
+    assert [c[1] for c in first_round] == ["dense", "half"] * 5   # both prefill, then step i of each in turn
+    assert [c[0] for c in first_round[2:]] == [120, 120, 121, 121, 122, 122, 123, 123]
+    second_round = timed[10:]
+    assert [c[1] for c in second_round] == ["half", "dense"] * 5  # the order rotates
+    # each method's greedy tokens are its own: the same as decoding it alone
+    for m in methods:
+        calls.clear()
+        ev._run_once(m, prompt, 4)
+        alone = [c[2] for c in calls if c[0] != "prefill"]
+        assert alone == [c[2] for c in first_round if c[0] != "prefill" and c[1] == m.name]
+
+
 def test_fix_threads():
     old = torch.get_num_threads()
     ev.fix_threads(1)
@@ -278,6 +308,17 @@ def test_measurement_store_fingerprints_single_source_files_and_prompt_content(t
     assert MeasurementStore("toy", {}, source_dirs=[harness]).path != first.path
     ids = torch.arange(10).unsqueeze(0)
     assert prompt_key(ids) == prompt_key(ids.clone()) != prompt_key(ids + 1)
+    # a package folder: its C kernels count as well as its Python (pq's native.c changes the numbers too)
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "mod.py").write_text("z = 1\n")
+    (package / "kernel.c").write_text("int f(void) { return 1; }\n")
+    (package / "README.md").write_text("notes\n")
+    before = MeasurementStore("toy", {}, source_dirs=[package]).path
+    (package / "README.md").write_text("other notes\n")
+    assert MeasurementStore("toy", {}, source_dirs=[package]).path == before
+    (package / "kernel.c").write_text("int f(void) { return 2; }\n")
+    assert MeasurementStore("toy", {}, source_dirs=[package]).path != before
 
 
 def test_measurement_store_hashes_the_measuring_code_not_the_file_around_it(tmp_path, monkeypatch):

@@ -516,9 +516,14 @@ def time_prefill_and_decode(methods: Sequence[Method], prompt: Prompt, decode_to
                             repeats: int = 3, warmup_tokens: int = 4) -> dict[str, dict]:
     """Prefill seconds, greedy decode tokens/s and final KV bytes of each method on one prompt.
 
-    One warm-up round (``warmup_tokens`` decode steps) per method, then ``repeats`` rounds that
-    interleave the methods (the order rotates every round so no method always runs first); medians.
-    Returns ``{name: {"prefill_s", "decode_tok_s", "kv_bytes", "prefill_runs", "decode_runs"}}``.
+    One warm-up round (``warmup_tokens`` decode steps) per method, then ``repeats`` rounds. A round
+    prefills every method (the order rotates every round so no method always runs first), then decodes
+    **step by step across the methods**: step ``i`` of every method, in the round's order, before step
+    ``i + 1`` of any. A change in the machine's load (another job on a shared machine) then falls on every
+    method alike instead of on whichever ran during it. A method's decode time in a round is the sum of its
+    step times (the greedy ``argmax`` between steps is not timed); medians over the rounds.
+    Returns ``{name: {"prefill_s", "decode_tok_s", "kv_bytes", "prefill_runs", "decode_runs"}}``
+    (``decode_runs``: seconds for ``decode_tokens`` steps, per round).
     """
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
@@ -531,15 +536,40 @@ def time_prefill_and_decode(methods: Sequence[Method], prompt: Prompt, decode_to
     order = list(methods)
     for r in range(repeats):
         rotated = order[r % len(order):] + order[:r % len(order)]
-        for m in rotated:
-            p, d, b = _run_once(m, prompt, decode_tokens)
-            prefill[m.name].append(p)
-            decode[m.name].append(d)
-            kv[m.name] = b
+        runs = [_Decoding(m, prompt) for m in rotated]           # prefills, timed one after another
+        for _ in range(decode_tokens):
+            for run in runs:
+                run.step()
+        for run in runs:
+            prefill[run.method.name].append(run.prefill_s)
+            decode[run.method.name].append(run.decode_s)
+            kv[run.method.name] = run.method.kv_bytes(run.cache)
+        del runs
     return {m.name: {"prefill_s": statistics.median(prefill[m.name]),
                      "decode_tok_s": decode_tokens / statistics.median(decode[m.name]) if decode_tokens else 0.0,
                      "kv_bytes": kv[m.name],
                      "prefill_runs": prefill[m.name], "decode_runs": decode[m.name]} for m in methods}
+
+
+class _Decoding:
+    """One method's greedy decode of one prompt, advanced a step at a time: prefill on creation (timed in
+    ``prefill_s``), then ``step()`` adds each step's seconds to ``decode_s``."""
+
+    def __init__(self, method: Method, prompt: Prompt):
+        self.method = method
+        t0 = time.perf_counter()
+        self.cache, last = method.prefill(prompt.ids)
+        self.prefill_s = time.perf_counter() - t0
+        self.decode_s = 0.0
+        self.position = prompt.ids.shape[1]
+        self.token = last.argmax(-1).reshape(1, 1)
+
+    def step(self) -> None:
+        t0 = time.perf_counter()
+        logits = self.method.step(self.token, self.cache, self.position)
+        self.decode_s += time.perf_counter() - t0
+        self.position += 1
+        self.token = logits[:, -1].argmax(-1).reshape(1, 1)
 
 
 # -- resumable measurements ------------------------------------------------------------------------
@@ -548,6 +578,10 @@ def prompt_key(ids: torch.Tensor) -> str:
     import hashlib
 
     return hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+#: compiled sources inside a technique's package that a ``MeasurementStore`` fingerprints with its Python files
+NATIVE_SUFFIXES = (".c", ".h", ".cc", ".cpp")
 
 
 def code_fingerprint(source: str) -> str:
@@ -588,9 +622,10 @@ class MeasurementStore:
 
         h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
         for d in source_dirs:
-            files = [Path(d)] if Path(d).is_file() else sorted(Path(d).rglob("*.py"))
-            for f in files:
-                h.update(code_fingerprint(f.read_text()).encode())
+            files = [Path(d)] if Path(d).is_file() else sorted(
+                f for f in Path(d).rglob("*") if f.suffix in NATIVE_SUFFIXES + (".py",))
+            for f in files:   # Python by its syntax tree; C sources (e.g. pq's kernels) as written
+                h.update((code_fingerprint(f.read_text()) if f.suffix == ".py" else f.read_text()).encode())
         for obj in sources:
             h.update((obj if isinstance(obj, str) else code_fingerprint(inspect.getsource(obj))).encode())
         root = Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit")) / "bench-progress"

@@ -23,9 +23,10 @@ Compute views (``view_bytes()``, not part of ``nbytes``): the attention reads fl
 dequantized prefix (MSB-only keys, full keys where the recompute test can ask for them, values) and of
 the residual window, kept in preallocated buffers that grow by doubling. Each quantized chunk is
 dequantized once, when it enters the cache, so a decode step dequantizes nothing but its own token
-(and, every ``G`` steps, one key group). With ``keep_views=False`` (the default) no view of the prefix is kept:
-each call unpacks the planes (one shift and one mask per plane) and dequantizes them into a transient float32
-tensor, so the resident memory is the packed cache. ``reference_*`` rebuild the same tensors from the packed
+(and, every ``G`` steps, one key group). With ``keep_views=False`` (the default) no view of the prefix is kept,
+so the resident memory is the packed cache: a decode step reads the packed planes in the fused kernels of
+``native.c`` (``attention.use_native``), and longer calls (or a machine without a C compiler) unpack the planes
+(one shift and one mask per plane) and dequantize them into a transient float32 tensor. ``reference_*`` rebuild the same tensors from the packed
 planes token by token (``quant.unpack_tokens_reference``, the slow reference the tests compare against).
 """
 from __future__ import annotations
