@@ -22,6 +22,7 @@ def test_wheel_layout_and_registry(tmp_path):
     for shipped in ("gpt2-shakespeare/model.safetensors", "minilm-spatten/deltas.safetensors",
                     "minilm-spatten/slimkit_config.json"):                     # models the project trained
         assert f"slimkit_nlp/assets/{shipped}" in names, shipped
+    assert "slimkit_nlp/pq/native.c" in names, "pq's decode kernels are built from the installed source"
     meta = zipfile.ZipFile(wheel)
     eps = meta.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "[slimkit.plugins]" in eps and "video = slimkit_video.plugin" in eps and "nlp = slimkit_nlp.plugin" in eps
