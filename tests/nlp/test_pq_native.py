@@ -128,6 +128,18 @@ def test_a_failed_build_leaves_no_library_and_says_so(monkeypatch, fresh_native,
 
 
 @pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
+def test_a_compiler_without_march_native_builds_without_it(monkeypatch, fresh_native, tmp_path):
+    cc = tmp_path / "plain-cc"
+    cc.write_text('#!/bin/sh\nfor a in "$@"; do if [ "$a" = "-march=native" ]; then '
+                  'echo "unsupported option -march=native" >&2; exit 1; fi; done\nexec cc "$@"\n')
+    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(cc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.kernels() is not None
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
 def test_a_damaged_library_in_the_cache_is_built_again(fresh_native):
     target = native._library_path(shutil.which("cc"))
     target.parent.mkdir(parents=True)

@@ -30,7 +30,9 @@ import torch
 SOURCE = Path(__file__).with_name("native.c")
 ENV_SWITCH = "SLIMKIT_NATIVE"
 FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
-         "-fno-trapping-math", "-march=native")
+         "-fno-trapping-math")
+#: tried first; a compiler that does not know it (some clang versions on arm64) builds without it
+TUNE_FLAGS = ("-march=native",)
 #: the largest head_dim the kernels take (``MAX_D`` in native.c); wider heads use the PyTorch path
 MAX_HEAD_DIM = 1024
 
@@ -64,7 +66,7 @@ def _library_path(cc: str) -> Path:
     except (OSError, subprocess.SubprocessError):
         version = ""
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(), _cpu_signature().encode(),
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS + TUNE_FLAGS).encode(), version.encode(), _cpu_signature().encode(),
                  platform.machine().encode()):
         h.update(part)
         h.update(b"\0")
@@ -78,9 +80,13 @@ def _build(cc: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        res = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
-        if res.returncode != 0:
-            raise RuntimeError((res.stderr or res.stdout).strip().splitlines()[-1:] or ["compiler failed"])
+        for flags in (FLAGS + TUNE_FLAGS, FLAGS):
+            res = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+            if res.returncode == 0:
+                break
+        else:
+            lines = (res.stderr or res.stdout).strip().splitlines()
+            raise RuntimeError(lines[-1] if lines else f"exit status {res.returncode}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
