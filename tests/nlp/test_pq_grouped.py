@@ -48,6 +48,17 @@ def _layer(cfg, t, b=2, hkv=2, d=16, seed=0):
     return layer, k, v
 
 
+def queries_and_mask(layer, lq: int, seed: int, padding: int):
+    """Queries ``[2, 4, lq, 16]`` for a ``_layer`` cache, and its additive mask ``[2, 1, lq, T]``: causal over the
+    newest ``lq`` tokens, the second sample left-padded by ``padding`` tokens."""
+    q = torch.randn(2, 4, lq, 16, generator=torch.Generator().manual_seed(seed)) * 2
+    t = layer.length
+    mask = torch.zeros(2, 1, lq, t)
+    mask[..., t - lq:] = torch.triu(torch.full((lq, lq), float("-inf")), 1)
+    mask[1, :, :, :padding] = float("-inf")
+    return q, mask
+
+
 @pytest.mark.parametrize("opts", [
     dict(), dict(threshold=1.0), dict(threshold=0.0), dict(criterion="max_prob", threshold=0.3),
     dict(threshold=0.5, kl_threshold=1e-4), dict(msb_bits=4, lsb_bits=4, value_bits=8, residual_length=3),
@@ -60,12 +71,7 @@ def _layer(cfg, t, b=2, hkv=2, d=16, seed=0):
 def test_fast_attention_equals_the_reference_on_the_same_packed_cache(opts, lq):
     cfg = ProgressiveQuantConfig(**{"key_group": 8, "value_group": 8, **opts})
     layer, _, _ = _layer(cfg, 45)
-    g = torch.Generator().manual_seed(1)
-    q = torch.randn(2, 4, lq, 16, generator=g) * 2
-    t = layer.length
-    mask = torch.zeros(2, 1, lq, t)
-    mask[..., t - lq:] = torch.triu(torch.full((lq, lq), float("-inf")), 1)  # causal over the newest tokens
-    mask[1, :, :, :4] = float("-inf")  # left padding
+    q, mask = queries_and_mask(layer, lq, seed=1, padding=4)
     p, out, rec, read = attend_grouped(cfg, layer, q, mask, 0.25)
     p_ref, out_ref, rec_ref = attend_grouped_reference(cfg, layer, q, mask, 0.25)
     assert rec == rec_ref

@@ -12,7 +12,7 @@ from slimkit_nlp.compat import cache_kwargs
 from slimkit_nlp.pq import PQCache, ProgressiveQuantConfig, native
 from slimkit_nlp.pq.attention import attend_grouped, attend_grouped_reference, use_native
 
-from .test_pq_grouped import _layer, llama
+from .test_pq_grouped import _layer, llama, queries_and_mask
 
 HAS_CC = shutil.which("cc") is not None
 
@@ -24,6 +24,13 @@ def fresh_native(monkeypatch, tmp_path):
     native.reset()
     yield tmp_path / "native"
     native.reset()
+
+
+def _use_compiler(monkeypatch, path, script: str) -> None:
+    """Make ``path`` an executable shell script and point ``CC`` at it."""
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(path))
 
 
 def _torch_path(monkeypatch):
@@ -58,12 +65,7 @@ OPTS = [
 def test_kernels_equal_the_pytorch_path_and_the_reference(opts, lq, monkeypatch, fresh_native):
     cfg = ProgressiveQuantConfig(**{"key_group": 8, "value_group": 8, **opts})
     layer, _, _ = _layer(cfg, 53)
-    g = torch.Generator().manual_seed(2)
-    q = torch.randn(2, 4, lq, 16, generator=g) * 2
-    t = layer.length
-    mask = torch.zeros(2, 1, lq, t)
-    mask[..., t - lq:] = torch.triu(torch.full((lq, lq), float("-inf")), 1)
-    mask[1, :, :, :3] = float("-inf")                 # left padding: zero probabilities the kernel skips
+    q, mask = queries_and_mask(layer, lq, seed=2, padding=3)   # padding: zero probabilities the kernel skips
     assert use_native(q.reshape(2, 2, 2 * lq, 16))    # this call does run the kernels
     p, out, rec, read = attend_grouped(cfg, layer, q, mask, 0.25)
     _torch_path(monkeypatch)
@@ -116,12 +118,10 @@ def test_without_a_compiler_one_warning_names_the_fix_and_results_stay(monkeypat
 
 
 def test_a_failed_build_leaves_no_library_and_says_so(monkeypatch, fresh_native, tmp_path):
-    cc = tmp_path / "broken-cc"
     # writes half a library, then fails, like a compiler killed mid-way
-    cc.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo broken 1.0; exit 0; fi\n'
+    _use_compiler(monkeypatch, tmp_path / "broken-cc",
+                  'if [ "$1" = "--version" ]; then echo broken 1.0; exit 0; fi\n'
                   'while [ "$1" != "-o" ]; do shift; done; echo partial > "$2"; echo "fatal: out of memory" >&2; exit 1\n')
-    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("CC", str(cc))
     with pytest.warns(RuntimeWarning, match="building native.c with .*broken-cc failed.*out of memory"):
         assert native.kernels() is None
     assert not list(fresh_native.glob("*"))           # neither the partial file nor a library
@@ -129,11 +129,9 @@ def test_a_failed_build_leaves_no_library_and_says_so(monkeypatch, fresh_native,
 
 @pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
 def test_a_compiler_without_march_native_builds_without_it(monkeypatch, fresh_native, tmp_path):
-    cc = tmp_path / "plain-cc"
-    cc.write_text('#!/bin/sh\nfor a in "$@"; do if [ "$a" = "-march=native" ]; then '
+    _use_compiler(monkeypatch, tmp_path / "plain-cc",
+                  'for a in "$@"; do if [ "$a" = "-march=native" ]; then '
                   'echo "unsupported option -march=native" >&2; exit 1; fi; done\nexec cc "$@"\n')
-    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("CC", str(cc))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert native.kernels() is not None
